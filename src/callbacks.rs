@@ -1,0 +1,304 @@
+//! The libmilter layer, kept thin: each callback reads what the MTA sent,
+//! calls one `Session` method and turns its answer into a milter status. No
+//! panic crosses into C: it is caught, logged and becomes the internal-error
+//! action.
+
+use crate::config::{Config, FailAction, SocketSpec};
+use crate::outcome::{HeaderOp, Outcome, Verdict};
+use crate::session::{self, Session, Step};
+use milter::Context;
+use milter_sys as sys;
+use std::ffi::{c_char, c_uchar, CStr, CString};
+use std::net::IpAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, RwLock};
+
+static CONFIG: RwLock<Option<Arc<Config>>> = RwLock::new(None);
+
+/// The configuration new messages use.
+pub fn current_config() -> Arc<Config> {
+    CONFIG.read().unwrap_or_else(|e| e.into_inner()).clone().expect("configuration installed before the milter starts")
+}
+
+pub fn install_config(cfg: Arc<Config>) {
+    *CONFIG.write().unwrap_or_else(|e| e.into_inner()) = Some(cfg);
+}
+
+type Ctx = Context<Session>;
+
+/// Runs a callback body; a panic becomes the internal-error action.
+fn guard(ctx: *mut sys::SMFICTX, stage: &str, f: impl FnOnce(&mut Ctx) -> sys::sfsistat) -> sys::sfsistat {
+    if ctx.is_null() {
+        return sys::SMFIS_TEMPFAIL;
+    }
+    let mut c = Ctx::new(ctx);
+    match catch_unwind(AssertUnwindSafe(|| f(&mut c))) {
+        Ok(status) => status,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            let qid = queue_id(&c).unwrap_or_else(|| "NOQUEUE".into());
+            log::error!("{qid}: internal error: panic in {stage} callback: {what}");
+            if let Some(s) = c.data.borrow_mut() {
+                s.reset();
+            }
+            match current_config().actions.internal_error {
+                FailAction::Accept => sys::SMFIS_ACCEPT,
+                _ => tempfail(&c),
+            }
+        }
+    }
+}
+
+fn queue_id(c: &Ctx) -> Option<String> {
+    c.api.macro_value("i").ok().flatten().filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+fn tempfail(c: &Ctx) -> sys::sfsistat {
+    let _ = c.api.set_error_reply("451", Some("4.7.0"), vec!["S/MIME processing failed, please try again later"]);
+    sys::SMFIS_TEMPFAIL
+}
+
+fn reject(c: &Ctx) -> sys::sfsistat {
+    let _ = c.api.set_error_reply("550", Some("5.7.0"), vec!["message refused by S/MIME policy"]);
+    sys::SMFIS_REJECT
+}
+
+/// Logs the summary, ends the message and answers the MTA.
+fn finish(c: &mut Ctx, outcome: Outcome) -> sys::sfsistat {
+    let qid = queue_id(c);
+    let Some(s) = c.data.borrow_mut() else { return sys::SMFIS_CONTINUE };
+    if let Some(m) = s.message.as_mut() {
+        if m.queue_id.is_none() {
+            m.queue_id = qid;
+        }
+        let line = session::summary_line(m, &outcome);
+        match outcome.verdict {
+            Verdict::Accept => log::info!("{line}"),
+            _ => log::warn!("{line}"),
+        }
+    }
+    s.reset();
+    match outcome.verdict {
+        Verdict::Accept => sys::SMFIS_ACCEPT,
+        Verdict::Tempfail(_) => tempfail(c),
+        Verdict::Reject(_) => reject(c),
+    }
+}
+
+fn step(c: &mut Ctx, step: Step) -> sys::sfsistat {
+    match step {
+        Step::Continue => sys::SMFIS_CONTINUE,
+        Step::Done(o) => finish(c, o),
+    }
+}
+
+unsafe fn cstr(p: *const c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
+unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
+    if sa.is_null() {
+        return None;
+    }
+    match (*sa).sa_family as i32 {
+        libc::AF_INET => {
+            let sin = &*(sa as *const libc::sockaddr_in);
+            Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
+        }
+        libc::AF_INET6 => {
+            let sin6 = &*(sa as *const libc::sockaddr_in6);
+            Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+        }
+        _ => None,
+    }
+}
+
+unsafe extern "C" fn on_connect(ctx: *mut sys::SMFICTX, _host: *mut c_char, addr: *mut libc::sockaddr) -> sys::sfsistat {
+    guard(ctx, "connect", |c| {
+        let ip = sockaddr_ip(addr);
+        match c.data.replace(Session::new(ip)) {
+            Ok(_) => sys::SMFIS_CONTINUE,
+            Err(_) => tempfail(c),
+        }
+    })
+}
+
+unsafe extern "C" fn on_mail(ctx: *mut sys::SMFICTX, argv: *mut *mut c_char) -> sys::sfsistat {
+    guard(ctx, "mail", |c| {
+        let sender = if argv.is_null() { String::new() } else { cstr(*argv) };
+        let login = c.api.macro_value("{auth_authen}").ok().flatten().map(str::to_string);
+        let cfg = current_config();
+        let Some(s) = c.data.borrow_mut() else { return sys::SMFIS_CONTINUE };
+        s.mail(cfg, &sender, login.as_deref());
+        sys::SMFIS_CONTINUE
+    })
+}
+
+unsafe extern "C" fn on_rcpt(ctx: *mut sys::SMFICTX, _argv: *mut *mut c_char) -> sys::sfsistat {
+    guard(ctx, "rcpt", |c| {
+        let st = match c.data.borrow_mut() {
+            Some(s) => s.rcpt(),
+            None => Step::Continue,
+        };
+        step(c, st)
+    })
+}
+
+unsafe extern "C" fn on_header(ctx: *mut sys::SMFICTX, name: *mut c_char, value: *mut c_char) -> sys::sfsistat {
+    guard(ctx, "header", |c| {
+        let (name, value) = (cstr(name), cstr(value));
+        let st = match c.data.borrow_mut() {
+            Some(s) => s.header(&name, &value),
+            None => Step::Continue,
+        };
+        step(c, st)
+    })
+}
+
+unsafe extern "C" fn on_eoh(ctx: *mut sys::SMFICTX) -> sys::sfsistat {
+    guard(ctx, "eoh", |c| {
+        let qid = queue_id(c);
+        let st = match c.data.borrow_mut() {
+            Some(s) => {
+                if let Some(m) = s.message.as_mut() {
+                    m.queue_id = qid;
+                }
+                s.end_of_headers()
+            }
+            None => Step::Continue,
+        };
+        step(c, st)
+    })
+}
+
+unsafe extern "C" fn on_body(ctx: *mut sys::SMFICTX, data: *mut c_uchar, len: libc::size_t) -> sys::sfsistat {
+    guard(ctx, "body", |c| {
+        let chunk = if data.is_null() { &[][..] } else { std::slice::from_raw_parts(data, len) };
+        let st = match c.data.borrow_mut() {
+            Some(s) => s.body(chunk),
+            None => Step::Continue,
+        };
+        step(c, st)
+    })
+}
+
+unsafe extern "C" fn on_eom(ctx: *mut sys::SMFICTX) -> sys::sfsistat {
+    guard(ctx, "eom", |c| {
+        let Some(s) = c.data.borrow_mut() else { return sys::SMFIS_CONTINUE };
+        let outcome = s.end_of_message();
+        if let Err(e) = apply_changes(c, &outcome) {
+            // Some changes may be applied already: only a tempfail makes the
+            // MTA drop them, whatever internal_error says.
+            let qid = queue_id(c).unwrap_or_else(|| "NOQUEUE".into());
+            log::error!("{qid}: internal error: cannot apply changes: {e}");
+            let failed = Outcome::failure(FailAction::Tempfail, format!("cannot apply changes: {e}"));
+            return finish(c, failed);
+        }
+        finish(c, outcome)
+    })
+}
+
+fn apply_changes(c: &Ctx, o: &Outcome) -> Result<(), milter::Error> {
+    if o.verdict != Verdict::Accept {
+        return Ok(());
+    }
+    for op in &o.changes.headers {
+        match op {
+            HeaderOp::Change { name, index, value } => c.api.replace_header(name, *index, value.as_deref())?,
+            HeaderOp::Add { name, value } => c.api.add_header(name, value)?,
+        }
+    }
+    if let Some(body) = &o.changes.body {
+        c.api.append_body_chunk(body)?;
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn on_abort(ctx: *mut sys::SMFICTX) -> sys::sfsistat {
+    guard(ctx, "abort", |c| {
+        if let Some(s) = c.data.borrow_mut() {
+            s.reset();
+        }
+        sys::SMFIS_CONTINUE
+    })
+}
+
+unsafe extern "C" fn on_close(ctx: *mut sys::SMFICTX) -> sys::sfsistat {
+    guard(ctx, "close", |c| {
+        let _ = c.data.take();
+        sys::SMFIS_CONTINUE
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot use socket {0}")]
+    Socket(String),
+    #[error("cannot register with libmilter")]
+    Register,
+    #[error("cannot set up socket {path}: {err}")]
+    SocketSetup { path: String, err: std::io::Error },
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivError),
+    #[error("libmilter main loop failed")]
+    Main,
+}
+
+/// Opens the socket, drops privileges and serves until libmilter stops
+/// (SIGTERM, SIGHUP, SIGINT).
+pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
+    let identity = crate::privileges::target(&cfg)?;
+    let socket_mode = cfg.socket_mode;
+    install_config(cfg);
+    let conn = CString::new(socket.to_libmilter()).map_err(|_| RunError::Socket(socket.to_string()))?;
+    let name = CString::new("smime-milter").expect("no NUL");
+    let desc = sys::smfiDesc {
+        xxfi_name: name.as_ptr() as *mut c_char,
+        xxfi_version: sys::SMFI_VERSION,
+        xxfi_flags: sys::SMFIF_ADDHDRS | sys::SMFIF_CHGHDRS | sys::SMFIF_CHGBODY,
+        xxfi_connect: Some(on_connect),
+        xxfi_helo: None,
+        xxfi_envfrom: Some(on_mail),
+        xxfi_envrcpt: Some(on_rcpt),
+        xxfi_header: Some(on_header),
+        xxfi_eoh: Some(on_eoh),
+        xxfi_body: Some(on_body),
+        xxfi_eom: Some(on_eom),
+        xxfi_abort: Some(on_abort),
+        xxfi_close: Some(on_close),
+        xxfi_unknown: None,
+        xxfi_data: None,
+        xxfi_negotiate: None,
+    };
+    unsafe {
+        if sys::smfi_setconn(conn.as_ptr() as *mut c_char) != sys::MI_SUCCESS {
+            return Err(RunError::Socket(socket.to_string()));
+        }
+        if sys::smfi_register(desc) != sys::MI_SUCCESS {
+            return Err(RunError::Register);
+        }
+        if sys::smfi_opensocket(1) != sys::MI_SUCCESS {
+            return Err(RunError::Socket(socket.to_string()));
+        }
+    }
+    crate::listener::after_open(socket, socket_mode, identity.as_ref())
+        .map_err(|err| RunError::SocketSetup { path: socket.to_string(), err })?;
+    if let Some(id) = &identity {
+        crate::privileges::drop_to(id)?;
+        log::info!("running as user {}", id.name);
+    }
+    log::info!("smime-milter {} listening on {socket}", env!("CARGO_PKG_VERSION"));
+    if unsafe { sys::smfi_main() } != sys::MI_SUCCESS {
+        return Err(RunError::Main);
+    }
+    log::info!("smime-milter stopped");
+    Ok(())
+}

@@ -1,0 +1,643 @@
+//! The configuration file: TOML, parsed once at start (and on reload) into a
+//! typed `Config`. Every error names the file, the line and the key.
+
+use crate::keystore::{KeyStore, KeyStoreError};
+use ipnet::IpNet;
+use serde::{de, Deserialize, Deserializer};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use toml::Spanned;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/smime-milter/smime-milter.toml";
+
+/// A configuration error with its location, printed as `file:line: key: what`.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {what}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub what: String,
+}
+
+// ---------------------------------------------------------------------------
+// Value types with their own parsers (their errors land on the value's line).
+
+/// A milter socket in libmilter notation: `unix:/path`, `local:/path`,
+/// `inet:PORT@HOST`, `inet6:PORT@HOST`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketSpec {
+    Unix(PathBuf),
+    Inet { port: u16, host: String },
+    Inet6 { port: u16, host: String },
+}
+
+impl SocketSpec {
+    /// The string libmilter's `smfi_setconn` expects.
+    pub fn to_libmilter(&self) -> String {
+        match self {
+            SocketSpec::Unix(p) => format!("unix:{}", p.display()),
+            SocketSpec::Inet { port, host } => format!("inet:{port}@{host}"),
+            SocketSpec::Inet6 { port, host } => format!("inet6:{port}@{host}"),
+        }
+    }
+}
+
+impl fmt::Display for SocketSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_libmilter())
+    }
+}
+
+impl FromStr for SocketSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("invalid socket '{s}' (expected unix:/path, inet:PORT@HOST or inet6:PORT@HOST)")
+        };
+        let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+        match kind {
+            "unix" | "local" => {
+                if !rest.starts_with('/') {
+                    return Err(format!("socket path in '{s}' must be absolute"));
+                }
+                Ok(SocketSpec::Unix(PathBuf::from(rest)))
+            }
+            "inet" | "inet6" => {
+                let (port, host) = rest.split_once('@').ok_or_else(bad)?;
+                let port: u16 = port.parse().map_err(|_| bad())?;
+                if port == 0 || host.is_empty() {
+                    return Err(bad());
+                }
+                let host = host.to_string();
+                Ok(if kind == "inet" {
+                    SocketSpec::Inet { port, host }
+                } else {
+                    SocketSpec::Inet6 { port, host }
+                })
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// What to do with a message when a given condition arises (OpenDKIM's On-*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailAction {
+    /// Deliver the message unchanged.
+    Accept,
+    /// 4xx: the MTA keeps the message queued and retries.
+    Tempfail,
+    /// 5xx: the client gets a permanent error.
+    Reject,
+}
+
+impl FromStr for FailAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "accept" => Ok(FailAction::Accept),
+            "tempfail" => Ok(FailAction::Tempfail),
+            "reject" => Ok(FailAction::Reject),
+            _ => Err(format!(
+                "invalid action '{s}' (expected accept, tempfail or reject)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for FailAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailAction::Accept => "accept",
+            FailAction::Tempfail => "tempfail",
+            FailAction::Reject => "reject",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignFormat {
+    /// multipart/signed, readable by clients without S/MIME.
+    Clear,
+    /// application/pkcs7-mime; smime-type=signed-data.
+    Opaque,
+}
+
+impl FromStr for SignFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "clear" => Ok(SignFormat::Clear),
+            "opaque" => Ok(SignFormat::Opaque),
+            _ => Err(format!("invalid format '{s}' (expected clear or opaque)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Digest {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl Digest {
+    /// The `micalg` parameter value (RFC 8551 §3.5.3.2).
+    pub fn micalg(self) -> &'static str {
+        match self {
+            Digest::Sha256 => "sha-256",
+            Digest::Sha384 => "sha-384",
+            Digest::Sha512 => "sha-512",
+        }
+    }
+}
+
+impl FromStr for Digest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "sha256" | "sha-256" => Ok(Digest::Sha256),
+            "sha384" | "sha-384" => Ok(Digest::Sha384),
+            "sha512" | "sha-512" => Ok(Digest::Sha512),
+            _ => Err(format!(
+                "invalid digest '{s}' (expected sha256, sha384 or sha512)"
+            )),
+        }
+    }
+}
+
+/// A byte count written as an integer or with a K/M/G suffix ("25M").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let (num, mult) = match t.char_indices().last() {
+            Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
+            Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+            Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+            _ => (t, 1),
+        };
+        num.trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(mult))
+            .map(ByteSize)
+            .ok_or_else(|| format!("invalid size '{s}' (expected bytes, or a number with K, M or G)"))
+    }
+}
+
+/// Deserializes any `FromStr` type from a TOML string, so its error carries the
+/// value's span.
+fn from_str_de<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map_err(de::Error::custom)
+}
+
+fn size_de<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Str(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => Ok(ByteSize(n)),
+        Raw::Str(s) => s.parse().map_err(de::Error::custom),
+    }
+}
+
+macro_rules! from_str_deserialize {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                from_str_de(d)
+            }
+        }
+    )*};
+}
+from_str_deserialize!(SocketSpec, FailAction, SignFormat, Digest);
+
+#[derive(Debug, Clone, Copy)]
+struct Net(IpNet);
+
+impl<'de> Deserialize<'de> for Net {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Ok(n) = s.parse::<IpNet>() {
+            return Ok(Net(n));
+        }
+        s.parse::<IpAddr>()
+            .map(|a| Net(IpNet::from(a)))
+            .map_err(|_| de::Error::custom(format!("invalid network '{s}' (expected an address or CIDR, e.g. 10.0.0.0/8)")))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file as written (private), then the typed model the milter uses.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    socket: Option<SocketSpec>,
+    socket_mode: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    run_as_root: Option<bool>,
+    log_level: Option<Spanned<String>>,
+    internal_hosts: Option<Vec<Net>>,
+    #[serde(default, deserialize_with = "opt_size_de")]
+    max_message_size: Option<ByteSize>,
+    max_mime_depth: Option<usize>,
+    max_recipients: Option<usize>,
+    allow_insecure_key_files: Option<bool>,
+    #[serde(default)]
+    signing: RawSigning,
+    #[serde(default)]
+    senders: HashMap<String, Vec<String>>,
+    #[serde(default)]
+    actions: RawActions,
+}
+
+fn opt_size_de<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
+    size_de(d).map(Some)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    enabled: Option<bool>,
+    format: Option<SignFormat>,
+    digest: Option<Digest>,
+    include_chain: Option<bool>,
+    #[serde(default)]
+    key: Vec<Spanned<RawKey>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKey {
+    pub sender: Spanned<String>,
+    pub certificate: Option<Spanned<PathBuf>>,
+    pub private_key: Option<Spanned<PathBuf>>,
+    pub pkcs12: Option<Spanned<PathBuf>>,
+    pub passphrase_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawActions {
+    key_not_found: Option<FailAction>,
+    sender_not_authorized: Option<FailAction>,
+    internal_error: Option<FailAction>,
+    malformed: Option<FailAction>,
+    oversized: Option<FailAction>,
+}
+
+/// Failure actions, one per failure class.
+#[derive(Debug, Clone)]
+pub struct Actions {
+    /// The From address has no signing key.
+    pub key_not_found: FailAction,
+    /// An authenticated client's From is not an address it may send as.
+    pub sender_not_authorized: FailAction,
+    /// Anything unexpected on our side (OpenSSL failure, milter I/O, panic).
+    pub internal_error: FailAction,
+    /// The message cannot be parsed well enough to sign it safely.
+    pub malformed: FailAction,
+    /// The message exceeds `max_message_size` or `max_recipients`.
+    pub oversized: FailAction,
+}
+
+#[derive(Debug)]
+pub struct Signing {
+    pub enabled: bool,
+    pub format: SignFormat,
+    pub digest: Digest,
+    pub include_chain: bool,
+}
+
+/// The typed, validated configuration, with keys loaded.
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub socket: Option<SocketSpec>,
+    pub socket_mode: Option<u32>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub run_as_root: bool,
+    pub log_level: log::LevelFilter,
+    pub internal_hosts: Vec<IpNet>,
+    pub max_message_size: u64,
+    pub max_mime_depth: usize,
+    pub max_recipients: usize,
+    pub signing: Signing,
+    /// SMTP AUTH login -> From addresses or `@domain`s it may sign as (lower case).
+    pub senders: HashMap<String, Vec<String>>,
+    pub actions: Actions,
+    pub keys: KeyStore,
+}
+
+/// Every key the configuration file accepts, as `table.key`; the man page and
+/// the sample config are checked against this list by a test.
+pub const KNOWN_KEYS: &[&str] = &[
+    "socket",
+    "socket_mode",
+    "user",
+    "group",
+    "run_as_root",
+    "log_level",
+    "internal_hosts",
+    "max_message_size",
+    "max_mime_depth",
+    "max_recipients",
+    "allow_insecure_key_files",
+    "signing.enabled",
+    "signing.format",
+    "signing.digest",
+    "signing.include_chain",
+    "signing.key.sender",
+    "signing.key.certificate",
+    "signing.key.private_key",
+    "signing.key.pkcs12",
+    "signing.key.passphrase_file",
+    "senders",
+    "actions.key_not_found",
+    "actions.sender_not_authorized",
+    "actions.internal_error",
+    "actions.malformed",
+    "actions.oversized",
+];
+
+/// Maps byte offsets in the file to line numbers and key names for messages.
+pub(crate) struct Locator<'a> {
+    pub file: &'a str,
+    pub text: &'a str,
+}
+
+impl Locator<'_> {
+    pub fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+
+    /// `file:line: key 'k': what`, the key read back from the line itself.
+    pub fn error(&self, span: Range<usize>, what: impl fmt::Display) -> ConfigError {
+        let line = self.line_of(span.start);
+        let text = self.text.lines().nth(line - 1).unwrap_or("");
+        let key = text
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"'))
+            .filter(|k| !k.is_empty() && !k.contains(['[', ' ']));
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            what: match key {
+                Some(k) => format!("key '{k}': {what}"),
+                None => what.to_string(),
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file, loading every key it names.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            what: format!("cannot read configuration: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let loc = Locator { file: &file, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            loc.error(span, e.message().trim())
+        })?;
+
+        let socket_mode = match &raw.socket_mode {
+            Some(m) => Some(
+                u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| {
+                        loc.error(m.span(), format!("invalid mode '{}' (expected octal, e.g. 0660)", m.get_ref()))
+                    })?,
+            ),
+            None => None,
+        };
+        let log_level = match &raw.log_level {
+            None => log::LevelFilter::Info,
+            Some(l) => match l.get_ref().as_str() {
+                "error" => log::LevelFilter::Error,
+                "warning" | "warn" => log::LevelFilter::Warn,
+                "info" => log::LevelFilter::Info,
+                "debug" => log::LevelFilter::Debug,
+                other => {
+                    return Err(loc.error(
+                        l.span(),
+                        format!("invalid log level '{other}' (expected error, warning, info or debug)"),
+                    ))
+                }
+            },
+        };
+        for name in [&raw.user, &raw.group].into_iter().flatten() {
+            if name.get_ref().is_empty() {
+                return Err(loc.error(name.span(), "must not be empty"));
+            }
+        }
+
+        let mut senders = HashMap::new();
+        for (login, addrs) in raw.senders {
+            let addrs: Vec<String> = addrs.iter().map(|a| a.to_ascii_lowercase()).collect();
+            senders.insert(login.to_ascii_lowercase(), addrs);
+        }
+
+        let allow_insecure = raw.allow_insecure_key_files.unwrap_or(false);
+        let keys = KeyStore::load(&raw.signing.key, allow_insecure).map_err(|e| match e {
+            KeyStoreError::At { span, what } => loc.error(span, what),
+        })?;
+
+        let a = raw.actions;
+        Ok(Config {
+            path: path.to_path_buf(),
+            socket: raw.socket,
+            socket_mode,
+            user: raw.user.map(|u| u.into_inner()),
+            group: raw.group.map(|g| g.into_inner()),
+            run_as_root: raw.run_as_root.unwrap_or(false),
+            log_level,
+            internal_hosts: raw
+                .internal_hosts
+                .map(|v| v.into_iter().map(|n| n.0).collect())
+                .unwrap_or_else(default_internal_hosts),
+            max_message_size: raw.max_message_size.map_or(64 << 20, |s| s.0),
+            max_mime_depth: raw.max_mime_depth.unwrap_or(32),
+            max_recipients: raw.max_recipients.unwrap_or(1000),
+            signing: Signing {
+                enabled: raw.signing.enabled.unwrap_or(true),
+                format: raw.signing.format.unwrap_or(SignFormat::Clear),
+                digest: raw.signing.digest.unwrap_or(Digest::Sha256),
+                include_chain: raw.signing.include_chain.unwrap_or(true),
+            },
+            senders,
+            actions: Actions {
+                key_not_found: a.key_not_found.unwrap_or(FailAction::Accept),
+                sender_not_authorized: a.sender_not_authorized.unwrap_or(FailAction::Accept),
+                internal_error: a.internal_error.unwrap_or(FailAction::Tempfail),
+                malformed: a.malformed.unwrap_or(FailAction::Accept),
+                oversized: a.oversized.unwrap_or(FailAction::Accept),
+            },
+            keys,
+        })
+    }
+}
+
+fn default_internal_hosts() -> Vec<IpNet> {
+    vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/test.toml"), text)
+    }
+
+    #[test]
+    fn empty_config_gets_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.socket, None);
+        assert_eq!(c.max_message_size, 64 << 20);
+        assert_eq!(c.actions.internal_error, FailAction::Tempfail);
+        assert_eq!(c.actions.key_not_found, FailAction::Accept);
+        assert_eq!(c.signing.format, SignFormat::Clear);
+        assert_eq!(c.signing.digest, Digest::Sha256);
+        assert_eq!(c.internal_hosts.len(), 2);
+    }
+
+    #[test]
+    fn unknown_key_reports_file_line_and_key() {
+        let e = parse("socket = \"unix:/tmp/s\"\n\nbogus = 1\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.to_string().starts_with("/etc/test.toml:3:"), "{e}");
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_in_subtable_is_reported() {
+        let e = parse("[signing]\nformat = \"clear\"\ndigets = \"sha256\"\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.to_string().contains("digets"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key_and_line() {
+        let cases = [
+            ("socket = \"tcp:25\"\n", "socket"),
+            ("\ninternal_hosts = [\"10.0.0.0/33\"]\n", "internal_hosts"),
+            ("[actions]\nkey_not_found = \"discard\"\n", "key_not_found"),
+            ("[signing]\ndigest = \"md5\"\n", "digest"),
+            ("max_message_size = \"12X\"\n", "max_message_size"),
+            ("socket_mode = \"0999\"\n", "socket_mode"),
+            ("log_level = \"loud\"\n", "log_level"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err();
+            let line = text.lines().position(|l| l.contains(key)).unwrap() + 1;
+            assert_eq!(e.line, line, "{text}: {e}");
+            assert!(e.what.contains(&format!("key '{key}'")), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn discard_is_not_an_action() {
+        // No configuration can make the milter drop mail.
+        assert!("discard".parse::<FailAction>().is_err());
+    }
+
+    #[test]
+    fn socket_notations() {
+        assert_eq!(
+            "unix:/run/s.sock".parse::<SocketSpec>().unwrap(),
+            SocketSpec::Unix("/run/s.sock".into())
+        );
+        assert_eq!(
+            "inet:8891@127.0.0.1".parse::<SocketSpec>().unwrap(),
+            SocketSpec::Inet { port: 8891, host: "127.0.0.1".into() }
+        );
+        assert_eq!(
+            "inet6:8891@[::1]".parse::<SocketSpec>().unwrap().to_libmilter(),
+            "inet6:8891@[::1]"
+        );
+        for bad in ["unix:rel/path", "inet:0@x", "inet:70000@x", "inet:25", "inet:25@", "foo:1"] {
+            assert!(bad.parse::<SocketSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!("25M".parse::<ByteSize>().unwrap().0, 25 << 20);
+        assert_eq!("512k".parse::<ByteSize>().unwrap().0, 512 << 10);
+        assert_eq!("1000".parse::<ByteSize>().unwrap().0, 1000);
+        assert!("M".parse::<ByteSize>().is_err());
+        assert!("99999999999G".parse::<ByteSize>().is_err());
+        let c = parse("max_message_size = 1234\n").unwrap();
+        assert_eq!(c.max_message_size, 1234);
+    }
+
+    #[test]
+    fn internal_hosts_accept_addresses_and_cidrs() {
+        let c = parse("internal_hosts = [\"192.0.2.7\", \"10.0.0.0/8\", \"2001:db8::/32\"]\n").unwrap();
+        assert_eq!(c.internal_hosts.len(), 3);
+        assert!(c.internal_hosts[0].contains(&"192.0.2.7".parse::<IpAddr>().unwrap()));
+    }
+
+    #[test]
+    fn missing_key_file_is_reported_at_its_line() {
+        let text = "[[signing.key]]\nsender = \"a@example.com\"\ncertificate = \"/nonexistent/a.pem\"\nprivate_key = \"/nonexistent/a.key\"\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.what.contains("certificate") && e.what.contains("/nonexistent/a.pem"), "{e}");
+    }
+
+    #[test]
+    fn senders_table_is_lowercased() {
+        let c = parse("[senders]\nAlice = [\"Alice@Example.COM\", \"@Sales.example.com\"]\n").unwrap();
+        assert_eq!(
+            c.senders["alice"],
+            vec!["alice@example.com".to_string(), "@sales.example.com".to_string()]
+        );
+    }
+
+    #[test]
+    fn every_known_key_is_in_the_sample_config() {
+        let sample = include_str!("../contrib/smime-milter.toml");
+        for key in KNOWN_KEYS {
+            let leaf = key.rsplit('.').next().unwrap();
+            assert!(
+                sample.lines().any(|l| {
+                    let l = l.trim_start_matches('#').trim();
+                    l.starts_with(&format!("{leaf} =")) || l == format!("[{key}]")
+                }),
+                "key {key} is not documented in contrib/smime-milter.toml"
+            );
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Signing keys from files: a table mapping a sender address or `@domain` to a
+//! certificate chain and private key. Everything is parsed once, at load.
+
+use crate::config::RawKey;
+use openssl::nid::Nid;
+use openssl::pkcs12::Pkcs12;
+use openssl::pkey::{Id, PKey, Private};
+use openssl::x509::X509;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use toml::Spanned;
+
+/// A key ready to sign with: certificate, intermediates (no root) and key.
+pub struct SigningKey {
+    /// The table entry it was loaded for (`alice@example.com` or `@example.com`).
+    pub name: String,
+    pub cert: X509,
+    pub chain: Vec<X509>,
+    pub pkey: PKey<Private>,
+}
+
+impl std::fmt::Debug for SigningKey {
+    // Never print key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey({})", self.name)
+    }
+}
+
+impl SigningKey {
+    /// A short description for logs: the entry and the certificate serial.
+    pub fn label(&self) -> String {
+        let serial = self
+            .cert
+            .serial_number()
+            .to_bn()
+            .and_then(|b| b.to_hex_str().map(|s| s.to_string()))
+            .unwrap_or_default();
+        format!("{} (serial {serial})", self.name)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct KeyStore {
+    keys: HashMap<String, Arc<SigningKey>>,
+}
+
+#[derive(Debug)]
+pub enum KeyStoreError {
+    /// Something wrong with the entry whose value starts at `span`.
+    At { span: Range<usize>, what: String },
+}
+
+fn at<T>(s: &Spanned<T>, what: impl Into<String>) -> KeyStoreError {
+    KeyStoreError::At { span: s.span(), what: what.into() }
+}
+
+impl KeyStore {
+    pub(crate) fn load(entries: &[Spanned<RawKey>], allow_insecure: bool) -> Result<Self, KeyStoreError> {
+        let mut keys = HashMap::new();
+        for entry in entries {
+            let raw = entry.get_ref();
+            let name = raw.sender.get_ref().trim().to_ascii_lowercase();
+            if !valid_sender_entry(&name) {
+                return Err(at(&raw.sender, format!("'{name}' is not an address or @domain")));
+            }
+            if keys.contains_key(&name) {
+                return Err(at(&raw.sender, format!("duplicate key entry for '{name}'")));
+            }
+            let key = load_entry(entry, name.clone(), allow_insecure)?;
+            keys.insert(name, Arc::new(key));
+        }
+        Ok(KeyStore { keys })
+    }
+
+    /// The key for a From address: the address itself, else its `@domain`.
+    pub fn find(&self, address: &str) -> Option<&Arc<SigningKey>> {
+        let address = address.to_ascii_lowercase();
+        self.keys.get(&address).or_else(|| {
+            let domain = address.rsplit_once('@')?.1;
+            self.keys.get(&format!("@{domain}"))
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// `local@domain` or `@domain`.
+fn valid_sender_entry(s: &str) -> bool {
+    match s.rsplit_once('@') {
+        Some((local, domain)) => {
+            !domain.is_empty() && !local.contains('@') && !s.contains(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+fn read_secret_file(path: &Spanned<std::path::PathBuf>, allow_insecure: bool) -> Result<Vec<u8>, KeyStoreError> {
+    let p = path.get_ref();
+    let meta = std::fs::metadata(p).map_err(|e| at(path, format!("cannot read {}: {e}", p.display())))?;
+    if !allow_insecure && meta.mode() & 0o077 != 0 {
+        return Err(at(
+            path,
+            format!(
+                "{} is accessible by group or others (mode {:04o}); chmod 600 it, or set allow_insecure_key_files = true",
+                p.display(),
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    std::fs::read(p).map_err(|e| at(path, format!("cannot read {}: {e}", p.display())))
+}
+
+fn read_file(path: &Spanned<std::path::PathBuf>) -> Result<Vec<u8>, KeyStoreError> {
+    let p = path.get_ref();
+    std::fs::read(p).map_err(|e| at(path, format!("cannot read {}: {e}", p.display())))
+}
+
+fn load_entry(entry: &Spanned<RawKey>, name: String, allow_insecure: bool) -> Result<SigningKey, KeyStoreError> {
+    let raw = entry.get_ref();
+    let passphrase = match &raw.passphrase_file {
+        Some(p) => {
+            let bytes = read_secret_file(p, allow_insecure)?;
+            // One line; the trailing newline an editor adds is not part of it.
+            let mut s = bytes;
+            while matches!(s.last(), Some(b'\n' | b'\r')) {
+                s.pop();
+            }
+            Some(s)
+        }
+        None => None,
+    };
+
+    let (cert, chain, pkey) = match (&raw.pkcs12, &raw.certificate, &raw.private_key) {
+        (Some(p12), None, None) => {
+            let der = read_secret_file(p12, allow_insecure)?;
+            let pass = passphrase
+                .as_deref()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default();
+            let parsed = Pkcs12::from_der(&der)
+                .and_then(|p| p.parse2(&pass))
+                .map_err(|_| at(p12, format!("cannot parse PKCS#12 file {} (wrong passphrase?)", p12.get_ref().display())))?;
+            let cert = parsed.cert.ok_or_else(|| at(p12, "PKCS#12 file holds no certificate"))?;
+            let pkey = parsed.pkey.ok_or_else(|| at(p12, "PKCS#12 file holds no private key"))?;
+            let chain = parsed.ca.map(|s| s.into_iter().collect()).unwrap_or_default();
+            (cert, chain, pkey)
+        }
+        (None, Some(cert_path), Some(key_path)) => {
+            let pem = read_file(cert_path)?;
+            let mut certs = X509::stack_from_pem(&pem)
+                .map_err(|_| at(cert_path, format!("cannot parse PEM certificates in {}", cert_path.get_ref().display())))?;
+            if certs.is_empty() {
+                return Err(at(cert_path, format!("no certificate in {}", cert_path.get_ref().display())));
+            }
+            let cert = certs.remove(0);
+            let key_pem = read_secret_file(key_path, allow_insecure)?;
+            let pkey = match &passphrase {
+                Some(pass) => PKey::private_key_from_pem_passphrase(&key_pem, pass),
+                None => PKey::private_key_from_pem(&key_pem),
+            }
+            .map_err(|_| {
+                at(
+                    key_path,
+                    format!(
+                        "cannot read private key {}{}",
+                        key_path.get_ref().display(),
+                        if passphrase.is_some() { " (wrong passphrase?)" } else { " (encrypted? set passphrase_file)" }
+                    ),
+                )
+            })?;
+            (cert, certs, pkey)
+        }
+        _ => {
+            return Err(at(
+                &raw.sender,
+                format!("key entry '{name}' needs either pkcs12, or certificate and private_key"),
+            ))
+        }
+    };
+
+    let where_ = raw.certificate.as_ref().or(raw.pkcs12.as_ref()).expect("checked above");
+    check_key(&pkey).map_err(|what| at(where_, what))?;
+    let matches = cert.public_key().map(|pk| pk.public_eq(&pkey)).unwrap_or(false);
+    if !matches {
+        return Err(at(where_, format!("the certificate for '{name}' does not match its private key")));
+    }
+    // The root is left out of what we send: recipients must have it already.
+    let chain = chain.into_iter().filter(|c| !is_self_signed(c)).collect();
+    let key = SigningKey { name, cert, chain, pkey };
+    if let Some(days) = days_left(&key.cert) {
+        if days < 0 {
+            log::warn!("signing certificate for '{}' has expired", key.name);
+        } else if days < 30 {
+            log::warn!("signing certificate for '{}' expires in {days} days", key.name);
+        }
+    }
+    Ok(key)
+}
+
+/// RSA of 2048 bits or more, ECDSA on P-256 or P-384.
+fn check_key(pkey: &PKey<Private>) -> Result<(), String> {
+    match pkey.id() {
+        Id::RSA | Id::RSA_PSS => {
+            if pkey.bits() < 2048 {
+                return Err(format!("RSA key of {} bits is too weak (2048 at least)", pkey.bits()));
+            }
+            Ok(())
+        }
+        Id::EC => {
+            let nid = pkey.ec_key().ok().and_then(|k| k.group().curve_name());
+            match nid {
+                Some(Nid::X9_62_PRIME256V1) | Some(Nid::SECP384R1) => Ok(()),
+                _ => Err("EC key on an unsupported curve (P-256 or P-384 expected)".into()),
+            }
+        }
+        _ => Err("unsupported key type (RSA or ECDSA expected)".into()),
+    }
+}
+
+fn is_self_signed(cert: &X509) -> bool {
+    cert.issuer_name_hash() == cert.subject_name_hash()
+        && cert.public_key().map(|k| cert.verify(&k).unwrap_or(false)).unwrap_or(false)
+}
+
+/// Days until the certificate expires (negative once it has).
+pub fn days_left(cert: &X509) -> Option<i32> {
+    let now = openssl::asn1::Asn1Time::days_from_now(0).ok()?;
+    let diff = now.diff(cert.not_after()).ok()?;
+    Some(diff.days)
+}
+
+/// Whether the certificate is valid right now.
+pub fn valid_now(cert: &X509) -> bool {
+    let Ok(now) = openssl::asn1::Asn1Time::days_from_now(0) else { return false };
+    cert.not_before() <= now && cert.not_after() >= now
+}

@@ -1,0 +1,18 @@
+//! smime-milter: S/MIME signing for Postfix and Sendmail through the milter
+//! protocol. The binary is a thin shell around this library so that tests and
+//! benchmarks can drive the same code.
+
+pub mod address;
+pub mod callbacks;
+pub mod config;
+pub mod keystore;
+pub mod listener;
+pub mod logging;
+pub mod mime;
+pub mod outbound;
+pub mod outcome;
+pub mod policy;
+pub mod privileges;
+pub mod session;
+pub mod sign;
+pub mod testmode;

@@ -1,0 +1,197 @@
+//! Command line: run the milter, check the configuration, or test a message.
+
+use smime_milter::config::{Config, SocketSpec, DEFAULT_CONFIG_PATH};
+use smime_milter::policy::Direction;
+use smime_milter::testmode::{self, TestArgs};
+use smime_milter::{callbacks, logging};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+const EX_USAGE: u8 = 64;
+const EX_NOINPUT: u8 = 66;
+const EX_SOFTWARE: u8 = 70;
+const EX_CONFIG: u8 = 78;
+
+const USAGE: &str = "\
+usage: smime-milter [-c FILE] [-f] [--socket SPEC] [--check-config]
+       smime-milter test [-c FILE] (--outbound | --inbound) [--sender ADDR]
+                         [--rcpt ADDR]... [--client-ip IP] [--auth-user LOGIN] [FILE]
+
+  -c, --config FILE   configuration file (default /etc/smime-milter/smime-milter.toml)
+  -f, --foreground    log to stderr instead of syslog
+  --socket SPEC       unix:/path, inet:PORT@HOST or inet6:PORT@HOST (overrides the file)
+  --check-config      validate the configuration and exit (0 valid, 78 invalid)
+  -V, --version       print the version
+
+test: process one message (FILE or stdin) as the milter would and print the
+message as delivered; exit 0 accepted, 75 tempfail, 69 reject.";
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("smime-milter: {msg}\n{USAGE}");
+    ExitCode::from(EX_USAGE)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("test") {
+        return test_command(&args[1..]);
+    }
+    let mut config_path = PathBuf::from(DEFAULT_CONFIG_PATH);
+    let (mut foreground, mut check, mut socket) = (false, false, None::<String>);
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-c" | "--config" => match it.next() {
+                Some(p) => config_path = p.into(),
+                None => return usage_error("-c needs a file"),
+            },
+            "-f" | "--foreground" => foreground = true,
+            "--check-config" => check = true,
+            "--socket" => match it.next() {
+                Some(s) => socket = Some(s),
+                None => return usage_error("--socket needs a value"),
+            },
+            "-V" | "--version" => {
+                println!("smime-milter {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => return usage_error(&format!("unknown argument '{other}'")),
+        }
+    }
+
+    // Key loading may warn (expiring certificates): log to stderr until the
+    // configuration says where logs go.
+    if check || foreground {
+        logging::init(true, log::LevelFilter::Info);
+    }
+    let cfg = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("smime-milter: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let socket = match socket.map(|s| s.parse::<SocketSpec>()) {
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
+            eprintln!("smime-milter: --socket: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+        None => cfg.socket.clone(),
+    };
+    if check {
+        println!(
+            "{}: configuration OK ({} signing key{})",
+            config_path.display(),
+            cfg.keys.len(),
+            if cfg.keys.len() == 1 { "" } else { "s" }
+        );
+        return ExitCode::SUCCESS;
+    }
+    let Some(socket) = socket else {
+        eprintln!("smime-milter: {}: no socket configured (set `socket` or use --socket)", config_path.display());
+        return ExitCode::from(EX_CONFIG);
+    };
+    if !foreground {
+        logging::init(false, cfg.log_level);
+    } else {
+        logging::set_level(cfg.log_level);
+    }
+    install_panic_hook();
+    match callbacks::run(Arc::new(cfg), &socket) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("smime-milter: {e}");
+            ExitCode::from(match e {
+                callbacks::RunError::Privileges(_) => EX_CONFIG,
+                _ => EX_SOFTWARE,
+            })
+        }
+    }
+}
+
+/// Panics are caught in the callbacks; the hook only makes sure the message
+/// reaches syslog rather than a closed stderr.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        log::error!("panic: {info}");
+    }));
+}
+
+fn test_command(args: &[String]) -> ExitCode {
+    let mut config_path = PathBuf::from(DEFAULT_CONFIG_PATH);
+    let mut t = TestArgs::default();
+    let mut file: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
+        let r: Result<(), String> = match a.as_str() {
+            "-c" | "--config" => value(a).map(|v| config_path = v.into()),
+            "--outbound" => {
+                t.direction = Some(Direction::Outbound);
+                Ok(())
+            }
+            "--inbound" => {
+                t.direction = Some(Direction::Inbound);
+                Ok(())
+            }
+            "--sender" => value(a).map(|v| t.sender = Some(v)),
+            "--rcpt" => value(a).map(|v| t.recipients.push(v)),
+            "--auth-user" => value(a).map(|v| t.auth_user = Some(v)),
+            "--client-ip" => value(a).and_then(|v| {
+                v.parse().map(|ip| t.client_ip = Some(ip)).map_err(|_| format!("invalid --client-ip '{v}'"))
+            }),
+            f if !f.starts_with('-') || f == "-" => {
+                if f != "-" {
+                    file = Some(f.into());
+                }
+                Ok(())
+            }
+            other => Err(format!("unknown argument '{other}'")),
+        };
+        if let Err(e) = r {
+            return usage_error(&e);
+        }
+    }
+    if t.direction.is_none() {
+        return usage_error("test needs --outbound or --inbound");
+    }
+    logging::init(true, log::LevelFilter::Warn);
+    let cfg = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("smime-milter: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    logging::set_level(cfg.log_level.min(log::LevelFilter::Warn));
+    let input = match &file {
+        Some(f) => std::fs::read(f).map_err(|e| format!("{}: {e}", f.display())),
+        None => {
+            let mut v = Vec::new();
+            std::io::stdin().read_to_end(&mut v).map(|_| v).map_err(|e| format!("stdin: {e}"))
+        }
+    };
+    let input = match input {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("smime-milter: {e}");
+            return ExitCode::from(EX_NOINPUT);
+        }
+    };
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    match testmode::run(Arc::new(cfg), &t, &input, &mut out, &mut err) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("smime-milter: {e}");
+            ExitCode::from(EX_SOFTWARE)
+        }
+    }
+}

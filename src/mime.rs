@@ -1,0 +1,587 @@
+//! MIME structure, as far as signing needs it: header fields, Content-Type
+//! parameters, multipart splitting, CRLF canonical form (RFC 8551 §3.1.1) and
+//! re-encoding 8-bit parts to a 7-bit transfer encoding (§3.1.2).
+//!
+//! Everything works on borrowed slices of the message as received; the only
+//! copy is the one into the output buffer.
+
+use memchr::{memchr, memchr_iter, memmem};
+
+/// Limits that bound the work on one message.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_depth: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MimeError {
+    #[error("MIME nesting deeper than {0} levels")]
+    TooDeep(usize),
+    #[error("multipart entity without a boundary parameter")]
+    NoBoundary,
+    #[error("multipart boundary \"{0}\" never occurs in the body")]
+    BoundaryNotFound(String),
+    #[error("composite entity with Content-Transfer-Encoding {0}")]
+    EncodedComposite(String),
+    #[error("8-bit data inside a {0} encoded part")]
+    EightBitInEncoded(String),
+}
+
+/// One header field of an entity, borrowed from the raw bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Field<'a> {
+    pub name: &'a str,
+    /// The whole field as transmitted, folding and line end included.
+    pub raw: &'a [u8],
+    /// The value after the colon, still folded.
+    pub value: &'a [u8],
+}
+
+impl Field<'_> {
+    /// The value unfolded, for parsing (invalid UTF-8 replaced).
+    pub fn unfolded(&self) -> String {
+        unfold(&String::from_utf8_lossy(self.value))
+    }
+}
+
+/// Joins folded lines (RFC 5322 §2.2.3) and trims the ends.
+pub fn unfold(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for (i, line) in value.split('\n').enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if i > 0 {
+            out.push(' ');
+            out.push_str(line.trim_start());
+        } else {
+            out.push_str(line);
+        }
+    }
+    out.trim().to_string()
+}
+
+/// Splits an entity into its header block (up to and including the line end
+/// of the last field) and its body (after the empty line).
+pub fn split_entity(entity: &[u8]) -> (&[u8], &[u8]) {
+    if entity.starts_with(b"\r\n") {
+        return (&entity[..0], &entity[2..]);
+    }
+    if entity.starts_with(b"\n") {
+        return (&entity[..0], &entity[1..]);
+    }
+    for nl in memchr_iter(b'\n', entity) {
+        let rest = &entity[nl + 1..];
+        if rest.starts_with(b"\r\n") {
+            return (&entity[..nl + 1], &rest[2..]);
+        }
+        if rest.starts_with(b"\n") {
+            return (&entity[..nl + 1], &rest[1..]);
+        }
+    }
+    // No empty line: all header, no body.
+    (entity, &entity[entity.len()..])
+}
+
+/// The fields of a header block. Lines that are not fields (no colon) are
+/// kept as part of the previous field so that nothing is silently dropped.
+pub fn parse_fields(block: &[u8]) -> Vec<Field<'_>> {
+    let mut fields: Vec<Field<'_>> = Vec::new();
+    let mut start = 0;
+    while start < block.len() {
+        let end = memchr(b'\n', &block[start..]).map_or(block.len(), |i| start + i + 1);
+        let line = &block[start..end];
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        let colon = memchr(b':', line);
+        match (continuation, colon, fields.last_mut()) {
+            (false, Some(c), _) if c > 0 && line[..c].iter().all(|b| b.is_ascii_graphic()) => {
+                let name = std::str::from_utf8(&line[..c]).unwrap_or("");
+                fields.push(Field { name, raw: &block[start..end], value: &block[start + c + 1..end] });
+            }
+            (_, _, Some(last)) => {
+                let from = last.raw.as_ptr() as usize - block.as_ptr() as usize;
+                let vfrom = last.value.as_ptr() as usize - block.as_ptr() as usize;
+                last.raw = &block[from..end];
+                last.value = &block[vfrom..end];
+            }
+            _ => {}
+        }
+        start = end;
+    }
+    fields
+}
+
+/// The unfolded value of the first field with this name.
+pub fn field_value(fields: &[Field<'_>], name: &str) -> Option<String> {
+    fields.iter().find(|f| f.name.eq_ignore_ascii_case(name)).map(|f| f.unfolded())
+}
+
+/// A parsed Content-Type value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentType {
+    /// `type/subtype`, lower case.
+    pub mime_type: String,
+    /// Parameters with lower-case names, values unquoted.
+    pub params: Vec<(String, String)>,
+}
+
+impl ContentType {
+    /// Parses a value; `None` when there is no `type/subtype` at its start.
+    pub fn parse(value: &str) -> Option<ContentType> {
+        let mut p = ParamParser { s: value.as_bytes(), i: 0 };
+        p.skip_cfws();
+        let t = p.token();
+        p.skip_cfws();
+        if !p.eat(b'/') {
+            return None;
+        }
+        p.skip_cfws();
+        let st = p.token();
+        if t.is_empty() || st.is_empty() {
+            return None;
+        }
+        let mut params = Vec::new();
+        loop {
+            p.skip_cfws();
+            if p.i >= p.s.len() {
+                break;
+            }
+            if !p.eat(b';') {
+                // Junk: skip to the next ';'.
+                while p.i < p.s.len() && p.s[p.i] != b';' {
+                    p.i += 1;
+                }
+                continue;
+            }
+            p.skip_cfws();
+            let name = p.token().to_ascii_lowercase();
+            p.skip_cfws();
+            if name.is_empty() || !p.eat(b'=') {
+                continue;
+            }
+            p.skip_cfws();
+            let val = if p.peek() == Some(b'"') { p.quoted() } else { p.token() };
+            params.push((name, val));
+        }
+        Some(ContentType { mime_type: format!("{}/{}", t.to_ascii_lowercase(), st.to_ascii_lowercase()), params })
+    }
+
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn is_multipart(&self) -> bool {
+        self.mime_type.starts_with("multipart/")
+    }
+
+    pub fn is_text(&self) -> bool {
+        self.mime_type.starts_with("text/")
+    }
+
+    pub fn is_message(&self) -> bool {
+        self.mime_type == "message/rfc822" || self.mime_type == "message/global"
+    }
+}
+
+struct ParamParser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl ParamParser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+    fn eat(&mut self, c: u8) -> bool {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn skip_cfws(&mut self) {
+        loop {
+            match self.peek() {
+                Some(b' ' | b'\t' | b'\r' | b'\n') => self.i += 1,
+                Some(b'(') => {
+                    let mut depth = 0usize;
+                    while let Some(c) = self.peek() {
+                        self.i += 1;
+                        match c {
+                            b'\\' => self.i += 1,
+                            b'(' => depth += 1,
+                            b')' => {
+                                depth -= 1;
+                                if depth == 0 {
+                                    break;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+    /// RFC 2045 token characters.
+    fn token(&mut self) -> String {
+        let start = self.i;
+        while let Some(c) = self.peek() {
+            if c <= b' ' || c >= 0x7f || b"()<>@,;:\\\"/[]?=".contains(&c) {
+                break;
+            }
+            self.i += 1;
+        }
+        String::from_utf8_lossy(&self.s[start..self.i]).into_owned()
+    }
+    fn quoted(&mut self) -> String {
+        self.i += 1;
+        let mut out = Vec::new();
+        while let Some(c) = self.peek() {
+            self.i += 1;
+            match c {
+                b'"' => break,
+                b'\\' => {
+                    if let Some(n) = self.peek() {
+                        out.push(n);
+                        self.i += 1;
+                    }
+                }
+                b'\r' | b'\n' => {}
+                _ => out.push(c),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Appends `input` to `out` with every line ending as CRLF.
+pub fn push_crlf(out: &mut Vec<u8>, input: &[u8]) {
+    out.reserve(input.len() + input.len() / 32);
+    let mut start = 0;
+    for nl in memchr_iter(b'\n', input) {
+        if nl == 0 || input[nl - 1] != b'\r' {
+            out.extend_from_slice(&input[start..nl]);
+            out.extend_from_slice(b"\r\n");
+            start = nl + 1;
+        }
+    }
+    out.extend_from_slice(&input[start..]);
+}
+
+/// Whether a body could be changed by a relay unless it is re-encoded: 8-bit
+/// bytes, NUL, a CR that does not start a line end, or a line over the SMTP
+/// limit of 998 octets.
+pub fn needs_7bit_encoding(body: &[u8]) -> bool {
+    if !body.is_ascii() || memchr(0, body).is_some() {
+        return true;
+    }
+    for cr in memchr_iter(b'\r', body) {
+        if body.get(cr + 1) != Some(&b'\n') {
+            return true;
+        }
+    }
+    let mut line_start = 0;
+    for nl in memchr_iter(b'\n', body) {
+        let end = if nl > 0 && body[nl - 1] == b'\r' { nl - 1 } else { nl };
+        if end - line_start > 998 {
+            return true;
+        }
+        line_start = nl + 1;
+    }
+    body.len() - line_start > 998
+}
+
+/// Writes an entity (header block and body) to `out` in canonical form: CRLF
+/// line ends, and every leaf that carries 8-bit or binary data re-encoded to
+/// quoted-printable or base64. Multiparts and embedded messages are walked
+/// into, up to `limits.max_depth` levels.
+pub fn write_7bit(header_block: &[u8], body: &[u8], depth: usize, limits: Limits, out: &mut Vec<u8>) -> Result<(), MimeError> {
+    if depth > limits.max_depth {
+        return Err(MimeError::TooDeep(limits.max_depth));
+    }
+    if !needs_7bit_encoding(body) {
+        push_crlf(out, header_block);
+        out.extend_from_slice(b"\r\n");
+        push_crlf(out, body);
+        return Ok(());
+    }
+    let fields = parse_fields(header_block);
+    let ct = field_value(&fields, "Content-Type")
+        .and_then(|v| ContentType::parse(&v))
+        .unwrap_or_else(|| ContentType { mime_type: "text/plain".into(), params: vec![] });
+    let cte = field_value(&fields, "Content-Transfer-Encoding")
+        .map(|v| v.to_ascii_lowercase())
+        .unwrap_or_else(|| "7bit".into());
+    let identity = matches!(cte.as_str(), "7bit" | "8bit" | "binary");
+
+    if ct.is_multipart() || ct.is_message() {
+        if !identity {
+            return Err(MimeError::EncodedComposite(cte));
+        }
+        // The parts carry the 8-bit data; once they are encoded this entity is
+        // 7bit, which is what no Content-Transfer-Encoding field means.
+        write_fields_except(out, &fields, "Content-Transfer-Encoding");
+        out.extend_from_slice(b"\r\n");
+        if ct.is_message() {
+            let (h, b) = split_entity(body);
+            return write_7bit(h, b, depth + 1, limits, out);
+        }
+        let boundary = ct.param("boundary").filter(|b| !b.is_empty()).ok_or(MimeError::NoBoundary)?;
+        let mp = split_multipart(body, boundary)?;
+        // Preamble and epilogue are not shown to anyone; drop them rather than
+        // sign 8-bit bytes a relay may alter.
+        if !needs_7bit_encoding(mp.preamble) {
+            push_crlf(out, mp.preamble);
+        }
+        for part in &mp.parts {
+            out.extend_from_slice(b"\r\n--");
+            out.extend_from_slice(boundary.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            let (h, b) = split_entity(part);
+            write_7bit(h, b, depth + 1, limits, out)?;
+        }
+        out.extend_from_slice(b"\r\n--");
+        out.extend_from_slice(boundary.as_bytes());
+        out.extend_from_slice(b"--\r\n");
+        if !needs_7bit_encoding(mp.epilogue) {
+            push_crlf(out, mp.epilogue);
+        }
+        return Ok(());
+    }
+
+    if !identity {
+        return Err(MimeError::EightBitInEncoded(cte));
+    }
+    write_fields_except(out, &fields, "Content-Transfer-Encoding");
+    encode_leaf(body, ct.is_text(), out);
+    Ok(())
+}
+
+fn write_fields_except(out: &mut Vec<u8>, fields: &[Field<'_>], except: &str) {
+    for f in fields.iter().filter(|f| !f.name.eq_ignore_ascii_case(except)) {
+        push_crlf(out, f.raw);
+        if !f.raw.ends_with(b"\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// Writes `Content-Transfer-Encoding: ...`, the empty line and the encoded
+/// body. mail-builder chooses quoted-printable or base64 for text (whichever
+/// is shorter) and base64 otherwise.
+fn encode_leaf(body: &[u8], is_text: bool, out: &mut Vec<u8>) {
+    use mail_builder::headers::raw::Raw;
+    use mail_builder::mime::{BodyPart, MimePart};
+    let contents = match (is_text, std::str::from_utf8(body)) {
+        (true, Ok(s)) => BodyPart::Text(s.into()),
+        _ => BodyPart::Binary(body.into()),
+    };
+    let part = MimePart { headers: vec![("X".into(), Raw::new("x").into())], contents };
+    let mut buf = Vec::with_capacity(body.len() * 4 / 3 + 64);
+    part.write_part(&mut buf);
+    // Drop the placeholder field mail-builder needs to see before the body.
+    let skip = memchr(b'\n', &buf).map_or(0, |i| i + 1);
+    push_crlf(out, &buf[skip..]);
+}
+
+/// A multipart body split at its delimiter lines.
+#[derive(Debug)]
+pub struct Multipart<'a> {
+    pub preamble: &'a [u8],
+    /// Each part without the CRLF that precedes the next delimiter.
+    pub parts: Vec<&'a [u8]>,
+    pub epilogue: &'a [u8],
+    /// Whether the close delimiter (`--boundary--`) was found.
+    pub closed: bool,
+}
+
+/// Splits a multipart body (RFC 2046 §5.1.1). A missing close delimiter is
+/// tolerated (the last part runs to the end); no delimiter at all is an error.
+pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Multipart<'a>, MimeError> {
+    let mut dash = Vec::with_capacity(boundary.len() + 2);
+    dash.extend_from_slice(b"--");
+    dash.extend_from_slice(boundary.as_bytes());
+    let finder = memmem::Finder::new(&dash);
+
+    // Delimiter lines: `--boundary` at a line start, then `--` or transport
+    // padding and the line end.
+    let mut delims: Vec<(usize, usize, usize, bool)> = Vec::new(); // (line start incl. CRLF before, line start, after line, is_close)
+    for pos in finder.find_iter(body) {
+        let at_line_start = pos == 0 || body[pos - 1] == b'\n';
+        if !at_line_start {
+            continue;
+        }
+        let after = pos + dash.len();
+        let rest = &body[after..];
+        let is_close = rest.starts_with(b"--");
+        let tail_from = if is_close { 2 } else { 0 };
+        let line_end = memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+        if !rest[tail_from..line_end].iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+            continue; // `--boundaryX`: a longer boundary, not ours.
+        }
+        let before = if pos >= 2 && &body[pos - 2..pos] == b"\r\n" {
+            pos - 2
+        } else if pos >= 1 {
+            pos - 1
+        } else {
+            0
+        };
+        delims.push((before, pos, after + line_end, is_close));
+        if is_close {
+            break;
+        }
+    }
+    if delims.is_empty() {
+        return Err(MimeError::BoundaryNotFound(boundary.to_string()));
+    }
+    let preamble = &body[..delims[0].0];
+    let mut parts = Vec::with_capacity(delims.len());
+    for w in delims.windows(2) {
+        parts.push(&body[w[0].2..w[1].0]);
+    }
+    let last = delims[delims.len() - 1];
+    let (closed, epilogue) = if last.3 {
+        (true, &body[last.2..])
+    } else {
+        parts.push(&body[last.2..]);
+        (false, &body[body.len()..])
+    };
+    Ok(Multipart { preamble, parts, epilogue, closed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits { max_depth: 32 };
+
+    #[test]
+    fn crlf_canonical_form() {
+        let mut out = Vec::new();
+        push_crlf(&mut out, b"a\nb\r\nc\n\nd");
+        assert_eq!(out, b"a\r\nb\r\nc\r\n\r\nd");
+    }
+
+    #[test]
+    fn detects_what_a_relay_could_change() {
+        assert!(!needs_7bit_encoding(b"plain text\r\nline two\r\n"));
+        assert!(needs_7bit_encoding("Grüße\r\n".as_bytes()));
+        assert!(needs_7bit_encoding(b"nul\0byte\r\n"));
+        assert!(needs_7bit_encoding(b"bare\rcr\r\n"));
+        assert!(needs_7bit_encoding(&[b'a'; 999]));
+        assert!(!needs_7bit_encoding(&[b'a'; 998]));
+        let mut long = vec![b'x'; 1000];
+        long.extend_from_slice(b"\r\nshort\r\n");
+        assert!(needs_7bit_encoding(&long));
+    }
+
+    #[test]
+    fn entity_split_and_fields() {
+        let e = b"Content-Type: text/plain;\r\n charset=utf-8\r\nX-A: 1\r\n\r\nbody\r\n";
+        let (h, b) = split_entity(e);
+        assert_eq!(b, b"body\r\n");
+        let f = parse_fields(h);
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].name, "Content-Type");
+        assert_eq!(f[0].unfolded(), "text/plain; charset=utf-8");
+        assert_eq!(field_value(&f, "x-a").as_deref(), Some("1"));
+        let (h, b) = split_entity(b"\r\nno headers");
+        assert!(h.is_empty());
+        assert_eq!(b, b"no headers");
+        let (h, b) = split_entity(b"A: 1\nB: 2\n\nlf body");
+        assert_eq!(parse_fields(h).len(), 2);
+        assert_eq!(b, b"lf body");
+    }
+
+    #[test]
+    fn content_type_parameters() {
+        let ct = ContentType::parse("Multipart/Mixed (c) ; Boundary=\"a b\\\"c\"; charset=UTF-8").unwrap();
+        assert_eq!(ct.mime_type, "multipart/mixed");
+        assert_eq!(ct.param("boundary"), Some("a b\"c"));
+        assert_eq!(ct.param("charset"), Some("UTF-8"));
+        assert!(ct.is_multipart());
+        let ct = ContentType::parse("text/plain; format=flowed; junk; x=y").unwrap();
+        assert_eq!(ct.param("x"), Some("y"));
+        assert!(ContentType::parse("garbage").is_none());
+        assert!(ContentType::parse("").is_none());
+    }
+
+    #[test]
+    fn multipart_split() {
+        let body = b"pre\r\n--b\r\nA: 1\r\n\r\none\r\n--b \r\n\r\ntwo\r\n--bb\r\nstill two\r\n--b--\r\nepi\r\n";
+        let m = split_multipart(body, "b").unwrap();
+        assert_eq!(m.preamble, b"pre");
+        assert_eq!(m.parts, vec![&b"A: 1\r\n\r\none"[..], &b"\r\ntwo\r\n--bb\r\nstill two"[..]]);
+        assert_eq!(m.epilogue, b"epi\r\n");
+        assert!(m.closed);
+        let m = split_multipart(b"--b\nx\n", "b").unwrap();
+        assert!(!m.closed);
+        assert_eq!(m.parts, vec![&b"x\n"[..]]);
+        assert_eq!(split_multipart(b"nothing here", "b").unwrap_err(), MimeError::BoundaryNotFound("b".into()));
+    }
+
+    fn seven(header: &[u8], body: &[u8]) -> Result<Vec<u8>, MimeError> {
+        let mut out = Vec::new();
+        write_7bit(header, body, 0, L, &mut out).map(|_| out)
+    }
+
+    #[test]
+    fn seven_bit_entity_is_only_canonicalised() {
+        let out = seven(b"Content-Type: text/plain\n", b"hello\nworld\n").unwrap();
+        assert_eq!(out, b"Content-Type: text/plain\r\n\r\nhello\r\nworld\r\n");
+    }
+
+    #[test]
+    fn eight_bit_text_becomes_quoted_printable() {
+        let out = seven(b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n", "Grüße aus München, mit freundlichen Grüßen und vielen Dank\r\n".as_bytes()).unwrap();
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"), "{s}");
+        assert!(!s.contains("8bit"));
+        assert!(s.contains("Gr=C3=BC=C3=9Fe aus M=C3=BCnchen"), "{s}");
+        assert!(s.is_ascii());
+    }
+
+    #[test]
+    fn binary_leaf_becomes_base64() {
+        let body: Vec<u8> = (0..=255u8).collect();
+        let out = seven(b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n", &body).unwrap();
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.contains("Content-Transfer-Encoding: base64\r\n\r\n"), "{s}");
+        let b64: String = s.split("\r\n\r\n").nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(openssl::base64::decode_block(&b64).unwrap(), body);
+    }
+
+    #[test]
+    fn multipart_with_8bit_part_is_rewritten_part_by_part() {
+        let header = b"Content-Type: multipart/mixed; boundary=\"XX\"\r\nContent-Transfer-Encoding: 8bit\r\n";
+        let body = "preamble\r\n--XX\r\nContent-Type: text/plain\r\n\r\nascii\r\n--XX\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nüber\r\n--XX--\r\n".as_bytes();
+        let s = String::from_utf8(seven(header, body).unwrap()).unwrap();
+        assert!(s.starts_with("Content-Type: multipart/mixed; boundary=\"XX\"\r\n\r\npreamble\r\n--XX\r\nContent-Type: text/plain\r\n\r\nascii\r\n--XX\r\n"), "{s}");
+        assert!(s.contains("quoted-printable"), "{s}");
+        assert!(s.ends_with("\r\n--XX--\r\n"), "{s}");
+        assert!(s.is_ascii());
+    }
+
+    #[test]
+    fn malformed_structures_give_errors() {
+        let eight = "ü\r\n".as_bytes();
+        assert_eq!(seven(b"Content-Type: multipart/mixed\r\n", eight).unwrap_err(), MimeError::NoBoundary);
+        assert!(matches!(seven(b"Content-Type: multipart/mixed; boundary=q\r\n", eight), Err(MimeError::BoundaryNotFound(_))));
+        assert!(matches!(
+            seven(b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n", eight),
+            Err(MimeError::EightBitInEncoded(_))
+        ));
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let depth = 100;
+        let mut body = "ü\r\n".to_string();
+        for i in (0..depth).rev() {
+            body = format!("--b{i}\r\nContent-Type: {}\r\n\r\n{body}\r\n--b{i}--\r\n", if i + 1 == depth { "text/plain".to_string() } else { format!("multipart/mixed; boundary=b{}", i + 1) });
+        }
+        let err = seven(b"Content-Type: multipart/mixed; boundary=b0\r\n", body.as_bytes()).unwrap_err();
+        assert_eq!(err, MimeError::TooDeep(32));
+    }
+}

@@ -1,0 +1,154 @@
+//! What the milter decided about one message: the verdict for the MTA and the
+//! changes to make, in a form both the milter and the offline test mode apply.
+
+use crate::config::FailAction;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Deliver (with the changes, if any).
+    Accept,
+    /// 451 4.7.0: keep the message queued.
+    Tempfail(String),
+    /// 550 5.7.0: refuse it.
+    Reject(String),
+}
+
+impl Verdict {
+    /// The verdict a configured failure action gives.
+    pub fn for_action(action: FailAction, reason: &str) -> Verdict {
+        match action {
+            FailAction::Accept => Verdict::Accept,
+            FailAction::Tempfail => Verdict::Tempfail(reason.to_string()),
+            FailAction::Reject => Verdict::Reject(reason.to_string()),
+        }
+    }
+
+    /// The word in the summary log line.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Verdict::Accept => "accept",
+            Verdict::Tempfail(_) => "tempfail",
+            Verdict::Reject(_) => "reject",
+        }
+    }
+}
+
+/// A header change with libmilter semantics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderOp {
+    /// `smfi_chgheader`: the `index`-th (from 1) field of that name; `None`
+    /// deletes it.
+    Change { name: String, index: usize, value: Option<String> },
+    /// `smfi_addheader`: append a field.
+    Add { name: String, value: String },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Applied in order; deletions come last-index first so that indices stay
+    /// valid whatever the MTA's numbering after a delete.
+    pub headers: Vec<HeaderOp>,
+    /// The whole new body, CRLF line ends.
+    pub body: Option<Vec<u8>>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty() && self.body.is_none()
+    }
+}
+
+/// The result for one message, with what the summary line reports.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub changes: Changes,
+    /// What was done: `signed`, `unchanged`, ... (the summary's `action=`).
+    pub action: &'static str,
+    /// Why, when it was not the ordinary path.
+    pub reason: Option<String>,
+    /// The key used, for the summary line.
+    pub key: Option<String>,
+}
+
+impl Outcome {
+    pub fn unchanged(reason: impl Into<String>) -> Outcome {
+        Outcome { verdict: Verdict::Accept, changes: Changes::default(), action: "unchanged", reason: Some(reason.into()), key: None }
+    }
+
+    /// A failure handled by its configured action: never a partial rewrite.
+    pub fn failure(action: FailAction, reason: impl Into<String>) -> Outcome {
+        let reason = reason.into();
+        let verdict = Verdict::for_action(action, &reason);
+        let word = match verdict {
+            Verdict::Accept => "unchanged",
+            Verdict::Tempfail(_) => "tempfail",
+            Verdict::Reject(_) => "reject",
+        };
+        Outcome { verdict, changes: Changes::default(), action: word, reason: Some(reason), key: None }
+    }
+}
+
+/// Applies header operations to a list of (name, value) fields the way an MTA
+/// does; used by the test mode to show what would be delivered.
+pub fn apply_header_ops(fields: &mut Vec<(String, String)>, ops: &[HeaderOp]) {
+    for op in ops {
+        match op {
+            HeaderOp::Change { name, index, value } => {
+                let pos = fields
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (n, _))| n.eq_ignore_ascii_case(name))
+                    .nth(index.saturating_sub(1))
+                    .map(|(i, _)| i);
+                match (pos, value) {
+                    (Some(i), Some(v)) => fields[i].1 = v.clone(),
+                    (Some(i), None) => {
+                        fields.remove(i);
+                    }
+                    // Like sendmail and Postfix: changing a missing field adds it.
+                    (None, Some(v)) => fields.push((name.clone(), v.clone())),
+                    (None, None) => {}
+                }
+            }
+            HeaderOp::Add { name, value } => fields.push((name.clone(), value.clone())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_ops_follow_milter_semantics() {
+        let mut f = vec![
+            ("From".to_string(), "a@x".to_string()),
+            ("Content-Type".to_string(), "text/plain".to_string()),
+            ("content-type".to_string(), "dup".to_string()),
+        ];
+        apply_header_ops(
+            &mut f,
+            &[
+                HeaderOp::Change { name: "Content-Type".into(), index: 2, value: None },
+                HeaderOp::Change { name: "CONTENT-TYPE".into(), index: 1, value: Some("multipart/signed".into()) },
+                HeaderOp::Add { name: "MIME-Version".into(), value: "1.0".into() },
+            ],
+        );
+        assert_eq!(
+            f,
+            vec![
+                ("From".to_string(), "a@x".to_string()),
+                ("Content-Type".to_string(), "multipart/signed".to_string()),
+                ("MIME-Version".to_string(), "1.0".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn failure_actions_map_to_verdicts() {
+        assert_eq!(Outcome::failure(FailAction::Accept, "x").action, "unchanged");
+        assert_eq!(Outcome::failure(FailAction::Tempfail, "x").verdict, Verdict::Tempfail("x".into()));
+        assert_eq!(Outcome::failure(FailAction::Reject, "x").action, "reject");
+    }
+}

@@ -1,0 +1,173 @@
+//! Per-connection and per-message state, free of libmilter types: the milter
+//! callbacks and the offline test mode drive the same methods.
+
+use crate::config::Config;
+use crate::outbound::{self, Plan};
+use crate::outcome::Outcome;
+use crate::policy::{self, Direction};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One message in flight.
+pub struct Message {
+    cfg: Arc<Config>,
+    pub queue_id: Option<String>,
+    pub auth_login: Option<String>,
+    pub sender: String,
+    pub recipients: usize,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Header and body bytes seen, including what was not kept.
+    pub size: u64,
+    pub direction: Direction,
+    plan: Option<Plan>,
+    pub started: Instant,
+}
+
+impl Message {
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+}
+
+/// A client connection; holds at most one message at a time.
+pub struct Session {
+    pub client_ip: Option<IpAddr>,
+    /// Forces the direction (test mode); otherwise decided per message.
+    pub direction_override: Option<Direction>,
+    pub message: Option<Message>,
+}
+
+/// What a callback tells the caller to do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Keep sending (the next stage's data).
+    Continue,
+    /// Decided: report this outcome; no further data is needed.
+    Done(Outcome),
+}
+
+impl Session {
+    pub fn new(client_ip: Option<IpAddr>) -> Session {
+        Session { client_ip, direction_override: None, message: None }
+    }
+
+    /// MAIL FROM: a new message starts with the configuration in force now,
+    /// kept for the whole message even if a reload happens meanwhile.
+    pub fn mail(&mut self, cfg: Arc<Config>, sender: &str, auth_login: Option<&str>) {
+        let auth_login = auth_login.filter(|l| !l.is_empty()).map(str::to_string);
+        let direction = self
+            .direction_override
+            .unwrap_or_else(|| policy::direction(&cfg, self.client_ip, auth_login.as_deref()));
+        self.message = Some(Message {
+            cfg,
+            queue_id: None,
+            auth_login,
+            sender: sender.trim_matches(['<', '>']).to_string(),
+            recipients: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+            size: 0,
+            direction,
+            plan: None,
+            started: Instant::now(),
+        });
+    }
+
+    pub fn rcpt(&mut self) -> Step {
+        let Some(m) = self.message.as_mut() else { return Step::Continue };
+        m.recipients += 1;
+        if m.recipients > m.cfg.max_recipients {
+            let reason = format!("more than {} recipients", m.cfg.max_recipients);
+            return Step::Done(Outcome::failure(m.cfg.actions.oversized, reason));
+        }
+        Step::Continue
+    }
+
+    pub fn header(&mut self, name: &str, value: &str) -> Step {
+        let Some(m) = self.message.as_mut() else { return Step::Continue };
+        m.size += (name.len() + value.len() + 4) as u64;
+        if m.size > m.cfg.max_message_size {
+            return oversized(m);
+        }
+        m.headers.push((name.to_string(), value.to_string()));
+        Step::Continue
+    }
+
+    /// End of headers: the direction and the key are known; decide as much as
+    /// possible before the body arrives.
+    pub fn end_of_headers(&mut self) -> Step {
+        let Some(m) = self.message.as_mut() else { return Step::Continue };
+        match m.direction {
+            // Verification of inbound mail comes with its own module.
+            Direction::Inbound => Step::Done(Outcome::unchanged("inbound")),
+            Direction::Outbound => match outbound::plan(&m.cfg, m.auth_login.as_deref(), &m.headers) {
+                Plan::Done(o) => Step::Done(o),
+                p @ Plan::Sign(_) => {
+                    m.plan = Some(p);
+                    Step::Continue
+                }
+            },
+        }
+    }
+
+    pub fn body(&mut self, chunk: &[u8]) -> Step {
+        let Some(m) = self.message.as_mut() else { return Step::Continue };
+        m.size += chunk.len() as u64;
+        if m.size > m.cfg.max_message_size {
+            m.body = Vec::new();
+            return oversized(m);
+        }
+        m.body.extend_from_slice(chunk);
+        Step::Continue
+    }
+
+    /// End of message: the whole message is here; produce the outcome.
+    pub fn end_of_message(&mut self) -> Outcome {
+        let Some(m) = self.message.as_mut() else {
+            return Outcome::unchanged("no message state");
+        };
+        match m.plan.take() {
+            Some(Plan::Sign(key)) => outbound::sign_message(&m.cfg, &key, &m.headers, &m.body),
+            Some(Plan::Done(o)) => o,
+            None => Outcome::unchanged(m.direction.as_str()),
+        }
+    }
+
+    /// The message ended (accepted, aborted, or the connection closed).
+    pub fn reset(&mut self) {
+        self.message = None;
+    }
+}
+
+fn oversized(m: &Message) -> Step {
+    let reason = format!("message larger than max_message_size ({} bytes)", m.cfg.max_message_size);
+    Step::Done(Outcome::failure(m.cfg.actions.oversized, reason))
+}
+
+/// The one line per message an admin greps for by queue id.
+pub fn summary_line(m: &Message, o: &Outcome) -> String {
+    let mut s = format!(
+        "{}: {} action={} verdict={}",
+        m.queue_id.as_deref().unwrap_or("NOQUEUE"),
+        m.direction.as_str(),
+        o.action,
+        o.verdict.word()
+    );
+    if let Some(k) = &o.key {
+        s.push_str(&format!(" key={k}"));
+    }
+    if let Some(login) = &m.auth_login {
+        s.push_str(&format!(" auth={login}"));
+    }
+    s.push_str(&format!(
+        " size={} time={:.2}ms",
+        m.size,
+        m.started.elapsed().as_secs_f64() * 1000.0
+    ));
+    if let Some(r) = &o.reason {
+        s.push_str(&format!(" reason=\"{}\"", r.replace('"', "'")));
+    }
+    s
+}

@@ -1,0 +1,192 @@
+//! S/MIME signing (RFC 8551 §3.5): a CMS SignedData over the canonical MIME
+//! entity, wrapped as multipart/signed (clear) or application/pkcs7-mime
+//! (opaque).
+
+use crate::config::{Digest, SignFormat};
+use crate::keystore::SigningKey;
+use foreign_types::ForeignType;
+use openssl::cms::{CMSOptions, CmsContentInfo};
+use openssl::error::ErrorStack;
+use openssl::hash::MessageDigest;
+use openssl::stack::Stack;
+use openssl::x509::X509;
+use std::os::raw::{c_int, c_uint};
+
+extern "C" {
+    // Declared by OpenSSL's cms.h but not bound by openssl-sys; needed to pick
+    // the digest (CMS_sign only uses the key's default).
+    fn CMS_add1_signer(
+        cms: *mut openssl_sys::CMS_ContentInfo,
+        signer: *mut openssl_sys::X509,
+        pk: *mut openssl_sys::EVP_PKEY,
+        md: *const openssl_sys::EVP_MD,
+        flags: c_uint,
+    ) -> *mut std::ffi::c_void;
+    fn CMS_final(
+        cms: *mut openssl_sys::CMS_ContentInfo,
+        data: *mut openssl_sys::BIO,
+        dcont: *mut openssl_sys::BIO,
+        flags: c_uint,
+    ) -> c_int;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("CMS signing failed: {0}")]
+pub struct SignError(#[from] ErrorStack);
+
+fn message_digest(d: Digest) -> MessageDigest {
+    match d {
+        Digest::Sha256 => MessageDigest::sha256(),
+        Digest::Sha384 => MessageDigest::sha384(),
+        Digest::Sha512 => MessageDigest::sha512(),
+    }
+}
+
+/// DER SignedData over `content`, which must already be in canonical form.
+/// Signed attributes: contentType, messageDigest, signingTime and
+/// SMIMECapabilities (OpenSSL adds the last two by default).
+pub fn cms_sign(key: &SigningKey, content: &[u8], digest: Digest, detached: bool, include_chain: bool) -> Result<Vec<u8>, SignError> {
+    // BINARY: the content is canonical already; OpenSSL must not translate it.
+    let mut flags = CMSOptions::BINARY | CMSOptions::PARTIAL;
+    if detached {
+        flags |= CMSOptions::DETACHED;
+    }
+    let mut certs = Stack::<X509>::new()?;
+    if include_chain {
+        for c in &key.chain {
+            certs.push(c.clone())?;
+        }
+    }
+    let cms = CmsContentInfo::sign::<openssl::pkey::Private>(None, None, Some(&certs), None, flags)?;
+    unsafe {
+        let si = CMS_add1_signer(
+            cms.as_ptr(),
+            key.cert.as_ptr(),
+            key.pkey.as_ptr(),
+            message_digest(digest).as_ptr(),
+            flags.bits(),
+        );
+        if si.is_null() {
+            return Err(ErrorStack::get().into());
+        }
+        // A read-only memory BIO over the content: no copy.
+        let len = c_int::try_from(content.len()).map_err(|_| ErrorStack::get())?;
+        let data = openssl_sys::BIO_new_mem_buf(content.as_ptr().cast(), len);
+        if data.is_null() {
+            return Err(ErrorStack::get().into());
+        }
+        let ok = CMS_final(cms.as_ptr(), data, std::ptr::null_mut(), flags.bits());
+        openssl_sys::BIO_free_all(data);
+        if ok != 1 {
+            return Err(ErrorStack::get().into());
+        }
+    }
+    Ok(cms.to_der()?)
+}
+
+/// What signing produces for the milter to apply.
+pub struct Signed {
+    /// New value of the top-level Content-Type field.
+    pub content_type: String,
+    /// New Content-Transfer-Encoding, if any (opaque form).
+    pub transfer_encoding: Option<&'static str>,
+    /// Extra top-level Content-* fields (opaque form: Content-Disposition).
+    pub extra_fields: Vec<(&'static str, String)>,
+    /// The new body, CRLF line ends.
+    pub body: Vec<u8>,
+}
+
+/// Signs `entity` (canonical MIME entity: Content-* fields, empty line, body).
+pub fn sign_entity(key: &SigningKey, entity: &[u8], format: SignFormat, digest: Digest, include_chain: bool) -> Result<Signed, SignError> {
+    match format {
+        SignFormat::Clear => {
+            let sig = cms_sign(key, entity, digest, true, include_chain)?;
+            let boundary = unique_boundary(entity);
+            let mut body = Vec::with_capacity(entity.len() + sig.len() * 4 / 3 + 512);
+            body.extend_from_slice(b"This is an S/MIME signed message\r\n\r\n--");
+            body.extend_from_slice(boundary.as_bytes());
+            body.extend_from_slice(b"\r\n");
+            body.extend_from_slice(entity);
+            body.extend_from_slice(b"\r\n--");
+            body.extend_from_slice(boundary.as_bytes());
+            body.extend_from_slice(b"\r\n");
+            write_smime_part(&mut body, "application/pkcs7-signature", None, "smime.p7s", &sig);
+            body.extend_from_slice(b"\r\n--");
+            body.extend_from_slice(boundary.as_bytes());
+            body.extend_from_slice(b"--\r\n");
+            Ok(Signed {
+                content_type: format!(
+                    "multipart/signed; protocol=\"application/pkcs7-signature\"; micalg={}; boundary=\"{boundary}\"",
+                    digest.micalg()
+                ),
+                transfer_encoding: None,
+                extra_fields: vec![],
+                body,
+            })
+        }
+        SignFormat::Opaque => {
+            let der = cms_sign(key, entity, digest, false, include_chain)?;
+            let mut body = Vec::with_capacity(der.len() * 4 / 3 + 64);
+            push_base64_lines(&mut body, &der);
+            Ok(Signed {
+                content_type: "application/pkcs7-mime; smime-type=signed-data; name=\"smime.p7m\"".into(),
+                transfer_encoding: Some("base64"),
+                extra_fields: vec![("Content-Disposition", "attachment; filename=\"smime.p7m\"".into())],
+                body,
+            })
+        }
+    }
+}
+
+/// A signature or enveloped part, built by mail-builder (base64, 76 columns).
+pub fn write_smime_part(out: &mut Vec<u8>, mime_type: &'static str, smime_type: Option<&'static str>, filename: &'static str, der: &[u8]) {
+    use mail_builder::headers::content_type::ContentType;
+    use mail_builder::mime::MimePart;
+    let mut ct = ContentType::new(mime_type);
+    if let Some(t) = smime_type {
+        ct = ct.attribute("smime-type", t);
+    }
+    let part = MimePart::new(ct.attribute("name", filename), der).attachment(filename);
+    part.write_part(out);
+}
+
+/// Base64 in lines of 76 characters with CRLF (RFC 2045 §6.8).
+pub fn push_base64_lines(out: &mut Vec<u8>, data: &[u8]) {
+    for chunk in data.chunks(57) {
+        out.extend_from_slice(openssl::base64::encode_block(chunk).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A boundary that does not occur in the content (RFC 2046 §5.1.1).
+fn unique_boundary(content: &[u8]) -> String {
+    loop {
+        let b = format!("----smime-{}", mail_builder::mime::make_boundary("_"));
+        if memchr::memmem::find(content, b.as_bytes()).is_none() {
+            return b;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_lines_are_76_columns() {
+        let mut out = Vec::new();
+        push_base64_lines(&mut out, &[7u8; 200]);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.lines().all(|l| l.len() <= 76));
+        assert_eq!(s.lines().next().unwrap().len(), 76);
+        let joined: String = s.split_whitespace().collect();
+        assert_eq!(openssl::base64::decode_block(&joined).unwrap(), vec![7u8; 200]);
+    }
+
+    #[test]
+    fn boundary_avoids_content() {
+        let b = unique_boundary(b"some content");
+        assert!(b.starts_with("----smime-"));
+        assert!(b.len() < 70, "RFC 2046 limits boundaries to 70 characters");
+    }
+}

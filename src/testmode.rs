@@ -1,0 +1,127 @@
+//! `smime-milter test`: runs one message through the same `Session` code the
+//! milter uses and prints what the MTA would deliver (like opendkim-testmsg).
+
+use crate::config::Config;
+use crate::mime;
+use crate::outcome::{apply_header_ops, Verdict};
+use crate::policy::Direction;
+use crate::session::{self, Session, Step};
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub const EXIT_ACCEPT: i32 = 0;
+pub const EXIT_REJECT: i32 = 69; // EX_UNAVAILABLE
+pub const EXIT_TEMPFAIL: i32 = 75; // EX_TEMPFAIL
+
+#[derive(Debug, Default)]
+pub struct TestArgs {
+    pub direction: Option<Direction>,
+    pub sender: Option<String>,
+    pub recipients: Vec<String>,
+    pub client_ip: Option<IpAddr>,
+    pub auth_user: Option<String>,
+}
+
+/// Processes `input` (a message with LF or CRLF line ends) and writes the
+/// message as delivered to `out`, the summary to `err`. Returns the exit code.
+pub fn run(cfg: Arc<Config>, args: &TestArgs, input: &[u8], out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<i32> {
+    let crlf_input = memchr::memmem::find(input, b"\r\n").is_some();
+    let (block, body) = mime::split_entity(input);
+    // As an MTA hands them over: name, value without the leading space,
+    // folding kept; body in SMTP form (CRLF).
+    let headers: Vec<(String, String)> = mime::parse_fields(block)
+        .iter()
+        .map(|f| {
+            let v = String::from_utf8_lossy(f.value);
+            let v = v.trim_start_matches([' ', '\t']);
+            let v = v.strip_suffix('\n').unwrap_or(v);
+            let v = v.strip_suffix('\r').unwrap_or(v);
+            (f.name.to_string(), v.to_string())
+        })
+        .collect();
+    let mut smtp_body = Vec::with_capacity(body.len() + body.len() / 20);
+    mime::push_crlf(&mut smtp_body, body);
+
+    let client_ip = args.client_ip.or_else(|| Some(IpAddr::from([127, 0, 0, 1])));
+    let mut s = Session::new(client_ip);
+    s.direction_override = args.direction;
+    s.mail(cfg, args.sender.as_deref().unwrap_or(""), args.auth_user.as_deref());
+    if let Some(m) = s.message.as_mut() {
+        m.queue_id = Some("TEST".into());
+    }
+    let mut outcome = None;
+    for _ in &args.recipients {
+        if let Step::Done(o) = s.rcpt() {
+            outcome = Some(o);
+            break;
+        }
+    }
+    if outcome.is_none() {
+        for (n, v) in &headers {
+            if let Step::Done(o) = s.header(n, v) {
+                outcome = Some(o);
+                break;
+            }
+        }
+    }
+    if outcome.is_none() {
+        if let Step::Done(o) = s.end_of_headers() {
+            outcome = Some(o);
+        }
+    }
+    if outcome.is_none() {
+        // In chunks, as libmilter delivers the body.
+        for chunk in smtp_body.chunks(65535) {
+            if let Step::Done(o) = s.body(chunk) {
+                outcome = Some(o);
+                break;
+            }
+        }
+    }
+    let outcome = match outcome {
+        Some(o) => o,
+        None => s.end_of_message(),
+    };
+    if let Some(m) = &s.message {
+        writeln!(err, "{}", session::summary_line(m, &outcome))?;
+    }
+
+    let code = match outcome.verdict {
+        Verdict::Accept => EXIT_ACCEPT,
+        Verdict::Tempfail(_) => EXIT_TEMPFAIL,
+        Verdict::Reject(_) => EXIT_REJECT,
+    };
+    if code != EXIT_ACCEPT {
+        return Ok(code);
+    }
+    let mut fields = headers;
+    apply_header_ops(&mut fields, &outcome.changes.headers);
+    let mut msg = Vec::with_capacity(smtp_body.len() + 4096);
+    for (n, v) in &fields {
+        msg.extend_from_slice(n.as_bytes());
+        msg.extend_from_slice(b": ");
+        mime::push_crlf(&mut msg, v.as_bytes());
+        msg.extend_from_slice(b"\r\n");
+    }
+    msg.extend_from_slice(b"\r\n");
+    msg.extend_from_slice(outcome.changes.body.as_deref().unwrap_or(&smtp_body));
+    if crlf_input {
+        out.write_all(&msg)?;
+    } else {
+        out.write_all(&crlf_to_lf(&msg))?;
+    }
+    out.flush()?;
+    Ok(code)
+}
+
+fn crlf_to_lf(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut start = 0;
+    for cr in memchr::memmem::find_iter(input, b"\r\n") {
+        out.extend_from_slice(&input[start..cr]);
+        start = cr + 1;
+    }
+    out.extend_from_slice(&input[start..]);
+    out
+}
