@@ -96,8 +96,22 @@ pub struct Signed {
     pub body: Vec<u8>,
 }
 
+/// The digest to sign with: the configured one, raised to the strength of an
+/// ECDSA key's curve (RFC 5480 §4; GnuPG refuses SHA-256 with P-384).
+pub fn effective_digest(key: &SigningKey, configured: Digest) -> Digest {
+    let curve_bits = match key.pkey.id() {
+        openssl::pkey::Id::EC => key.pkey.bits(),
+        _ => 0,
+    };
+    match configured {
+        Digest::Sha256 if curve_bits > 256 => Digest::Sha384,
+        d => d,
+    }
+}
+
 /// Signs `entity` (canonical MIME entity: Content-* fields, empty line, body).
 pub fn sign_entity(key: &SigningKey, entity: &[u8], format: SignFormat, digest: Digest, include_chain: bool) -> Result<Signed, SignError> {
+    let digest = effective_digest(key, digest);
     match format {
         SignFormat::Clear => {
             let sig = cms_sign(key, entity, digest, true, include_chain)?;

@@ -1,0 +1,80 @@
+#!/bin/bash
+# Builds a throwaway test PKI with the openssl command line tool:
+#   root CA -> intermediate CA -> end-entity S/MIME certificates.
+# Usage: make-pki.sh OUTDIR
+# Every file is for tests only; the keys are generated fresh each run.
+set -euo pipefail
+out=${1:?usage: make-pki.sh OUTDIR}
+mkdir -p "$out"
+cd "$out"
+umask 077
+
+days=825
+subj() { printf '/O=smime-milter tests/CN=%s' "$1"; }
+
+# --- CAs -------------------------------------------------------------------
+cat > ca.ext <<'X'
+[inter]
+basicConstraints = critical, CA:TRUE, pathlen:0
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+X
+openssl req -x509 -new -newkey rsa:2048 -nodes -keyout root.key -out root.crt \
+    -subj "$(subj 'Test Root CA')" -days 3650 -sha256 -addext 'basicConstraints=critical,CA:TRUE' \
+    -addext 'keyUsage=critical,keyCertSign,cRLSign' -addext 'subjectKeyIdentifier=hash' 2>/dev/null
+openssl req -new -newkey rsa:2048 -nodes -keyout inter.key -out inter.csr -subj "$(subj 'Test Intermediate CA')" 2>/dev/null
+openssl x509 -req -in inter.csr -CA root.crt -CAkey root.key -CAcreateserial -out inter.crt \
+    -days 3000 -sha256 -extfile ca.ext -extensions inter 2>/dev/null
+
+# --- end entities ------------------------------------------------------------
+# ee NAME ADDRESS KEYSPEC [KU]
+ee() {
+    local name=$1 addr=$2 keyspec=$3 ku=${4:-}
+    case $keyspec in
+        rsa:*) openssl genpkey -algorithm RSA -pkeyopt "rsa_keygen_bits:${keyspec#rsa:}" -out "$name.key" 2>/dev/null
+               [ -n "$ku" ] || ku='digitalSignature, nonRepudiation, keyEncipherment' ;;
+        ec:*)  openssl genpkey -algorithm EC -pkeyopt "ec_paramgen_curve:${keyspec#ec:}" -out "$name.key" 2>/dev/null
+               [ -n "$ku" ] || ku='digitalSignature, nonRepudiation, keyAgreement' ;;
+    esac
+    cat > "$name.ext" <<X
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, $ku
+extendedKeyUsage = emailProtection
+subjectAltName = email:$addr
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+X
+    openssl req -new -key "$name.key" -out "$name.csr" -subj "$(subj "$name")/emailAddress=$addr" 2>/dev/null
+    openssl x509 -req -in "$name.csr" -CA inter.crt -CAkey inter.key -CAcreateserial -out "$name.crt" \
+        -days $days -sha256 -extfile "$name.ext" 2>/dev/null
+    # The chain file the milter is given: signer, then intermediate.
+    cat "$name.crt" inter.crt > "$name.chain.pem"
+}
+
+ee alice alice@example.com rsa:2048
+ee bob bob@example.com ec:P-256
+ee carol carol@example.com rsa:3072
+ee dave dave@example.net ec:P-384
+ee org info@example.org rsa:2048
+
+# bob's key encrypted with a passphrase file.
+printf 'bob secret passphrase\n' > bob.pass
+openssl pkey -in bob.key -out bob.enc.key -aes256 -passout file:bob.pass 2>/dev/null
+# carol as PKCS#12 (key, certificate, intermediate and root).
+printf 'carol-p12-pass\n' > carol.pass
+openssl pkcs12 -export -inkey carol.key -in carol.crt -certfile <(cat inter.crt root.crt) \
+    -out carol.p12 -passout file:carol.pass -name carol 2>/dev/null
+
+# A weak key the milter must refuse to load.
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out weak.key 2>/dev/null
+openssl req -x509 -new -key weak.key -out weak.crt -subj "$(subj weak)" -days 30 2>/dev/null
+
+# A CA nobody trusts, and a certificate from it.
+openssl req -x509 -new -newkey rsa:2048 -nodes -keyout rogue-root.key -out rogue-root.crt \
+    -subj "$(subj 'Rogue Root CA')" -days 3650 -addext 'basicConstraints=critical,CA:TRUE' 2>/dev/null
+
+rm -f ./*.csr ./*.srl
+chmod 600 ./*.key ./*.pass ./*.p12
+chmod 644 ./*.crt ./*.pem
+echo "test PKI written to $(pwd)"
