@@ -1,0 +1,97 @@
+//! End to end through a real Postfix: SMTP in on 127.0.0.1, smtpd_milters
+//! pointing at smime-milter, delivery to smtp-sink; what arrives must verify
+//! with openssl and gpgsm and decode to what was sent.
+
+mod common;
+use common::*;
+
+fn data(name: &str) -> Vec<u8> {
+    std::fs::read(project_dir().join("tests/data").join(name)).unwrap()
+}
+
+fn subject(msg: &[u8]) -> String {
+    let s = String::from_utf8_lossy(msg);
+    s.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().trim().to_string()
+}
+
+fn queue_id(reply: &str) -> String {
+    reply.rsplit(' ').next().unwrap().to_string()
+}
+
+fn skip_unless_root() -> bool {
+    if !is_root() {
+        eprintln!("not root: a Postfix master cannot be started; skipping");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn outbound_mail_arrives_signed_and_verifies() {
+    if skip_unless_root() {
+        return;
+    }
+    let milter = Milter::start("", &pki().key_table());
+    let postfix = Postfix::start(&milter.spec());
+    let gpgsm = Gpgsm::new();
+    let names = ["plain.eml", "utf8-8bit.eml", "multipart-binary.eml", "long-lines.eml"];
+    let mut qids = Vec::new();
+    for name in names {
+        let reply = postfix.send("alice@example.com", &["bob@example.net"], &data(name));
+        assert!(reply.starts_with("250"), "{name}: {reply}\n{}", milter.log());
+        qids.push(queue_id(&reply));
+    }
+    let delivered = postfix.delivered(names.len());
+    for name in names {
+        let mut original = data(name);
+        // SMTP ends every message with a line end.
+        if !original.ends_with(b"\n") {
+            original.push(b'\n');
+        }
+        let msg = delivered
+            .iter()
+            .find(|m| subject(m) == subject(&original))
+            .unwrap_or_else(|| panic!("{name} not delivered"));
+        let text = String::from_utf8_lossy(msg);
+        assert!(text.contains("Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; micalg=sha-256"), "{name}:\n{text}");
+        let content = openssl_verify(msg).unwrap_or_else(|e| panic!("{name}: openssl: {e}"));
+        let (signed, sig) = split_clear_signed(msg);
+        assert_eq!(signed, content);
+        gpgsm.verify_detached(&sig, &signed).unwrap_or_else(|e| panic!("{name}: gpgsm: {e}"));
+        assert_eq!(mime_leaves(&content), mime_leaves(&original), "{name}: content changed on the way");
+    }
+    // One summary line per message, under Postfix's queue id.
+    let log = milter.wait_log(qids.last().unwrap());
+    for q in &qids {
+        assert!(log.contains(&format!("{q}: outbound action=signed verdict=accept key=alice@example.com")), "{q}:\n{log}");
+    }
+}
+
+#[test]
+fn unsigned_cases_and_a_stopped_milter_lose_no_mail() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut milter = Some(Milter::start("", &pki().key_table()));
+    let spec = milter.as_ref().unwrap().spec();
+    let postfix = Postfix::start(&spec);
+
+    // A sender without a key: delivered, unchanged.
+    let original = data("plain.eml");
+    let other = String::from_utf8_lossy(&original).replace("From: Alice <alice@example.com>", "From: Zed <zed@unknown.example>");
+    let reply = postfix.send("zed@unknown.example", &["bob@example.net"], other.as_bytes());
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivered = postfix.delivered(1);
+    let text = String::from_utf8_lossy(&delivered[0]).replace("\r\n", "\n");
+    assert!(!text.contains("multipart/signed"), "{text}");
+    let body_sent = other.split_once("\n\n").unwrap().1;
+    // smtp-sink ends its dump with one more newline of its own.
+    assert!(text.contains(&format!("\n\n{body_sent}")), "body unchanged:\n{text:?}");
+
+    // The milter is down: Postfix (milter_default_action = tempfail) refuses
+    // with a 4xx, so the client keeps the message.
+    drop(milter.take());
+    let reply = postfix.send("alice@example.com", &["bob@example.net"], &original);
+    assert!(reply.starts_with("451") || reply.starts_with("421"), "expected a temporary failure, got {reply}");
+    assert_eq!(postfix.queued(), 0, "nothing was accepted to be delivered unsigned");
+}
