@@ -1,1 +1,175 @@
-fn main() {}
+//! Signing benchmark: prints figures, asserts nothing about speed.
+//!
+//!   cargo bench --bench sign
+//!
+//! 1. In process: canonicalisation and `outbound::sign_message` (the work the
+//!    milter does at end of message) for a 4 KB and a 1 MB message.
+//! 2. Through the milter protocol: the release binary on a unix socket, a
+//!    client playing Postfix (one connection per message, as Postfix does by
+//!    default), with the milter's own CPU time per message.
+
+#[path = "../tests/common/milter_client.rs"]
+mod milter_client;
+
+use milter_client::{split_message, MilterClient};
+use smime_milter::config::Config;
+use smime_milter::keystore::SigningKey;
+use smime_milter::mime::{self, Limits};
+use smime_milter::outbound::{self, Plan};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn message(size: usize) -> Vec<u8> {
+    let mut m = b"From: Alice <alice@example.com>\r\nTo: bob@example.net\r\nSubject: bench\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n".to_vec();
+    while m.len() < size {
+        m.extend_from_slice(b"The quick brown fox jumps over the lazy dog; pack my box with five dozen.\r\n");
+    }
+    m
+}
+
+fn time_per_op(min_time: Duration, mut f: impl FnMut()) -> (f64, u64) {
+    f(); // warm-up
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < min_time {
+        f();
+        n += 1;
+    }
+    (start.elapsed().as_secs_f64() / n as f64, n)
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit(") ").next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn main() {
+    let top = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::Builder::new().prefix("smime-bench.").tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let ok = Command::new("bash").arg(top.join("tests/pki/make-pki.sh")).arg(&pki).stdout(Stdio::null()).status().unwrap();
+    assert!(ok.success(), "make-pki.sh failed");
+    let sock = dir.path().join("milter.sock");
+    let user = if unsafe { libc::geteuid() } == 0 { "user = \"nobody\"\n" } else { "" };
+    let cfg_text = format!(
+        "socket = \"unix:{}\"\n{user}socket_mode = \"0666\"\nlog_level = \"warning\"\n\
+         [[signing.key]]\nsender = \"alice@example.com\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\
+         [[signing.key]]\nsender = \"bob@example.com\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+        sock.display(),
+        pki.join("alice.chain.pem").display(),
+        pki.join("alice.key").display(),
+        pki.join("bob.chain.pem").display(),
+        pki.join("bob.key").display(),
+    );
+    let cfg_path = dir.path().join("bench.toml");
+    std::fs::write(&cfg_path, &cfg_text).unwrap();
+    let cfg = Arc::new(Config::load(&cfg_path).unwrap());
+
+    println!("smime-milter signing benchmark ({} cores)", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!();
+    println!("in process (outbound::sign_message, RSA-2048 and ECDSA P-256, SHA-256, clear-signed):");
+    for size in [4 * 1024, 1024 * 1024] {
+        let raw = message(size);
+        let (headers, body) = split_message(&raw);
+        let (canon, _) = time_per_op(Duration::from_millis(500), || {
+            let mut out = Vec::with_capacity(body.len() + 128);
+            mime::write_7bit(b"Content-Type: text/plain\r\n", &body, 0, Limits { max_depth: 32 }, &mut out).unwrap();
+            std::hint::black_box(out);
+        });
+        println!("  {:>7} canonicalise      {:>9.3} ms  ({:>8.0}/s)", label(size), canon * 1e3, 1.0 / canon);
+        for from in ["alice@example.com", "bob@example.com"] {
+            let key: Arc<SigningKey> = match outbound::plan(&cfg, None, &with_from(&headers, from)) {
+                Plan::Sign(k) => k,
+                Plan::Done(o) => panic!("no key: {:?}", o.reason),
+            };
+            let (t, _) = time_per_op(Duration::from_secs(1), || {
+                std::hint::black_box(outbound::sign_message(&cfg, &key, &headers, &body));
+            });
+            let kind = if from.starts_with("alice") { "sign RSA-2048" } else { "sign P-256   " };
+            println!("  {:>7} {kind}     {:>9.3} ms  ({:>8.0}/s)", label(size), t * 1e3, 1.0 / t);
+        }
+    }
+
+    // Through the protocol, against the release binary.
+    let child = Command::new(env!("CARGO_BIN_EXE_smime-milter"))
+        .args(["-f", "-c"])
+        .arg(&cfg_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start smime-milter");
+    let pid = child.id();
+    let mut child = scopeguard(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "milter did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!();
+    println!("through the milter protocol (unix socket, one connection per message):");
+    for (size, count, conc) in [(4 * 1024, 2000, 1), (4 * 1024, 2000, 4), (1024 * 1024, 100, 1), (1024 * 1024, 100, 4)] {
+        let raw = message(size);
+        let (headers, body) = split_message(&raw);
+        let cpu0 = cpu_seconds(pid);
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..conc {
+                s.spawn(|| {
+                    for i in 0..count / conc {
+                        send_one(&sock, i, &headers, &body);
+                    }
+                });
+            }
+        });
+        let wall = start.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(pid) - cpu0;
+        println!(
+            "  {:>7} x{count:<5} concurrency {conc}: {:>8.0} msg/s   milter CPU {:>7.3} ms/msg",
+            label(size),
+            count as f64 / wall,
+            cpu * 1e3 / count as f64
+        );
+    }
+    stop(&mut child.0);
+}
+
+fn send_one(sock: &Path, i: usize, headers: &[(String, String)], body: &[u8]) {
+    let mut c = MilterClient::connect(sock).unwrap();
+    c.connect_info("127.0.0.1").unwrap();
+    let r = c.message(&format!("B{i}"), None, "alice@example.com", &["bob@example.net"], headers, body).unwrap();
+    assert!(r.new_body().is_some(), "not signed: {:?}", r.reply);
+    c.quit();
+}
+
+fn with_from(headers: &[(String, String)], from: &str) -> Vec<(String, String)> {
+    headers.iter().map(|(n, v)| if n == "From" { (n.clone(), from.to_string()) } else { (n.clone(), v.clone()) }).collect()
+}
+
+fn label(size: usize) -> String {
+    if size >= 1 << 20 {
+        format!("{} MB", size >> 20)
+    } else {
+        format!("{} KB", size >> 10)
+    }
+}
+
+struct Guard(std::process::Child);
+fn scopeguard(c: std::process::Child) -> Guard {
+    Guard(c)
+}
+impl Drop for Guard {
+    fn drop(&mut self) {
+        stop(&mut self.0);
+    }
+}
+
+fn stop(c: &mut std::process::Child) {
+    if let Ok(None) = c.try_wait() {
+        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+        let _ = c.wait();
+    }
+}

@@ -102,7 +102,13 @@ fn parse_mailbox(item: &str) -> Option<String> {
     }
     // A quoted local part that needs no quoting is the same address unquoted.
     let local = match local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) {
-        Some(inner) if !inner.contains([' ', '"', '\\', '@', ',', ';', ':', '<', '>', '(', ')', '[', ']']) => inner,
+        Some(inner)
+            if !inner.contains([
+                ' ', '"', '\\', '@', ',', ';', ':', '<', '>', '(', ')', '[', ']',
+            ]) =>
+        {
+            inner
+        }
         _ => local,
     };
     if local.contains(char::is_whitespace) && !local.starts_with('"') {
@@ -135,8 +141,14 @@ mod tests {
             ("Alice <alice@Example.COM>", "alice@example.com"),
             ("\"Smith, Alice\" <alice@example.com>", "alice@example.com"),
             ("alice@example.com (Alice Smith)", "alice@example.com"),
-            ("(comment <evil@x.test>) Alice <alice@example.com>", "alice@example.com"),
-            ("=?utf-8?q?J=C3=BCrgen?= <juergen@example.de>", "juergen@example.de"),
+            (
+                "(comment <evil@x.test>) Alice <alice@example.com>",
+                "alice@example.com",
+            ),
+            (
+                "=?utf-8?q?J=C3=BCrgen?= <juergen@example.de>",
+                "juergen@example.de",
+            ),
             (" <alice@example.com> ", "alice@example.com"),
             ("\"alice\"@example.com", "alice@example.com"),
             ("Alice <@relay.test:alice@example.com>", "alice@example.com"),
@@ -148,7 +160,10 @@ mod tests {
 
     #[test]
     fn local_part_case_is_kept() {
-        assert_eq!(single_address("Alice@Example.com").unwrap(), "Alice@example.com");
+        assert_eq!(
+            single_address("Alice@Example.com").unwrap(),
+            "Alice@example.com"
+        );
     }
 
     #[test]

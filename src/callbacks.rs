@@ -17,7 +17,11 @@ static CONFIG: RwLock<Option<Arc<Config>>> = RwLock::new(None);
 
 /// The configuration new messages use.
 pub fn current_config() -> Arc<Config> {
-    CONFIG.read().unwrap_or_else(|e| e.into_inner()).clone().expect("configuration installed before the milter starts")
+    CONFIG
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .expect("configuration installed before the milter starts")
 }
 
 pub fn install_config(cfg: Arc<Config>) {
@@ -27,7 +31,11 @@ pub fn install_config(cfg: Arc<Config>) {
 type Ctx = Context<Session>;
 
 /// Runs a callback body; a panic becomes the internal-error action.
-fn guard(ctx: *mut sys::SMFICTX, stage: &str, f: impl FnOnce(&mut Ctx) -> sys::sfsistat) -> sys::sfsistat {
+fn guard(
+    ctx: *mut sys::SMFICTX,
+    stage: &str,
+    f: impl FnOnce(&mut Ctx) -> sys::sfsistat,
+) -> sys::sfsistat {
     if ctx.is_null() {
         return sys::SMFIS_TEMPFAIL;
     }
@@ -54,23 +62,38 @@ fn guard(ctx: *mut sys::SMFICTX, stage: &str, f: impl FnOnce(&mut Ctx) -> sys::s
 }
 
 fn queue_id(c: &Ctx) -> Option<String> {
-    c.api.macro_value("i").ok().flatten().filter(|s| !s.is_empty()).map(str::to_string)
+    c.api
+        .macro_value("i")
+        .ok()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 fn tempfail(c: &Ctx) -> sys::sfsistat {
-    let _ = c.api.set_error_reply("451", Some("4.7.0"), vec!["S/MIME processing failed, please try again later"]);
+    let _ = c.api.set_error_reply(
+        "451",
+        Some("4.7.0"),
+        vec!["S/MIME processing failed, please try again later"],
+    );
     sys::SMFIS_TEMPFAIL
 }
 
 fn reject(c: &Ctx) -> sys::sfsistat {
-    let _ = c.api.set_error_reply("550", Some("5.7.0"), vec!["message refused by S/MIME policy"]);
+    let _ = c.api.set_error_reply(
+        "550",
+        Some("5.7.0"),
+        vec!["message refused by S/MIME policy"],
+    );
     sys::SMFIS_REJECT
 }
 
 /// Logs the summary, ends the message and answers the MTA.
 fn finish(c: &mut Ctx, outcome: Outcome) -> sys::sfsistat {
     let qid = queue_id(c);
-    let Some(s) = c.data.borrow_mut() else { return sys::SMFIS_CONTINUE };
+    let Some(s) = c.data.borrow_mut() else {
+        return sys::SMFIS_CONTINUE;
+    };
     if let Some(m) = s.message.as_mut() {
         if m.queue_id.is_none() {
             m.queue_id = qid;
@@ -111,7 +134,9 @@ unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
     match (*sa).sa_family as i32 {
         libc::AF_INET => {
             let sin = &*(sa as *const libc::sockaddr_in);
-            Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
+            Some(IpAddr::from(
+                u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+            ))
         }
         libc::AF_INET6 => {
             let sin6 = &*(sa as *const libc::sockaddr_in6);
@@ -121,7 +146,11 @@ unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
     }
 }
 
-unsafe extern "C" fn on_connect(ctx: *mut sys::SMFICTX, _host: *mut c_char, addr: *mut libc::sockaddr) -> sys::sfsistat {
+unsafe extern "C" fn on_connect(
+    ctx: *mut sys::SMFICTX,
+    _host: *mut c_char,
+    addr: *mut libc::sockaddr,
+) -> sys::sfsistat {
     guard(ctx, "connect", |c| {
         let ip = sockaddr_ip(addr);
         match c.data.replace(Session::new(ip)) {
@@ -133,10 +162,21 @@ unsafe extern "C" fn on_connect(ctx: *mut sys::SMFICTX, _host: *mut c_char, addr
 
 unsafe extern "C" fn on_mail(ctx: *mut sys::SMFICTX, argv: *mut *mut c_char) -> sys::sfsistat {
     guard(ctx, "mail", |c| {
-        let sender = if argv.is_null() { String::new() } else { cstr(*argv) };
-        let login = c.api.macro_value("{auth_authen}").ok().flatten().map(str::to_string);
+        let sender = if argv.is_null() {
+            String::new()
+        } else {
+            cstr(*argv)
+        };
+        let login = c
+            .api
+            .macro_value("{auth_authen}")
+            .ok()
+            .flatten()
+            .map(str::to_string);
         let cfg = current_config();
-        let Some(s) = c.data.borrow_mut() else { return sys::SMFIS_CONTINUE };
+        let Some(s) = c.data.borrow_mut() else {
+            return sys::SMFIS_CONTINUE;
+        };
         s.mail(cfg, &sender, login.as_deref());
         sys::SMFIS_CONTINUE
     })
@@ -152,7 +192,11 @@ unsafe extern "C" fn on_rcpt(ctx: *mut sys::SMFICTX, _argv: *mut *mut c_char) ->
     })
 }
 
-unsafe extern "C" fn on_header(ctx: *mut sys::SMFICTX, name: *mut c_char, value: *mut c_char) -> sys::sfsistat {
+unsafe extern "C" fn on_header(
+    ctx: *mut sys::SMFICTX,
+    name: *mut c_char,
+    value: *mut c_char,
+) -> sys::sfsistat {
     guard(ctx, "header", |c| {
         let (name, value) = (cstr(name), cstr(value));
         let st = match c.data.borrow_mut() {
@@ -179,9 +223,17 @@ unsafe extern "C" fn on_eoh(ctx: *mut sys::SMFICTX) -> sys::sfsistat {
     })
 }
 
-unsafe extern "C" fn on_body(ctx: *mut sys::SMFICTX, data: *mut c_uchar, len: libc::size_t) -> sys::sfsistat {
+unsafe extern "C" fn on_body(
+    ctx: *mut sys::SMFICTX,
+    data: *mut c_uchar,
+    len: libc::size_t,
+) -> sys::sfsistat {
     guard(ctx, "body", |c| {
-        let chunk = if data.is_null() { &[][..] } else { std::slice::from_raw_parts(data, len) };
+        let chunk = if data.is_null() {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts(data, len)
+        };
         let st = match c.data.borrow_mut() {
             Some(s) => s.body(chunk),
             None => Step::Continue,
@@ -192,14 +244,17 @@ unsafe extern "C" fn on_body(ctx: *mut sys::SMFICTX, data: *mut c_uchar, len: li
 
 unsafe extern "C" fn on_eom(ctx: *mut sys::SMFICTX) -> sys::sfsistat {
     guard(ctx, "eom", |c| {
-        let Some(s) = c.data.borrow_mut() else { return sys::SMFIS_CONTINUE };
+        let Some(s) = c.data.borrow_mut() else {
+            return sys::SMFIS_CONTINUE;
+        };
         let outcome = s.end_of_message();
         if let Err(e) = apply_changes(c, &outcome) {
             // Some changes may be applied already: only a tempfail makes the
             // MTA drop them, whatever internal_error says.
             let qid = queue_id(c).unwrap_or_else(|| "NOQUEUE".into());
             log::error!("{qid}: internal error: cannot apply changes: {e}");
-            let failed = Outcome::failure(FailAction::Tempfail, format!("cannot apply changes: {e}"));
+            let failed =
+                Outcome::failure(FailAction::Tempfail, format!("cannot apply changes: {e}"));
             return finish(c, failed);
         }
         finish(c, outcome)
@@ -212,7 +267,9 @@ fn apply_changes(c: &Ctx, o: &Outcome) -> Result<(), milter::Error> {
     }
     for op in &o.changes.headers {
         match op {
-            HeaderOp::Change { name, index, value } => c.api.replace_header(name, *index, value.as_deref())?,
+            HeaderOp::Change { name, index, value } => {
+                c.api.replace_header(name, *index, value.as_deref())?
+            }
             HeaderOp::Add { name, value } => c.api.add_header(name, value)?,
         }
     }
@@ -258,7 +315,8 @@ pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
     let identity = crate::privileges::target(&cfg)?;
     let socket_mode = cfg.socket_mode;
     install_config(cfg);
-    let conn = CString::new(socket.to_libmilter()).map_err(|_| RunError::Socket(socket.to_string()))?;
+    let conn =
+        CString::new(socket.to_libmilter()).map_err(|_| RunError::Socket(socket.to_string()))?;
     let name = CString::new("smime-milter").expect("no NUL");
     let desc = sys::smfiDesc {
         xxfi_name: name.as_ptr() as *mut c_char,
@@ -289,13 +347,20 @@ pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
             return Err(RunError::Socket(socket.to_string()));
         }
     }
-    crate::listener::after_open(socket, socket_mode, identity.as_ref())
-        .map_err(|err| RunError::SocketSetup { path: socket.to_string(), err })?;
+    crate::listener::after_open(socket, socket_mode, identity.as_ref()).map_err(|err| {
+        RunError::SocketSetup {
+            path: socket.to_string(),
+            err,
+        }
+    })?;
     if let Some(id) = &identity {
         crate::privileges::drop_to(id)?;
         log::info!("running as user {}", id.name);
     }
-    log::info!("smime-milter {} listening on {socket}", env!("CARGO_PKG_VERSION"));
+    log::info!(
+        "smime-milter {} listening on {socket}",
+        env!("CARGO_PKG_VERSION")
+    );
     if unsafe { sys::smfi_main() } != sys::MI_SUCCESS {
         return Err(RunError::Main);
     }

@@ -189,7 +189,9 @@ impl FromStr for ByteSize {
             .ok()
             .and_then(|n| n.checked_mul(mult))
             .map(ByteSize)
-            .ok_or_else(|| format!("invalid size '{s}' (expected bytes, or a number with K, M or G)"))
+            .ok_or_else(|| {
+                format!("invalid size '{s}' (expected bytes, or a number with K, M or G)")
+            })
     }
 }
 
@@ -239,7 +241,11 @@ impl<'de> Deserialize<'de> for Net {
         }
         s.parse::<IpAddr>()
             .map(|a| Net(IpNet::from(a)))
-            .map_err(|_| de::Error::custom(format!("invalid network '{s}' (expected an address or CIDR, e.g. 10.0.0.0/8)")))
+            .map_err(|_| {
+                de::Error::custom(format!(
+                    "invalid network '{s}' (expected an address or CIDR, e.g. 10.0.0.0/8)"
+                ))
+            })
     }
 }
 
@@ -388,7 +394,11 @@ pub(crate) struct Locator<'a> {
 impl Locator<'_> {
     pub fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
     }
 
     /// `file:line: key 'k': what`, the key read back from the line itself.
@@ -436,7 +446,10 @@ impl Config {
                     .ok()
                     .filter(|m| *m <= 0o777)
                     .ok_or_else(|| {
-                        loc.error(m.span(), format!("invalid mode '{}' (expected octal, e.g. 0660)", m.get_ref()))
+                        loc.error(
+                            m.span(),
+                            format!("invalid mode '{}' (expected octal, e.g. 0660)", m.get_ref()),
+                        )
                     })?,
             ),
             None => None,
@@ -451,7 +464,9 @@ impl Config {
                 other => {
                     return Err(loc.error(
                         l.span(),
-                        format!("invalid log level '{other}' (expected error, warning, info or debug)"),
+                        format!(
+                            "invalid log level '{other}' (expected error, warning, info or debug)"
+                        ),
                     ))
                 }
             },
@@ -580,13 +595,26 @@ mod tests {
         );
         assert_eq!(
             "inet:8891@127.0.0.1".parse::<SocketSpec>().unwrap(),
-            SocketSpec::Inet { port: 8891, host: "127.0.0.1".into() }
+            SocketSpec::Inet {
+                port: 8891,
+                host: "127.0.0.1".into()
+            }
         );
         assert_eq!(
-            "inet6:8891@[::1]".parse::<SocketSpec>().unwrap().to_libmilter(),
+            "inet6:8891@[::1]"
+                .parse::<SocketSpec>()
+                .unwrap()
+                .to_libmilter(),
             "inet6:8891@[::1]"
         );
-        for bad in ["unix:rel/path", "inet:0@x", "inet:70000@x", "inet:25", "inet:25@", "foo:1"] {
+        for bad in [
+            "unix:rel/path",
+            "inet:0@x",
+            "inet:70000@x",
+            "inet:25",
+            "inet:25@",
+            "foo:1",
+        ] {
             assert!(bad.parse::<SocketSpec>().is_err(), "{bad}");
         }
     }
@@ -604,7 +632,8 @@ mod tests {
 
     #[test]
     fn internal_hosts_accept_addresses_and_cidrs() {
-        let c = parse("internal_hosts = [\"192.0.2.7\", \"10.0.0.0/8\", \"2001:db8::/32\"]\n").unwrap();
+        let c =
+            parse("internal_hosts = [\"192.0.2.7\", \"10.0.0.0/8\", \"2001:db8::/32\"]\n").unwrap();
         assert_eq!(c.internal_hosts.len(), 3);
         assert!(c.internal_hosts[0].contains(&"192.0.2.7".parse::<IpAddr>().unwrap()));
     }
@@ -614,15 +643,22 @@ mod tests {
         let text = "[[signing.key]]\nsender = \"a@example.com\"\ncertificate = \"/nonexistent/a.pem\"\nprivate_key = \"/nonexistent/a.key\"\n";
         let e = parse(text).unwrap_err();
         assert_eq!(e.line, 3, "{e}");
-        assert!(e.what.contains("certificate") && e.what.contains("/nonexistent/a.pem"), "{e}");
+        assert!(
+            e.what.contains("certificate") && e.what.contains("/nonexistent/a.pem"),
+            "{e}"
+        );
     }
 
     #[test]
     fn senders_table_is_lowercased() {
-        let c = parse("[senders]\nAlice = [\"Alice@Example.COM\", \"@Sales.example.com\"]\n").unwrap();
+        let c =
+            parse("[senders]\nAlice = [\"Alice@Example.COM\", \"@Sales.example.com\"]\n").unwrap();
         assert_eq!(
             c.senders["alice"],
-            vec!["alice@example.com".to_string(), "@sales.example.com".to_string()]
+            vec![
+                "alice@example.com".to_string(),
+                "@sales.example.com".to_string()
+            ]
         );
     }
 

@@ -53,17 +53,26 @@ pub enum KeyStoreError {
 }
 
 fn at<T>(s: &Spanned<T>, what: impl Into<String>) -> KeyStoreError {
-    KeyStoreError::At { span: s.span(), what: what.into() }
+    KeyStoreError::At {
+        span: s.span(),
+        what: what.into(),
+    }
 }
 
 impl KeyStore {
-    pub(crate) fn load(entries: &[Spanned<RawKey>], allow_insecure: bool) -> Result<Self, KeyStoreError> {
+    pub(crate) fn load(
+        entries: &[Spanned<RawKey>],
+        allow_insecure: bool,
+    ) -> Result<Self, KeyStoreError> {
         let mut keys = HashMap::new();
         for entry in entries {
             let raw = entry.get_ref();
             let name = raw.sender.get_ref().trim().to_ascii_lowercase();
             if !valid_sender_entry(&name) {
-                return Err(at(&raw.sender, format!("'{name}' is not an address or @domain")));
+                return Err(at(
+                    &raw.sender,
+                    format!("'{name}' is not an address or @domain"),
+                ));
             }
             if keys.contains_key(&name) {
                 return Err(at(&raw.sender, format!("duplicate key entry for '{name}'")));
@@ -102,9 +111,13 @@ fn valid_sender_entry(s: &str) -> bool {
     }
 }
 
-fn read_secret_file(path: &Spanned<std::path::PathBuf>, allow_insecure: bool) -> Result<Vec<u8>, KeyStoreError> {
+fn read_secret_file(
+    path: &Spanned<std::path::PathBuf>,
+    allow_insecure: bool,
+) -> Result<Vec<u8>, KeyStoreError> {
     let p = path.get_ref();
-    let meta = std::fs::metadata(p).map_err(|e| at(path, format!("cannot read {}: {e}", p.display())))?;
+    let meta =
+        std::fs::metadata(p).map_err(|e| at(path, format!("cannot read {}: {e}", p.display())))?;
     if !allow_insecure && meta.mode() & 0o077 != 0 {
         return Err(at(
             path,
@@ -123,7 +136,11 @@ fn read_file(path: &Spanned<std::path::PathBuf>) -> Result<Vec<u8>, KeyStoreErro
     std::fs::read(p).map_err(|e| at(path, format!("cannot read {}: {e}", p.display())))
 }
 
-fn load_entry(entry: &Spanned<RawKey>, name: String, allow_insecure: bool) -> Result<SigningKey, KeyStoreError> {
+fn load_entry(
+    entry: &Spanned<RawKey>,
+    name: String,
+    allow_insecure: bool,
+) -> Result<SigningKey, KeyStoreError> {
     let raw = entry.get_ref();
     let passphrase = match &raw.passphrase_file {
         Some(p) => {
@@ -147,18 +164,43 @@ fn load_entry(entry: &Spanned<RawKey>, name: String, allow_insecure: bool) -> Re
                 .unwrap_or_default();
             let parsed = Pkcs12::from_der(&der)
                 .and_then(|p| p.parse2(&pass))
-                .map_err(|_| at(p12, format!("cannot parse PKCS#12 file {} (wrong passphrase?)", p12.get_ref().display())))?;
-            let cert = parsed.cert.ok_or_else(|| at(p12, "PKCS#12 file holds no certificate"))?;
-            let pkey = parsed.pkey.ok_or_else(|| at(p12, "PKCS#12 file holds no private key"))?;
-            let chain = parsed.ca.map(|s| s.into_iter().collect()).unwrap_or_default();
+                .map_err(|_| {
+                    at(
+                        p12,
+                        format!(
+                            "cannot parse PKCS#12 file {} (wrong passphrase?)",
+                            p12.get_ref().display()
+                        ),
+                    )
+                })?;
+            let cert = parsed
+                .cert
+                .ok_or_else(|| at(p12, "PKCS#12 file holds no certificate"))?;
+            let pkey = parsed
+                .pkey
+                .ok_or_else(|| at(p12, "PKCS#12 file holds no private key"))?;
+            let chain = parsed
+                .ca
+                .map(|s| s.into_iter().collect())
+                .unwrap_or_default();
             (cert, chain, pkey)
         }
         (None, Some(cert_path), Some(key_path)) => {
             let pem = read_file(cert_path)?;
-            let mut certs = X509::stack_from_pem(&pem)
-                .map_err(|_| at(cert_path, format!("cannot parse PEM certificates in {}", cert_path.get_ref().display())))?;
+            let mut certs = X509::stack_from_pem(&pem).map_err(|_| {
+                at(
+                    cert_path,
+                    format!(
+                        "cannot parse PEM certificates in {}",
+                        cert_path.get_ref().display()
+                    ),
+                )
+            })?;
             if certs.is_empty() {
-                return Err(at(cert_path, format!("no certificate in {}", cert_path.get_ref().display())));
+                return Err(at(
+                    cert_path,
+                    format!("no certificate in {}", cert_path.get_ref().display()),
+                ));
             }
             let cert = certs.remove(0);
             let key_pem = read_secret_file(key_path, allow_insecure)?;
@@ -172,7 +214,11 @@ fn load_entry(entry: &Spanned<RawKey>, name: String, allow_insecure: bool) -> Re
                     format!(
                         "cannot read private key {}{}",
                         key_path.get_ref().display(),
-                        if passphrase.is_some() { " (wrong passphrase?)" } else { " (encrypted? set passphrase_file)" }
+                        if passphrase.is_some() {
+                            " (wrong passphrase?)"
+                        } else {
+                            " (encrypted? set passphrase_file)"
+                        }
                     ),
                 )
             })?;
@@ -186,20 +232,38 @@ fn load_entry(entry: &Spanned<RawKey>, name: String, allow_insecure: bool) -> Re
         }
     };
 
-    let where_ = raw.certificate.as_ref().or(raw.pkcs12.as_ref()).expect("checked above");
+    let where_ = raw
+        .certificate
+        .as_ref()
+        .or(raw.pkcs12.as_ref())
+        .expect("checked above");
     check_key(&pkey).map_err(|what| at(where_, what))?;
-    let matches = cert.public_key().map(|pk| pk.public_eq(&pkey)).unwrap_or(false);
+    let matches = cert
+        .public_key()
+        .map(|pk| pk.public_eq(&pkey))
+        .unwrap_or(false);
     if !matches {
-        return Err(at(where_, format!("the certificate for '{name}' does not match its private key")));
+        return Err(at(
+            where_,
+            format!("the certificate for '{name}' does not match its private key"),
+        ));
     }
     // The root is left out of what we send: recipients must have it already.
     let chain = chain.into_iter().filter(|c| !is_self_signed(c)).collect();
-    let key = SigningKey { name, cert, chain, pkey };
+    let key = SigningKey {
+        name,
+        cert,
+        chain,
+        pkey,
+    };
     if let Some(days) = days_left(&key.cert) {
         if days < 0 {
             log::warn!("signing certificate for '{}' has expired", key.name);
         } else if days < 30 {
-            log::warn!("signing certificate for '{}' expires in {days} days", key.name);
+            log::warn!(
+                "signing certificate for '{}' expires in {days} days",
+                key.name
+            );
         }
     }
     Ok(key)
@@ -210,7 +274,10 @@ fn check_key(pkey: &PKey<Private>) -> Result<(), String> {
     match pkey.id() {
         Id::RSA | Id::RSA_PSS => {
             if pkey.bits() < 2048 {
-                return Err(format!("RSA key of {} bits is too weak (2048 at least)", pkey.bits()));
+                return Err(format!(
+                    "RSA key of {} bits is too weak (2048 at least)",
+                    pkey.bits()
+                ));
             }
             Ok(())
         }
@@ -227,7 +294,10 @@ fn check_key(pkey: &PKey<Private>) -> Result<(), String> {
 
 fn is_self_signed(cert: &X509) -> bool {
     cert.issuer_name_hash() == cert.subject_name_hash()
-        && cert.public_key().map(|k| cert.verify(&k).unwrap_or(false)).unwrap_or(false)
+        && cert
+            .public_key()
+            .map(|k| cert.verify(&k).unwrap_or(false))
+            .unwrap_or(false)
 }
 
 /// Days until the certificate expires (negative once it has).
@@ -239,6 +309,8 @@ pub fn days_left(cert: &X509) -> Option<i32> {
 
 /// Whether the certificate is valid right now.
 pub fn valid_now(cert: &X509) -> bool {
-    let Ok(now) = openssl::asn1::Asn1Time::days_from_now(0) else { return false };
+    let Ok(now) = openssl::asn1::Asn1Time::days_from_now(0) else {
+        return false;
+    };
     cert.not_before() <= now && cert.not_after() >= now
 }

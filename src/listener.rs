@@ -6,7 +6,11 @@ use crate::privileges::Identity;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 
-pub fn after_open(socket: &SocketSpec, mode: Option<u32>, owner: Option<&Identity>) -> std::io::Result<()> {
+pub fn after_open(
+    socket: &SocketSpec,
+    mode: Option<u32>,
+    owner: Option<&Identity>,
+) -> std::io::Result<()> {
     match socket {
         SocketSpec::Unix(path) => {
             let c = CString::new(path.as_os_str().as_bytes())?;
@@ -35,9 +39,17 @@ pub fn after_open(socket: &SocketSpec, mode: Option<u32>, owner: Option<&Identit
 /// enough. The listener is found among our descriptors (libmilter does not
 /// expose it): the TCP sockets in the listening state.
 fn set_nodelay_on_listeners() {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
     for entry in dir.flatten() {
-        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<libc::c_int>().ok()) else { continue };
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<libc::c_int>().ok())
+        else {
+            continue;
+        };
         if getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) != Some(1) {
             continue;
         }
@@ -64,7 +76,15 @@ fn set_nodelay_on_listeners() {
 fn getsockopt_int(fd: libc::c_int, level: libc::c_int, opt: libc::c_int) -> Option<libc::c_int> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    let rc = unsafe { libc::getsockopt(fd, level, opt, &mut v as *mut _ as *mut libc::c_void, &mut len) };
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            opt,
+            &mut v as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
     (rc == 0).then_some(v)
 }
 

@@ -19,7 +19,11 @@ impl Log for StderrLogger {
                 log::Level::Debug | log::Level::Trace => "debug",
             };
             // One write per line so concurrent threads do not interleave.
-            let line = format!("smime-milter[{}]: {level}: {}\n", std::process::id(), r.args());
+            let line = format!(
+                "smime-milter[{}]: {level}: {}\n",
+                std::process::id(),
+                r.args()
+            );
             let _ = std::io::stderr().lock().write_all(line.as_bytes());
         }
     }

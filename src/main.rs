@@ -95,7 +95,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let Some(socket) = socket else {
-        eprintln!("smime-milter: {}: no socket configured (set `socket` or use --socket)", config_path.display());
+        eprintln!(
+            "smime-milter: {}: no socket configured (set `socket` or use --socket)",
+            config_path.display()
+        );
         return ExitCode::from(EX_CONFIG);
     };
     if !foreground {
@@ -131,7 +134,11 @@ fn test_command(args: &[String]) -> ExitCode {
     let mut file: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
         let r: Result<(), String> = match a.as_str() {
             "-c" | "--config" => value(a).map(|v| config_path = v.into()),
             "--outbound" => {
@@ -146,7 +153,9 @@ fn test_command(args: &[String]) -> ExitCode {
             "--rcpt" => value(a).map(|v| t.recipients.push(v)),
             "--auth-user" => value(a).map(|v| t.auth_user = Some(v)),
             "--client-ip" => value(a).and_then(|v| {
-                v.parse().map(|ip| t.client_ip = Some(ip)).map_err(|_| format!("invalid --client-ip '{v}'"))
+                v.parse()
+                    .map(|ip| t.client_ip = Some(ip))
+                    .map_err(|_| format!("invalid --client-ip '{v}'"))
             }),
             f if !f.starts_with('-') || f == "-" => {
                 if f != "-" {
@@ -176,7 +185,10 @@ fn test_command(args: &[String]) -> ExitCode {
         Some(f) => std::fs::read(f).map_err(|e| format!("{}: {e}", f.display())),
         None => {
             let mut v = Vec::new();
-            std::io::stdin().read_to_end(&mut v).map(|_| v).map_err(|e| format!("stdin: {e}"))
+            std::io::stdin()
+                .read_to_end(&mut v)
+                .map(|_| v)
+                .map_err(|e| format!("stdin: {e}"))
         }
     };
     let input = match input {

@@ -94,7 +94,11 @@ pub fn parse_fields(block: &[u8]) -> Vec<Field<'_>> {
         match (continuation, colon, fields.last_mut()) {
             (false, Some(c), _) if c > 0 && line[..c].iter().all(|b| b.is_ascii_graphic()) => {
                 let name = std::str::from_utf8(&line[..c]).unwrap_or("");
-                fields.push(Field { name, raw: &block[start..end], value: &block[start + c + 1..end] });
+                fields.push(Field {
+                    name,
+                    raw: &block[start..end],
+                    value: &block[start + c + 1..end],
+                });
             }
             (_, _, Some(last)) => {
                 let from = last.raw.as_ptr() as usize - block.as_ptr() as usize;
@@ -111,7 +115,10 @@ pub fn parse_fields(block: &[u8]) -> Vec<Field<'_>> {
 
 /// The unfolded value of the first field with this name.
 pub fn field_value(fields: &[Field<'_>], name: &str) -> Option<String> {
-    fields.iter().find(|f| f.name.eq_ignore_ascii_case(name)).map(|f| f.unfolded())
+    fields
+        .iter()
+        .find(|f| f.name.eq_ignore_ascii_case(name))
+        .map(|f| f.unfolded())
 }
 
 /// A parsed Content-Type value.
@@ -126,7 +133,10 @@ pub struct ContentType {
 impl ContentType {
     /// Parses a value; `None` when there is no `type/subtype` at its start.
     pub fn parse(value: &str) -> Option<ContentType> {
-        let mut p = ParamParser { s: value.as_bytes(), i: 0 };
+        let mut p = ParamParser {
+            s: value.as_bytes(),
+            i: 0,
+        };
         p.skip_cfws();
         let t = p.token();
         p.skip_cfws();
@@ -158,14 +168,24 @@ impl ContentType {
                 continue;
             }
             p.skip_cfws();
-            let val = if p.peek() == Some(b'"') { p.quoted() } else { p.token() };
+            let val = if p.peek() == Some(b'"') {
+                p.quoted()
+            } else {
+                p.token()
+            };
             params.push((name, val));
         }
-        Some(ContentType { mime_type: format!("{}/{}", t.to_ascii_lowercase(), st.to_ascii_lowercase()), params })
+        Some(ContentType {
+            mime_type: format!("{}/{}", t.to_ascii_lowercase(), st.to_ascii_lowercase()),
+            params,
+        })
     }
 
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn is_multipart(&self) -> bool {
@@ -283,7 +303,11 @@ pub fn needs_7bit_encoding(body: &[u8]) -> bool {
     }
     let mut line_start = 0;
     for nl in memchr_iter(b'\n', body) {
-        let end = if nl > 0 && body[nl - 1] == b'\r' { nl - 1 } else { nl };
+        let end = if nl > 0 && body[nl - 1] == b'\r' {
+            nl - 1
+        } else {
+            nl
+        };
         if end - line_start > 998 {
             return true;
         }
@@ -296,7 +320,13 @@ pub fn needs_7bit_encoding(body: &[u8]) -> bool {
 /// line ends, and every leaf that carries 8-bit or binary data re-encoded to
 /// quoted-printable or base64. Multiparts and embedded messages are walked
 /// into, up to `limits.max_depth` levels.
-pub fn write_7bit(header_block: &[u8], body: &[u8], depth: usize, limits: Limits, out: &mut Vec<u8>) -> Result<(), MimeError> {
+pub fn write_7bit(
+    header_block: &[u8],
+    body: &[u8],
+    depth: usize,
+    limits: Limits,
+    out: &mut Vec<u8>,
+) -> Result<(), MimeError> {
     if depth > limits.max_depth {
         return Err(MimeError::TooDeep(limits.max_depth));
     }
@@ -309,7 +339,10 @@ pub fn write_7bit(header_block: &[u8], body: &[u8], depth: usize, limits: Limits
     let fields = parse_fields(header_block);
     let ct = field_value(&fields, "Content-Type")
         .and_then(|v| ContentType::parse(&v))
-        .unwrap_or_else(|| ContentType { mime_type: "text/plain".into(), params: vec![] });
+        .unwrap_or_else(|| ContentType {
+            mime_type: "text/plain".into(),
+            params: vec![],
+        });
     let cte = field_value(&fields, "Content-Transfer-Encoding")
         .map(|v| v.to_ascii_lowercase())
         .unwrap_or_else(|| "7bit".into());
@@ -327,7 +360,10 @@ pub fn write_7bit(header_block: &[u8], body: &[u8], depth: usize, limits: Limits
             let (h, b) = split_entity(body);
             return write_7bit(h, b, depth + 1, limits, out);
         }
-        let boundary = ct.param("boundary").filter(|b| !b.is_empty()).ok_or(MimeError::NoBoundary)?;
+        let boundary = ct
+            .param("boundary")
+            .filter(|b| !b.is_empty())
+            .ok_or(MimeError::NoBoundary)?;
         let mp = split_multipart(body, boundary)?;
         // Preamble and epilogue are not shown to anyone; drop them rather than
         // sign 8-bit bytes a relay may alter.
@@ -359,7 +395,10 @@ pub fn write_7bit(header_block: &[u8], body: &[u8], depth: usize, limits: Limits
 }
 
 fn write_fields_except(out: &mut Vec<u8>, fields: &[Field<'_>], except: &str) {
-    for f in fields.iter().filter(|f| !f.name.eq_ignore_ascii_case(except)) {
+    for f in fields
+        .iter()
+        .filter(|f| !f.name.eq_ignore_ascii_case(except))
+    {
         push_crlf(out, f.raw);
         if !f.raw.ends_with(b"\n") {
             out.extend_from_slice(b"\r\n");
@@ -377,7 +416,10 @@ fn encode_leaf(body: &[u8], is_text: bool, out: &mut Vec<u8>) {
         (true, Ok(s)) => BodyPart::Text(s.into()),
         _ => BodyPart::Binary(body.into()),
     };
-    let part = MimePart { headers: vec![("X".into(), Raw::new("x").into())], contents };
+    let part = MimePart {
+        headers: vec![("X".into(), Raw::new("x").into())],
+        contents,
+    };
     let mut buf = Vec::with_capacity(body.len() * 4 / 3 + 64);
     part.write_part(&mut buf);
     // Drop the placeholder field mail-builder needs to see before the body.
@@ -417,15 +459,16 @@ pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Multipart<'
         let is_close = rest.starts_with(b"--");
         let tail_from = if is_close { 2 } else { 0 };
         let line_end = memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
-        if !rest[tail_from..line_end].iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+        if !rest[tail_from..line_end]
+            .iter()
+            .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        {
             continue; // `--boundaryX`: a longer boundary, not ours.
         }
         let before = if pos >= 2 && &body[pos - 2..pos] == b"\r\n" {
             pos - 2
-        } else if pos >= 1 {
-            pos - 1
         } else {
-            0
+            pos.saturating_sub(1)
         };
         delims.push((before, pos, after + line_end, is_close));
         if is_close {
@@ -447,7 +490,12 @@ pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Multipart<'
         parts.push(&body[last.2..]);
         (false, &body[body.len()..])
     };
-    Ok(Multipart { preamble, parts, epilogue, closed })
+    Ok(Multipart {
+        preamble,
+        parts,
+        epilogue,
+        closed,
+    })
 }
 
 #[cfg(test)]
@@ -496,7 +544,8 @@ mod tests {
 
     #[test]
     fn content_type_parameters() {
-        let ct = ContentType::parse("Multipart/Mixed (c) ; Boundary=\"a b\\\"c\"; charset=UTF-8").unwrap();
+        let ct = ContentType::parse("Multipart/Mixed (c) ; Boundary=\"a b\\\"c\"; charset=UTF-8")
+            .unwrap();
         assert_eq!(ct.mime_type, "multipart/mixed");
         assert_eq!(ct.param("boundary"), Some("a b\"c"));
         assert_eq!(ct.param("charset"), Some("UTF-8"));
@@ -512,13 +561,22 @@ mod tests {
         let body = b"pre\r\n--b\r\nA: 1\r\n\r\none\r\n--b \r\n\r\ntwo\r\n--bb\r\nstill two\r\n--b--\r\nepi\r\n";
         let m = split_multipart(body, "b").unwrap();
         assert_eq!(m.preamble, b"pre");
-        assert_eq!(m.parts, vec![&b"A: 1\r\n\r\none"[..], &b"\r\ntwo\r\n--bb\r\nstill two"[..]]);
+        assert_eq!(
+            m.parts,
+            vec![
+                &b"A: 1\r\n\r\none"[..],
+                &b"\r\ntwo\r\n--bb\r\nstill two"[..]
+            ]
+        );
         assert_eq!(m.epilogue, b"epi\r\n");
         assert!(m.closed);
         let m = split_multipart(b"--b\nx\n", "b").unwrap();
         assert!(!m.closed);
         assert_eq!(m.parts, vec![&b"x\n"[..]]);
-        assert_eq!(split_multipart(b"nothing here", "b").unwrap_err(), MimeError::BoundaryNotFound("b".into()));
+        assert_eq!(
+            split_multipart(b"nothing here", "b").unwrap_err(),
+            MimeError::BoundaryNotFound("b".into())
+        );
     }
 
     fn seven(header: &[u8], body: &[u8]) -> Result<Vec<u8>, MimeError> {
@@ -534,7 +592,11 @@ mod tests {
 
     #[test]
     fn eight_bit_text_becomes_quoted_printable() {
-        let out = seven(b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n", "Grüße aus München, mit freundlichen Grüßen und vielen Dank\r\n".as_bytes()).unwrap();
+        let out = seven(
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n",
+            "Grüße aus München, mit freundlichen Grüßen und vielen Dank\r\n".as_bytes(),
+        )
+        .unwrap();
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"), "{s}");
         assert!(!s.contains("8bit"));
@@ -545,10 +607,22 @@ mod tests {
     #[test]
     fn binary_leaf_becomes_base64() {
         let body: Vec<u8> = (0..=255u8).collect();
-        let out = seven(b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n", &body).unwrap();
+        let out = seven(
+            b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n",
+            &body,
+        )
+        .unwrap();
         let s = String::from_utf8(out).unwrap();
-        assert!(s.contains("Content-Transfer-Encoding: base64\r\n\r\n"), "{s}");
-        let b64: String = s.split("\r\n\r\n").nth(1).unwrap().split_whitespace().collect();
+        assert!(
+            s.contains("Content-Transfer-Encoding: base64\r\n\r\n"),
+            "{s}"
+        );
+        let b64: String = s
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .collect();
         assert_eq!(openssl::base64::decode_block(&b64).unwrap(), body);
     }
 
@@ -566,10 +640,19 @@ mod tests {
     #[test]
     fn malformed_structures_give_errors() {
         let eight = "ü\r\n".as_bytes();
-        assert_eq!(seven(b"Content-Type: multipart/mixed\r\n", eight).unwrap_err(), MimeError::NoBoundary);
-        assert!(matches!(seven(b"Content-Type: multipart/mixed; boundary=q\r\n", eight), Err(MimeError::BoundaryNotFound(_))));
+        assert_eq!(
+            seven(b"Content-Type: multipart/mixed\r\n", eight).unwrap_err(),
+            MimeError::NoBoundary
+        );
         assert!(matches!(
-            seven(b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n", eight),
+            seven(b"Content-Type: multipart/mixed; boundary=q\r\n", eight),
+            Err(MimeError::BoundaryNotFound(_))
+        ));
+        assert!(matches!(
+            seven(
+                b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n",
+                eight
+            ),
             Err(MimeError::EightBitInEncoded(_))
         ));
     }
@@ -579,9 +662,20 @@ mod tests {
         let depth = 100;
         let mut body = "ü\r\n".to_string();
         for i in (0..depth).rev() {
-            body = format!("--b{i}\r\nContent-Type: {}\r\n\r\n{body}\r\n--b{i}--\r\n", if i + 1 == depth { "text/plain".to_string() } else { format!("multipart/mixed; boundary=b{}", i + 1) });
+            body = format!(
+                "--b{i}\r\nContent-Type: {}\r\n\r\n{body}\r\n--b{i}--\r\n",
+                if i + 1 == depth {
+                    "text/plain".to_string()
+                } else {
+                    format!("multipart/mixed; boundary=b{}", i + 1)
+                }
+            );
         }
-        let err = seven(b"Content-Type: multipart/mixed; boundary=b0\r\n", body.as_bytes()).unwrap_err();
+        let err = seven(
+            b"Content-Type: multipart/mixed; boundary=b0\r\n",
+            body.as_bytes(),
+        )
+        .unwrap_err();
         assert_eq!(err, MimeError::TooDeep(32));
     }
 }

@@ -38,7 +38,11 @@ impl Verdict {
 pub enum HeaderOp {
     /// `smfi_chgheader`: the `index`-th (from 1) field of that name; `None`
     /// deletes it.
-    Change { name: String, index: usize, value: Option<String> },
+    Change {
+        name: String,
+        index: usize,
+        value: Option<String>,
+    },
     /// `smfi_addheader`: append a field.
     Add { name: String, value: String },
 }
@@ -73,7 +77,13 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn unchanged(reason: impl Into<String>) -> Outcome {
-        Outcome { verdict: Verdict::Accept, changes: Changes::default(), action: "unchanged", reason: Some(reason.into()), key: None }
+        Outcome {
+            verdict: Verdict::Accept,
+            changes: Changes::default(),
+            action: "unchanged",
+            reason: Some(reason.into()),
+            key: None,
+        }
     }
 
     /// A failure handled by its configured action: never a partial rewrite.
@@ -85,7 +95,13 @@ impl Outcome {
             Verdict::Tempfail(_) => "tempfail",
             Verdict::Reject(_) => "reject",
         };
-        Outcome { verdict, changes: Changes::default(), action: word, reason: Some(reason), key: None }
+        Outcome {
+            verdict,
+            changes: Changes::default(),
+            action: word,
+            reason: Some(reason),
+            key: None,
+        }
     }
 }
 
@@ -130,9 +146,20 @@ mod tests {
         apply_header_ops(
             &mut f,
             &[
-                HeaderOp::Change { name: "Content-Type".into(), index: 2, value: None },
-                HeaderOp::Change { name: "CONTENT-TYPE".into(), index: 1, value: Some("multipart/signed".into()) },
-                HeaderOp::Add { name: "MIME-Version".into(), value: "1.0".into() },
+                HeaderOp::Change {
+                    name: "Content-Type".into(),
+                    index: 2,
+                    value: None,
+                },
+                HeaderOp::Change {
+                    name: "CONTENT-TYPE".into(),
+                    index: 1,
+                    value: Some("multipart/signed".into()),
+                },
+                HeaderOp::Add {
+                    name: "MIME-Version".into(),
+                    value: "1.0".into(),
+                },
             ],
         );
         assert_eq!(
@@ -147,8 +174,14 @@ mod tests {
 
     #[test]
     fn failure_actions_map_to_verdicts() {
-        assert_eq!(Outcome::failure(FailAction::Accept, "x").action, "unchanged");
-        assert_eq!(Outcome::failure(FailAction::Tempfail, "x").verdict, Verdict::Tempfail("x".into()));
+        assert_eq!(
+            Outcome::failure(FailAction::Accept, "x").action,
+            "unchanged"
+        );
+        assert_eq!(
+            Outcome::failure(FailAction::Tempfail, "x").verdict,
+            Verdict::Tempfail("x".into())
+        );
         assert_eq!(Outcome::failure(FailAction::Reject, "x").action, "reject");
     }
 }

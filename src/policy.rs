@@ -53,9 +53,11 @@ pub fn may_sign_as(cfg: &Config, auth_login: Option<&str>, from: &str) -> bool {
         return true;
     }
     let domain = from.rsplit_once('@').map(|(_, d)| format!("@{d}"));
-    cfg.senders
-        .get(&login)
-        .is_some_and(|allowed| allowed.iter().any(|a| *a == from || Some(a) == domain.as_ref()))
+    cfg.senders.get(&login).is_some_and(|allowed| {
+        allowed
+            .iter()
+            .any(|a| *a == from || Some(a) == domain.as_ref())
+    })
 }
 
 #[cfg(test)]
@@ -70,38 +72,75 @@ mod tests {
     #[test]
     fn loopback_is_internal_by_default() {
         let c = cfg("");
-        assert_eq!(direction(&c, Some("127.0.0.1".parse().unwrap()), None), Direction::Outbound);
-        assert_eq!(direction(&c, Some("::1".parse().unwrap()), None), Direction::Outbound);
-        assert_eq!(direction(&c, Some("::ffff:127.0.0.1".parse().unwrap()), None), Direction::Outbound);
-        assert_eq!(direction(&c, Some("192.0.2.1".parse().unwrap()), None), Direction::Inbound);
+        assert_eq!(
+            direction(&c, Some("127.0.0.1".parse().unwrap()), None),
+            Direction::Outbound
+        );
+        assert_eq!(
+            direction(&c, Some("::1".parse().unwrap()), None),
+            Direction::Outbound
+        );
+        assert_eq!(
+            direction(&c, Some("::ffff:127.0.0.1".parse().unwrap()), None),
+            Direction::Outbound
+        );
+        assert_eq!(
+            direction(&c, Some("192.0.2.1".parse().unwrap()), None),
+            Direction::Inbound
+        );
         assert_eq!(direction(&c, None, None), Direction::Inbound);
     }
 
     #[test]
     fn configured_networks_replace_the_default() {
         let c = cfg("internal_hosts = [\"10.0.0.0/8\"]\n");
-        assert_eq!(direction(&c, Some("10.1.2.3".parse().unwrap()), None), Direction::Outbound);
-        assert_eq!(direction(&c, Some("127.0.0.1".parse().unwrap()), None), Direction::Inbound);
+        assert_eq!(
+            direction(&c, Some("10.1.2.3".parse().unwrap()), None),
+            Direction::Outbound
+        );
+        assert_eq!(
+            direction(&c, Some("127.0.0.1".parse().unwrap()), None),
+            Direction::Inbound
+        );
     }
 
     #[test]
     fn authenticated_clients_are_outbound_from_anywhere() {
         let c = cfg("");
-        assert_eq!(direction(&c, Some("198.51.100.7".parse().unwrap()), Some("alice")), Direction::Outbound);
-        assert_eq!(direction(&c, Some("198.51.100.7".parse().unwrap()), Some("")), Direction::Inbound);
+        assert_eq!(
+            direction(&c, Some("198.51.100.7".parse().unwrap()), Some("alice")),
+            Direction::Outbound
+        );
+        assert_eq!(
+            direction(&c, Some("198.51.100.7".parse().unwrap()), Some("")),
+            Direction::Inbound
+        );
     }
 
     #[test]
     fn no_signing_oracle() {
         let c = cfg("[senders]\nalice = [\"alice@example.com\", \"@sales.example.com\"]\n");
-        assert!(may_sign_as(&c, None, "anyone@example.com"), "trusted internal host");
+        assert!(
+            may_sign_as(&c, None, "anyone@example.com"),
+            "trusted internal host"
+        );
         assert!(may_sign_as(&c, Some("alice"), "alice@example.com"));
         assert!(may_sign_as(&c, Some("ALICE"), "Alice@Example.com"));
         assert!(may_sign_as(&c, Some("alice"), "team@sales.example.com"));
         assert!(!may_sign_as(&c, Some("alice"), "ceo@example.com"));
         assert!(!may_sign_as(&c, Some("alice"), "x@evil.sales.example.com"));
-        assert!(may_sign_as(&c, Some("bob@example.com"), "bob@example.com"), "login is the address");
-        assert!(!may_sign_as(&c, Some("bob@example.com"), "alice@example.com"));
-        assert!(!may_sign_as(&c, Some("mallory"), "mallory@example.com"), "login is not an address");
+        assert!(
+            may_sign_as(&c, Some("bob@example.com"), "bob@example.com"),
+            "login is the address"
+        );
+        assert!(!may_sign_as(
+            &c,
+            Some("bob@example.com"),
+            "alice@example.com"
+        ));
+        assert!(
+            !may_sign_as(&c, Some("mallory"), "mallory@example.com"),
+            "login is not an address"
+        );
     }
 }

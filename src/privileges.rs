@@ -42,20 +42,29 @@ pub fn target(cfg: &Config) -> Result<Option<Identity>, PrivError> {
     }
     let (uid, mut gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
     if let Some(group) = &cfg.group {
-        let c_group = CString::new(group.as_str()).map_err(|_| PrivError::UnknownGroup(group.clone()))?;
+        let c_group =
+            CString::new(group.as_str()).map_err(|_| PrivError::UnknownGroup(group.clone()))?;
         let gr = unsafe { libc::getgrnam(c_group.as_ptr()) };
         if gr.is_null() {
             return Err(PrivError::UnknownGroup(group.clone()));
         }
         gid = unsafe { (*gr).gr_gid };
     }
-    Ok(Some(Identity { name: user.clone(), uid, gid }))
+    Ok(Some(Identity {
+        name: user.clone(),
+        uid,
+        gid,
+    }))
 }
 
 /// Switches to the identity for good: supplementary groups, group, user.
 pub fn drop_to(id: &Identity) -> Result<(), PrivError> {
-    let err = |what: &str| PrivError::Switch { what: what.to_string(), err: std::io::Error::last_os_error() };
-    let name = CString::new(id.name.as_str()).map_err(|_| PrivError::UnknownUser(id.name.clone()))?;
+    let err = |what: &str| PrivError::Switch {
+        what: what.to_string(),
+        err: std::io::Error::last_os_error(),
+    };
+    let name =
+        CString::new(id.name.as_str()).map_err(|_| PrivError::UnknownUser(id.name.clone()))?;
     unsafe {
         if libc::initgroups(name.as_ptr(), id.gid) != 0 {
             return Err(err("supplementary groups"));
@@ -68,7 +77,10 @@ pub fn drop_to(id: &Identity) -> Result<(), PrivError> {
         }
         // setuid from root must be irreversible.
         if libc::setuid(0) == 0 {
-            return Err(PrivError::Switch { what: id.name.clone(), err: std::io::Error::other("root could be regained") });
+            return Err(PrivError::Switch {
+                what: id.name.clone(),
+                err: std::io::Error::other("root could be regained"),
+            });
         }
     }
     Ok(())

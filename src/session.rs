@@ -50,7 +50,11 @@ pub enum Step {
 
 impl Session {
     pub fn new(client_ip: Option<IpAddr>) -> Session {
-        Session { client_ip, direction_override: None, message: None }
+        Session {
+            client_ip,
+            direction_override: None,
+            message: None,
+        }
     }
 
     /// MAIL FROM: a new message starts with the configuration in force now,
@@ -76,7 +80,9 @@ impl Session {
     }
 
     pub fn rcpt(&mut self) -> Step {
-        let Some(m) = self.message.as_mut() else { return Step::Continue };
+        let Some(m) = self.message.as_mut() else {
+            return Step::Continue;
+        };
         m.recipients += 1;
         if m.recipients > m.cfg.max_recipients {
             let reason = format!("more than {} recipients", m.cfg.max_recipients);
@@ -86,7 +92,14 @@ impl Session {
     }
 
     pub fn header(&mut self, name: &str, value: &str) -> Step {
-        let Some(m) = self.message.as_mut() else { return Step::Continue };
+        // Debug builds only: lets the tests prove a panic becomes a tempfail.
+        #[cfg(debug_assertions)]
+        if name.eq_ignore_ascii_case("X-Smime-Milter-Test-Panic") {
+            panic!("test panic requested");
+        }
+        let Some(m) = self.message.as_mut() else {
+            return Step::Continue;
+        };
         m.size += (name.len() + value.len() + 4) as u64;
         if m.size > m.cfg.max_message_size {
             return oversized(m);
@@ -98,22 +111,28 @@ impl Session {
     /// End of headers: the direction and the key are known; decide as much as
     /// possible before the body arrives.
     pub fn end_of_headers(&mut self) -> Step {
-        let Some(m) = self.message.as_mut() else { return Step::Continue };
+        let Some(m) = self.message.as_mut() else {
+            return Step::Continue;
+        };
         match m.direction {
             // Verification of inbound mail comes with its own module.
             Direction::Inbound => Step::Done(Outcome::unchanged("inbound")),
-            Direction::Outbound => match outbound::plan(&m.cfg, m.auth_login.as_deref(), &m.headers) {
-                Plan::Done(o) => Step::Done(o),
-                p @ Plan::Sign(_) => {
-                    m.plan = Some(p);
-                    Step::Continue
+            Direction::Outbound => {
+                match outbound::plan(&m.cfg, m.auth_login.as_deref(), &m.headers) {
+                    Plan::Done(o) => Step::Done(o),
+                    p @ Plan::Sign(_) => {
+                        m.plan = Some(p);
+                        Step::Continue
+                    }
                 }
-            },
+            }
         }
     }
 
     pub fn body(&mut self, chunk: &[u8]) -> Step {
-        let Some(m) = self.message.as_mut() else { return Step::Continue };
+        let Some(m) = self.message.as_mut() else {
+            return Step::Continue;
+        };
         m.size += chunk.len() as u64;
         if m.size > m.cfg.max_message_size {
             m.body = Vec::new();
@@ -142,7 +161,10 @@ impl Session {
 }
 
 fn oversized(m: &Message) -> Step {
-    let reason = format!("message larger than max_message_size ({} bytes)", m.cfg.max_message_size);
+    let reason = format!(
+        "message larger than max_message_size ({} bytes)",
+        m.cfg.max_message_size
+    );
     Step::Done(Outcome::failure(m.cfg.actions.oversized, reason))
 }
 

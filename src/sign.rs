@@ -45,7 +45,13 @@ fn message_digest(d: Digest) -> MessageDigest {
 /// DER SignedData over `content`, which must already be in canonical form.
 /// Signed attributes: contentType, messageDigest, signingTime and
 /// SMIMECapabilities (OpenSSL adds the last two by default).
-pub fn cms_sign(key: &SigningKey, content: &[u8], digest: Digest, detached: bool, include_chain: bool) -> Result<Vec<u8>, SignError> {
+pub fn cms_sign(
+    key: &SigningKey,
+    content: &[u8],
+    digest: Digest,
+    detached: bool,
+    include_chain: bool,
+) -> Result<Vec<u8>, SignError> {
     // BINARY: the content is canonical already; OpenSSL must not translate it.
     let mut flags = CMSOptions::BINARY | CMSOptions::PARTIAL;
     if detached {
@@ -57,7 +63,8 @@ pub fn cms_sign(key: &SigningKey, content: &[u8], digest: Digest, detached: bool
             certs.push(c.clone())?;
         }
     }
-    let cms = CmsContentInfo::sign::<openssl::pkey::Private>(None, None, Some(&certs), None, flags)?;
+    let cms =
+        CmsContentInfo::sign::<openssl::pkey::Private>(None, None, Some(&certs), None, flags)?;
     unsafe {
         let si = CMS_add1_signer(
             cms.as_ptr(),
@@ -110,7 +117,13 @@ pub fn effective_digest(key: &SigningKey, configured: Digest) -> Digest {
 }
 
 /// Signs `entity` (canonical MIME entity: Content-* fields, empty line, body).
-pub fn sign_entity(key: &SigningKey, entity: &[u8], format: SignFormat, digest: Digest, include_chain: bool) -> Result<Signed, SignError> {
+pub fn sign_entity(
+    key: &SigningKey,
+    entity: &[u8],
+    format: SignFormat,
+    digest: Digest,
+    include_chain: bool,
+) -> Result<Signed, SignError> {
     let digest = effective_digest(key, digest);
     match format {
         SignFormat::Clear => {
@@ -124,7 +137,13 @@ pub fn sign_entity(key: &SigningKey, entity: &[u8], format: SignFormat, digest: 
             body.extend_from_slice(b"\r\n--");
             body.extend_from_slice(boundary.as_bytes());
             body.extend_from_slice(b"\r\n");
-            write_smime_part(&mut body, "application/pkcs7-signature", None, "smime.p7s", &sig);
+            write_smime_part(
+                &mut body,
+                "application/pkcs7-signature",
+                None,
+                "smime.p7s",
+                &sig,
+            );
             body.extend_from_slice(b"\r\n--");
             body.extend_from_slice(boundary.as_bytes());
             body.extend_from_slice(b"--\r\n");
@@ -143,9 +162,13 @@ pub fn sign_entity(key: &SigningKey, entity: &[u8], format: SignFormat, digest: 
             let mut body = Vec::with_capacity(der.len() * 4 / 3 + 64);
             push_base64_lines(&mut body, &der);
             Ok(Signed {
-                content_type: "application/pkcs7-mime; smime-type=signed-data; name=\"smime.p7m\"".into(),
+                content_type: "application/pkcs7-mime; smime-type=signed-data; name=\"smime.p7m\""
+                    .into(),
                 transfer_encoding: Some("base64"),
-                extra_fields: vec![("Content-Disposition", "attachment; filename=\"smime.p7m\"".into())],
+                extra_fields: vec![(
+                    "Content-Disposition",
+                    "attachment; filename=\"smime.p7m\"".into(),
+                )],
                 body,
             })
         }
@@ -153,7 +176,13 @@ pub fn sign_entity(key: &SigningKey, entity: &[u8], format: SignFormat, digest: 
 }
 
 /// A signature or enveloped part, built by mail-builder (base64, 76 columns).
-pub fn write_smime_part(out: &mut Vec<u8>, mime_type: &'static str, smime_type: Option<&'static str>, filename: &'static str, der: &[u8]) {
+pub fn write_smime_part(
+    out: &mut Vec<u8>,
+    mime_type: &'static str,
+    smime_type: Option<&'static str>,
+    filename: &'static str,
+    der: &[u8],
+) {
     use mail_builder::headers::content_type::ContentType;
     use mail_builder::mime::MimePart;
     let mut ct = ContentType::new(mime_type);
@@ -194,7 +223,10 @@ mod tests {
         assert!(s.lines().all(|l| l.len() <= 76));
         assert_eq!(s.lines().next().unwrap().len(), 76);
         let joined: String = s.split_whitespace().collect();
-        assert_eq!(openssl::base64::decode_block(&joined).unwrap(), vec![7u8; 200]);
+        assert_eq!(
+            openssl::base64::decode_block(&joined).unwrap(),
+            vec![7u8; 200]
+        );
     }
 
     #[test]

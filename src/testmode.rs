@@ -25,7 +25,13 @@ pub struct TestArgs {
 
 /// Processes `input` (a message with LF or CRLF line ends) and writes the
 /// message as delivered to `out`, the summary to `err`. Returns the exit code.
-pub fn run(cfg: Arc<Config>, args: &TestArgs, input: &[u8], out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<i32> {
+pub fn run(
+    cfg: Arc<Config>,
+    args: &TestArgs,
+    input: &[u8],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<i32> {
     let crlf_input = memchr::memmem::find(input, b"\r\n").is_some();
     let (block, body) = mime::split_entity(input);
     // As an MTA hands them over: name, value without the leading space,
@@ -43,10 +49,16 @@ pub fn run(cfg: Arc<Config>, args: &TestArgs, input: &[u8], out: &mut dyn Write,
     let mut smtp_body = Vec::with_capacity(body.len() + body.len() / 20);
     mime::push_crlf(&mut smtp_body, body);
 
-    let client_ip = args.client_ip.or_else(|| Some(IpAddr::from([127, 0, 0, 1])));
+    let client_ip = args
+        .client_ip
+        .or_else(|| Some(IpAddr::from([127, 0, 0, 1])));
     let mut s = Session::new(client_ip);
     s.direction_override = args.direction;
-    s.mail(cfg, args.sender.as_deref().unwrap_or(""), args.auth_user.as_deref());
+    s.mail(
+        cfg,
+        args.sender.as_deref().unwrap_or(""),
+        args.auth_user.as_deref(),
+    );
     if let Some(m) = s.message.as_mut() {
         m.queue_id = Some("TEST".into());
     }

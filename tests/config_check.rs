@@ -23,7 +23,11 @@ fn sample_config_is_valid() {
 #[test]
 fn full_key_table_is_valid() {
     let d = tempdir();
-    let cfg = write_config(d.path(), "socket = \"inet:8891@127.0.0.1\"", &pki().key_table());
+    let cfg = write_config(
+        d.path(),
+        "socket = \"inet:8891@127.0.0.1\"",
+        &pki().key_table(),
+    );
     let (code, out, err) = check(&cfg);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("(5 signing keys)"), "{out}");
@@ -32,7 +36,11 @@ fn full_key_table_is_valid() {
 #[test]
 fn unknown_key_is_reported_with_file_line_and_key() {
     let d = tempdir();
-    let cfg = write_config(d.path(), "socket = \"unix:/tmp/x.sock\"\nlog_level = \"info\"\nsockte = \"oops\"", "");
+    let cfg = write_config(
+        d.path(),
+        "socket = \"unix:/tmp/x.sock\"\nlog_level = \"info\"\nsockte = \"oops\"",
+        "",
+    );
     let (code, _, err) = check(&cfg);
     assert_eq!(code, 78);
     assert!(err.contains(&format!("{}:3:", cfg.display())), "{err}");
@@ -46,7 +54,10 @@ fn missing_file_is_reported_with_line_and_key() {
     let cfg = write_config(d.path(), "", tables);
     let (code, _, err) = check(&cfg);
     assert_eq!(code, 78);
-    assert!(err.contains(&format!("{}:4: key 'certificate'", cfg.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}:4: key 'certificate'", cfg.display())),
+        "{err}"
+    );
     assert!(err.contains("/nonexistent/a.pem"), "{err}");
 }
 
@@ -68,10 +79,17 @@ fn private_key_readable_by_others_is_refused() {
     std::fs::copy(pki().path("alice.key"), &key).unwrap();
     set_mode(&key, 0o644);
     let cert = pki().path("alice.chain.pem");
-    let cfg = write_config(d.path(), "", &key_entry(&cert.display().to_string(), &key.display().to_string(), ""));
+    let cfg = write_config(
+        d.path(),
+        "",
+        &key_entry(&cert.display().to_string(), &key.display().to_string(), ""),
+    );
     let (code, _, err) = check(&cfg);
     assert_eq!(code, 78);
-    assert!(err.contains("private_key") && err.contains("mode 0644") && err.contains("chmod 600"), "{err}");
+    assert!(
+        err.contains("private_key") && err.contains("mode 0644") && err.contains("chmod 600"),
+        "{err}"
+    );
     // Explicitly allowed:
     let cfg = write_config(
         d.path(),
@@ -90,7 +108,11 @@ fn weak_and_mismatched_keys_are_refused() {
     assert_eq!(code, 78);
     assert!(err.contains("1024 bits is too weak"), "{err}");
 
-    let cfg = write_config(d.path(), "", &key_entry(&p("alice.chain.pem"), &p("dave.key"), ""));
+    let cfg = write_config(
+        d.path(),
+        "",
+        &key_entry(&p("alice.chain.pem"), &p("dave.key"), ""),
+    );
     let (code, _, err) = check(&cfg);
     assert_eq!(code, 78);
     assert!(err.contains("does not match its private key"), "{err}");
@@ -104,17 +126,30 @@ fn wrong_passphrase_is_reported_without_the_passphrase() {
     set_mode(&pass, 0o600);
     let p = |n: &str| pki().path(n).display().to_string();
     let extra = format!("passphrase_file = \"{}\"\n", pass.display());
-    let cfg = write_config(d.path(), "", &key_entry(&p("bob.chain.pem"), &p("bob.enc.key"), &extra));
+    let cfg = write_config(
+        d.path(),
+        "",
+        &key_entry(&p("bob.chain.pem"), &p("bob.enc.key"), &extra),
+    );
     let (code, _, err) = check(&cfg);
     assert_eq!(code, 78);
     assert!(err.contains("wrong passphrase"), "{err}");
-    assert!(!err.contains("not-the-passphrase"), "the passphrase must never be printed: {err}");
+    assert!(
+        !err.contains("not-the-passphrase"),
+        "the passphrase must never be printed: {err}"
+    );
 
-    let tables = format!("[[signing.key]]\nsender = \"c@example.com\"\npkcs12 = \"{}\"\n{extra}", p("carol.p12"));
+    let tables = format!(
+        "[[signing.key]]\nsender = \"c@example.com\"\npkcs12 = \"{}\"\n{extra}",
+        p("carol.p12")
+    );
     let cfg = write_config(d.path(), "", &tables);
     let (code, _, err) = check(&cfg);
     assert_eq!(code, 78);
-    assert!(err.contains("PKCS#12") && !err.contains("not-the-passphrase"), "{err}");
+    assert!(
+        err.contains("PKCS#12") && !err.contains("not-the-passphrase"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -134,7 +169,11 @@ fn root_without_user_is_refused() {
     }
     let d = tempdir();
     let sock = d.path().join("s.sock");
-    let cfg = write_config(d.path(), &format!("socket = \"unix:{}\"", sock.display()), "");
+    let cfg = write_config(
+        d.path(),
+        &format!("socket = \"unix:{}\"", sock.display()),
+        "",
+    );
     let out = run(Command::new(bin()).arg("-f").arg("-c").arg(&cfg));
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to run as root"));
@@ -145,6 +184,8 @@ fn root_without_user_is_refused() {
 fn bad_socket_on_the_command_line_is_a_config_error() {
     let d = tempdir();
     let cfg = write_config(d.path(), "", "");
-    let out = run(Command::new(bin()).args(["-f", "--socket", "tcp:25", "-c"]).arg(&cfg));
+    let out = run(Command::new(bin())
+        .args(["-f", "--socket", "tcp:25", "-c"])
+        .arg(&cfg));
     assert_eq!(out.status.code(), Some(78));
 }

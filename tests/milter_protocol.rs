@@ -15,13 +15,31 @@ fn data(name: &str) -> Vec<u8> {
 #[test]
 fn signed_message_verifies_after_the_mta_applies_the_changes() {
     let m = Milter::start("", &pki().key_table());
-    for name in ["plain.eml", "utf8-8bit.eml", "multipart-binary.eml", "long-lines.eml"] {
+    for name in [
+        "plain.eml",
+        "utf8-8bit.eml",
+        "multipart-binary.eml",
+        "long-lines.eml",
+    ] {
         let raw = data(name);
         let (headers, body) = split_message(&raw);
         let mut c = MilterClient::connect(&m.socket_path).unwrap();
         assert_eq!(c.connect_info("127.0.0.1").unwrap(), None);
-        let r = c.message("QID1", None, "alice@example.com", &["bob@example.net"], &headers, &body).unwrap();
-        assert!(matches!(r.reply, Reply::Continue | Reply::Accept), "{name}: {:?}", r.reply);
+        let r = c
+            .message(
+                "QID1",
+                None,
+                "alice@example.com",
+                &["bob@example.net"],
+                &headers,
+                &body,
+            )
+            .unwrap();
+        assert!(
+            matches!(r.reply, Reply::Continue | Reply::Accept),
+            "{name}: {:?}",
+            r.reply
+        );
         assert!(r.new_body().is_some(), "{name}: body replaced");
         assert!(
             r.modifications.iter().all(|m| match m {
@@ -38,22 +56,40 @@ fn signed_message_verifies_after_the_mta_applies_the_changes() {
         c.quit();
     }
     let log = m.wait_log("QID1");
-    assert!(log.contains("QID1: outbound action=signed verdict=accept key=alice@example.com"), "{log}");
+    assert!(
+        log.contains("QID1: outbound action=signed verdict=accept key=alice@example.com"),
+        "{log}"
+    );
 }
 
 #[test]
 fn one_megabyte_message_is_signed() {
     let m = Milter::start("", &pki().key_table());
-    let mut raw = b"From: alice@example.com\r\nSubject: big\r\nContent-Type: text/plain\r\n\r\n".to_vec();
+    let mut raw =
+        b"From: alice@example.com\r\nSubject: big\r\nContent-Type: text/plain\r\n\r\n".to_vec();
     while raw.len() < 1 << 20 {
-        raw.extend_from_slice(b"The quick brown fox jumps over the lazy dog; pack my box with five dozen.\r\n");
+        raw.extend_from_slice(
+            b"The quick brown fox jumps over the lazy dog; pack my box with five dozen.\r\n",
+        );
     }
     let (headers, body) = split_message(&raw);
     let mut c = MilterClient::connect(&m.socket_path).unwrap();
     c.connect_info("127.0.0.1").unwrap();
-    let r = c.message("BIG1", None, "alice@example.com", &["x@example.net"], &headers, &body).unwrap();
+    let r = c
+        .message(
+            "BIG1",
+            None,
+            "alice@example.com",
+            &["x@example.net"],
+            &headers,
+            &body,
+        )
+        .unwrap();
     let content = openssl_verify(&r.apply(&headers, &body)).unwrap();
-    assert!(content.ends_with(&body), "the signed entity carries the body unchanged");
+    assert!(
+        content.ends_with(&body),
+        "the signed entity carries the body unchanged"
+    );
 }
 
 #[test]
@@ -61,12 +97,30 @@ fn messages_on_one_connection_do_not_share_state() {
     let m = Milter::start("", &pki().key_table());
     let mut c = MilterClient::connect(&m.socket_path).unwrap();
     c.connect_info("127.0.0.1").unwrap();
-    let msgs: [(&str, bool); 3] = [("alice@example.com", true), ("nobody@unknown.example", false), ("bob@example.com", true)];
+    let msgs: [(&str, bool); 3] = [
+        ("alice@example.com", true),
+        ("nobody@unknown.example", false),
+        ("bob@example.com", true),
+    ];
     for (i, (from, signed)) in msgs.iter().enumerate() {
         let raw = format!("From: {from}\r\nSubject: {i}\r\n\r\nmessage {i}\r\n");
         let (headers, body) = split_message(raw.as_bytes());
-        let r = c.message(&format!("SEQ{i}"), None, from, &["x@example.net"], &headers, &body).unwrap();
-        assert_eq!(r.new_body().is_some(), *signed, "message {i}: {:?}", r.reply);
+        let r = c
+            .message(
+                &format!("SEQ{i}"),
+                None,
+                from,
+                &["x@example.net"],
+                &headers,
+                &body,
+            )
+            .unwrap();
+        assert_eq!(
+            r.new_body().is_some(),
+            *signed,
+            "message {i}: {:?}",
+            r.reply
+        );
         if *signed {
             let content = openssl_verify(&r.apply(&headers, &body)).unwrap();
             assert!(content.ends_with(format!("message {i}\r\n").as_bytes()));
@@ -77,27 +131,58 @@ fn messages_on_one_connection_do_not_share_state() {
 
 #[test]
 fn tempfail_carries_a_4xx_reply() {
-    let m = Milter::start("[actions]\nkey_not_found = \"tempfail\"\n", &pki().key_table());
+    let m = Milter::start(
+        "[actions]\nkey_not_found = \"tempfail\"\n",
+        &pki().key_table(),
+    );
     let mut c = MilterClient::connect(&m.socket_path).unwrap();
     c.connect_info("127.0.0.1").unwrap();
     let (headers, body) = split_message(b"From: x@unknown.example\r\n\r\nhi\r\n");
-    let r = c.message("TF1", None, "x@unknown.example", &["y@example.net"], &headers, &body).unwrap();
+    let r = c
+        .message(
+            "TF1",
+            None,
+            "x@unknown.example",
+            &["y@example.net"],
+            &headers,
+            &body,
+        )
+        .unwrap();
     match r.reply {
         Reply::Code(text) => assert!(text.starts_with("451 4.7.0"), "{text}"),
         other => panic!("expected a 451 reply, got {other:?}"),
     }
     let log = m.wait_log("TF1");
-    assert!(log.contains("TF1: outbound action=tempfail verdict=tempfail"), "{log}");
+    assert!(
+        log.contains("TF1: outbound action=tempfail verdict=tempfail"),
+        "{log}"
+    );
 }
 
 #[test]
 fn reject_carries_a_5xx_reply() {
-    let m = Milter::start("[actions]\nkey_not_found = \"reject\"\n", &pki().key_table());
+    let m = Milter::start(
+        "[actions]\nkey_not_found = \"reject\"\n",
+        &pki().key_table(),
+    );
     let mut c = MilterClient::connect(&m.socket_path).unwrap();
     c.connect_info("127.0.0.1").unwrap();
     let (headers, body) = split_message(b"From: x@unknown.example\r\n\r\nhi\r\n");
-    let r = c.message("RJ1", None, "x@unknown.example", &["y@example.net"], &headers, &body).unwrap();
-    assert!(matches!(&r.reply, Reply::Code(t) if t.starts_with("550 5.7.0")), "{:?}", r.reply);
+    let r = c
+        .message(
+            "RJ1",
+            None,
+            "x@unknown.example",
+            &["y@example.net"],
+            &headers,
+            &body,
+        )
+        .unwrap();
+    assert!(
+        matches!(&r.reply, Reply::Code(t) if t.starts_with("550 5.7.0")),
+        "{:?}",
+        r.reply
+    );
 }
 
 #[test]
@@ -133,9 +218,69 @@ fn oversized_message_is_passed_without_buffering_it_all() {
     c.connect_info("127.0.0.1").unwrap();
     let (headers, _) = split_message(b"From: alice@example.com\r\n\r\n");
     let body = vec![b'a'; 300 * 1024];
-    let r = c.message("OS1", None, "alice@example.com", &["x@example.net"], &headers, &body).unwrap();
-    assert_eq!(r.reply, Reply::Accept, "accepted unchanged once over the limit");
+    let r = c
+        .message(
+            "OS1",
+            None,
+            "alice@example.com",
+            &["x@example.net"],
+            &headers,
+            &body,
+        )
+        .unwrap();
+    assert_eq!(
+        r.reply,
+        Reply::Accept,
+        "accepted unchanged once over the limit"
+    );
     assert!(r.modifications.is_empty());
     let log = m.wait_log("OS1");
     assert!(log.contains("larger than max_message_size"), "{log}");
+}
+
+#[test]
+fn a_panic_becomes_a_tempfail_and_the_milter_keeps_serving() {
+    // Debug builds panic on this header (see Session::header).
+    let m = Milter::start("", &pki().key_table());
+    let mut c = MilterClient::connect(&m.socket_path).unwrap();
+    c.connect_info("127.0.0.1").unwrap();
+    let (headers, body) =
+        split_message(b"From: alice@example.com\r\nX-Smime-Milter-Test-Panic: 1\r\n\r\nhi\r\n");
+    let r = c
+        .message(
+            "PANIC1",
+            None,
+            "alice@example.com",
+            &["x@example.net"],
+            &headers,
+            &body,
+        )
+        .unwrap();
+    assert!(
+        matches!(&r.reply, Reply::Code(t) if t.starts_with("451 4.7.0")),
+        "{:?}",
+        r.reply
+    );
+    c.quit();
+    let log = m.wait_log("panic in header callback");
+    assert!(
+        log.contains("PANIC1: internal error: panic in header callback: test panic requested"),
+        "{log}"
+    );
+
+    // The same process still signs.
+    let mut c = MilterClient::connect(&m.socket_path).unwrap();
+    c.connect_info("127.0.0.1").unwrap();
+    let (headers, body) = split_message(b"From: alice@example.com\r\n\r\nafter the panic\r\n");
+    let r = c
+        .message(
+            "PANIC2",
+            None,
+            "alice@example.com",
+            &["x@example.net"],
+            &headers,
+            &body,
+        )
+        .unwrap();
+    openssl_verify(&r.apply(&headers, &body)).unwrap();
 }

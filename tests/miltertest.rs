@@ -30,12 +30,18 @@ fn sender_without_key_is_accepted_unchanged() {
     let m = Milter::start("", &pki().key_table());
     miltertest(&m, "nokey.lua");
     let log = m.wait_log("action=unchanged");
-    assert!(log.contains("no signing key for <someone@unknown.example>"), "{log}");
+    assert!(
+        log.contains("no signing key for <someone@unknown.example>"),
+        "{log}"
+    );
 }
 
 #[test]
 fn sender_without_key_can_tempfail() {
-    let m = Milter::start("[actions]\nkey_not_found = \"tempfail\"\n", &pki().key_table());
+    let m = Milter::start(
+        "[actions]\nkey_not_found = \"tempfail\"\n",
+        &pki().key_table(),
+    );
     miltertest(&m, "nokey_tempfail.lua");
     let log = m.wait_log("action=tempfail");
     assert!(log.contains("action=tempfail verdict=tempfail"), "{log}");
@@ -62,5 +68,9 @@ fn authenticated_client_cannot_use_us_as_a_signing_oracle() {
     let m = Milter::start("", &pki().key_table());
     miltertest(&m, "oracle.lua");
     let log = m.wait_log("action=unchanged");
-    assert!(log.contains("outbound action=unchanged") && log.contains("login 'mallory' may not sign as <alice@example.com>"), "{log}");
+    assert!(
+        log.contains("outbound action=unchanged")
+            && log.contains("login 'mallory' may not sign as <alice@example.com>"),
+        "{log}"
+    );
 }

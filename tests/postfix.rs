@@ -11,7 +11,11 @@ fn data(name: &str) -> Vec<u8> {
 
 fn subject(msg: &[u8]) -> String {
     let s = String::from_utf8_lossy(msg);
-    s.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().trim().to_string()
+    s.lines()
+        .find_map(|l| l.strip_prefix("Subject: "))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 fn queue_id(reply: &str) -> String {
@@ -34,11 +38,20 @@ fn outbound_mail_arrives_signed_and_verifies() {
     let milter = Milter::start("", &pki().key_table());
     let postfix = Postfix::start(&milter.spec());
     let gpgsm = Gpgsm::new();
-    let names = ["plain.eml", "utf8-8bit.eml", "multipart-binary.eml", "long-lines.eml"];
+    let names = [
+        "plain.eml",
+        "utf8-8bit.eml",
+        "multipart-binary.eml",
+        "long-lines.eml",
+    ];
     let mut qids = Vec::new();
     for name in names {
         let reply = postfix.send("alice@example.com", &["bob@example.net"], &data(name));
-        assert!(reply.starts_with("250"), "{name}: {reply}\n{}", milter.log());
+        assert!(
+            reply.starts_with("250"),
+            "{name}: {reply}\n{}",
+            milter.log()
+        );
         qids.push(queue_id(&reply));
     }
     let delivered = postfix.delivered(names.len());
@@ -57,13 +70,24 @@ fn outbound_mail_arrives_signed_and_verifies() {
         let content = openssl_verify(msg).unwrap_or_else(|e| panic!("{name}: openssl: {e}"));
         let (signed, sig) = split_clear_signed(msg);
         assert_eq!(signed, content);
-        gpgsm.verify_detached(&sig, &signed).unwrap_or_else(|e| panic!("{name}: gpgsm: {e}"));
-        assert_eq!(mime_leaves(&content), mime_leaves(&original), "{name}: content changed on the way");
+        gpgsm
+            .verify_detached(&sig, &signed)
+            .unwrap_or_else(|e| panic!("{name}: gpgsm: {e}"));
+        assert_eq!(
+            mime_leaves(&content),
+            mime_leaves(&original),
+            "{name}: content changed on the way"
+        );
     }
     // One summary line per message, under Postfix's queue id.
     let log = milter.wait_log(qids.last().unwrap());
     for q in &qids {
-        assert!(log.contains(&format!("{q}: outbound action=signed verdict=accept key=alice@example.com")), "{q}:\n{log}");
+        assert!(
+            log.contains(&format!(
+                "{q}: outbound action=signed verdict=accept key=alice@example.com"
+            )),
+            "{q}:\n{log}"
+        );
     }
 }
 
@@ -78,20 +102,37 @@ fn unsigned_cases_and_a_stopped_milter_lose_no_mail() {
 
     // A sender without a key: delivered, unchanged.
     let original = data("plain.eml");
-    let other = String::from_utf8_lossy(&original).replace("From: Alice <alice@example.com>", "From: Zed <zed@unknown.example>");
-    let reply = postfix.send("zed@unknown.example", &["bob@example.net"], other.as_bytes());
+    let other = String::from_utf8_lossy(&original).replace(
+        "From: Alice <alice@example.com>",
+        "From: Zed <zed@unknown.example>",
+    );
+    let reply = postfix.send(
+        "zed@unknown.example",
+        &["bob@example.net"],
+        other.as_bytes(),
+    );
     assert!(reply.starts_with("250"), "{reply}");
     let delivered = postfix.delivered(1);
     let text = String::from_utf8_lossy(&delivered[0]).replace("\r\n", "\n");
     assert!(!text.contains("multipart/signed"), "{text}");
     let body_sent = other.split_once("\n\n").unwrap().1;
     // smtp-sink ends its dump with one more newline of its own.
-    assert!(text.contains(&format!("\n\n{body_sent}")), "body unchanged:\n{text:?}");
+    assert!(
+        text.contains(&format!("\n\n{body_sent}")),
+        "body unchanged:\n{text:?}"
+    );
 
     // The milter is down: Postfix (milter_default_action = tempfail) refuses
     // with a 4xx, so the client keeps the message.
     drop(milter.take());
     let reply = postfix.send("alice@example.com", &["bob@example.net"], &original);
-    assert!(reply.starts_with("451") || reply.starts_with("421"), "expected a temporary failure, got {reply}");
-    assert_eq!(postfix.queued(), 0, "nothing was accepted to be delivered unsigned");
+    assert!(
+        reply.starts_with("451") || reply.starts_with("421"),
+        "expected a temporary failure, got {reply}"
+    );
+    assert_eq!(
+        postfix.queued(),
+        0,
+        "nothing was accepted to be delivered unsigned"
+    );
 }

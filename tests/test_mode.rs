@@ -36,17 +36,35 @@ fn header_block(msg: &[u8]) -> String {
 fn every_key_kind_signs_and_verifies_with_openssl_and_gpgsm() {
     let (_d, cfg) = config("");
     let gpgsm = Gpgsm::new();
-    for from in ["alice@example.com", "bob@example.com", "carol@example.com", "dave@example.net", "info@example.org"] {
+    for from in [
+        "alice@example.com",
+        "bob@example.com",
+        "carol@example.com",
+        "dave@example.net",
+        "info@example.org",
+    ] {
         let input = with_from(&data("plain.eml"), from);
         let r = test_mode(&cfg, &["--outbound"], &input);
         assert_eq!(r.code, 0, "{from}: {}", r.stderr);
         assert!(r.stderr.contains("action=signed"), "{from}: {}", r.stderr);
-        let micalg = if from.starts_with("dave") { "micalg=sha-384;" } else { "micalg=sha-256;" };
-        assert!(header_block(&r.stdout).contains(micalg), "{from}: P-384 signs with SHA-384");
+        let micalg = if from.starts_with("dave") {
+            "micalg=sha-384;"
+        } else {
+            "micalg=sha-256;"
+        };
+        assert!(
+            header_block(&r.stdout).contains(micalg),
+            "{from}: P-384 signs with SHA-384"
+        );
         let content = openssl_verify(&r.stdout).unwrap_or_else(|e| panic!("{from}: openssl: {e}"));
         let (signed, sig) = split_clear_signed(&r.stdout);
-        assert_eq!(content, signed, "openssl and our splitter agree on the signed bytes");
-        gpgsm.verify_detached(&sig, &signed).unwrap_or_else(|e| panic!("{from}: gpgsm: {e}"));
+        assert_eq!(
+            content, signed,
+            "openssl and our splitter agree on the signed bytes"
+        );
+        gpgsm
+            .verify_detached(&sig, &signed)
+            .unwrap_or_else(|e| panic!("{from}: gpgsm: {e}"));
         assert_eq!(mime_leaves(&content), mime_leaves(&input), "{from}");
     }
 }
@@ -60,7 +78,10 @@ fn headers_other_than_content_fields_are_untouched() {
     let before = header_block(&input);
     let after = header_block(&r.stdout);
     let keep = |h: &str| -> Vec<String> {
-        h.lines().filter(|l| !l.to_ascii_lowercase().starts_with("content-")).map(str::to_string).collect()
+        h.lines()
+            .filter(|l| !l.to_ascii_lowercase().starts_with("content-"))
+            .map(str::to_string)
+            .collect()
     };
     assert_eq!(keep(&before), keep(&after));
     assert!(after.contains("Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary="), "{after}");
@@ -77,11 +98,20 @@ fn eight_bit_long_lines_and_attachments_survive_signing() {
         assert_eq!(r.code, 0, "{name}: {}", r.stderr);
         let out = &r.stdout;
         assert!(out.is_ascii(), "{name}: signed output must be 7-bit");
-        assert!(out.split(|&b| b == b'\n').all(|l| l.len() <= 998), "{name}: no line over 998 octets");
+        assert!(
+            out.split(|&b| b == b'\n').all(|l| l.len() <= 998),
+            "{name}: no line over 998 octets"
+        );
         let content = openssl_verify(out).unwrap_or_else(|e| panic!("{name}: {e}"));
         let (signed, sig) = split_clear_signed(out);
-        gpgsm.verify_detached(&sig, &signed).unwrap_or_else(|e| panic!("{name}: gpgsm: {e}"));
-        assert_eq!(mime_leaves(&content), mime_leaves(&input), "{name}: decoded content changed");
+        gpgsm
+            .verify_detached(&sig, &signed)
+            .unwrap_or_else(|e| panic!("{name}: gpgsm: {e}"));
+        assert_eq!(
+            mime_leaves(&content),
+            mime_leaves(&input),
+            "{name}: decoded content changed"
+        );
     }
 }
 
@@ -92,7 +122,10 @@ fn opaque_format_verifies_with_openssl_and_gpgsm() {
     let r = test_mode(&cfg, &["--outbound"], &data("utf8-8bit.eml"));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let head = header_block(&r.stdout);
-    assert!(head.contains("Content-Type: application/pkcs7-mime; smime-type=signed-data"), "{head}");
+    assert!(
+        head.contains("Content-Type: application/pkcs7-mime; smime-type=signed-data"),
+        "{head}"
+    );
     assert!(head.contains("Content-Transfer-Encoding: base64"), "{head}");
     let content = openssl_verify(&r.stdout).unwrap();
     assert_eq!(mime_leaves(&content), mime_leaves(&data("utf8-8bit.eml")));
@@ -104,11 +137,17 @@ fn opaque_format_verifies_with_openssl_and_gpgsm() {
 
 #[test]
 fn configured_digest_is_used_and_announced() {
-    for (digest, micalg, oid_name) in [("sha384", "sha-384", "sha384"), ("sha512", "sha-512", "sha512")] {
+    for (digest, micalg, oid_name) in [
+        ("sha384", "sha-384", "sha384"),
+        ("sha512", "sha-512", "sha512"),
+    ] {
         let (_d, cfg) = config(&format!("[signing]\ndigest = \"{digest}\"\n"));
         let r = test_mode(&cfg, &["--outbound"], &data("plain.eml"));
         assert_eq!(r.code, 0, "{}", r.stderr);
-        assert!(header_block(&r.stdout).contains(&format!("micalg={micalg};")), "{digest}");
+        assert!(
+            header_block(&r.stdout).contains(&format!("micalg={micalg};")),
+            "{digest}"
+        );
         openssl_verify(&r.stdout).unwrap();
         let (_, sig) = split_clear_signed(&r.stdout);
         let d = tempdir();
@@ -117,9 +156,15 @@ fn configured_digest_is_used_and_announced() {
             .args(["cms", "-cmsout", "-print", "-inform", "DER", "-in"])
             .arg(d.path().join("s.der")));
         let printed = String::from_utf8_lossy(&out.stdout);
-        assert!(printed.contains(&format!("algorithm: {oid_name}")), "{digest}: {printed}");
+        assert!(
+            printed.contains(&format!("algorithm: {oid_name}")),
+            "{digest}: {printed}"
+        );
         assert!(printed.contains("signingTime"), "signingTime attribute");
-        assert!(printed.contains("SMIMECapabilities") || printed.contains("S/MIME Capabilities"), "{printed}");
+        assert!(
+            printed.contains("SMIMECapabilities") || printed.contains("S/MIME Capabilities"),
+            "{printed}"
+        );
     }
 }
 
@@ -136,7 +181,10 @@ fn chain_without_root_is_included() {
     let certs = String::from_utf8_lossy(&out.stdout);
     assert!(certs.contains("CN = alice"), "{certs}");
     assert!(certs.contains("CN = Test Intermediate CA"), "{certs}");
-    assert!(!certs.contains("subject=O = smime-milter tests, CN = Test Root CA"), "{certs}");
+    assert!(
+        !certs.contains("subject=O = smime-milter tests, CN = Test Root CA"),
+        "{certs}"
+    );
 }
 
 #[test]
@@ -146,7 +194,11 @@ fn message_without_mime_headers_is_signed_as_text_plain() {
     let r = test_mode(&cfg, &["--outbound"], input);
     assert_eq!(r.code, 0);
     let content = openssl_verify(&r.stdout).unwrap();
-    assert!(content.starts_with(b"Content-Type: text/plain; charset=us-ascii\r\n\r\nJust text.\r\n"), "{}", String::from_utf8_lossy(&content));
+    assert!(
+        content.starts_with(b"Content-Type: text/plain; charset=us-ascii\r\n\r\nJust text.\r\n"),
+        "{}",
+        String::from_utf8_lossy(&content)
+    );
     assert!(header_block(&r.stdout).contains("MIME-Version: 1.0"));
 }
 
@@ -157,7 +209,13 @@ fn sender_without_key_passes_unchanged() {
     let r = test_mode(&cfg, &["--outbound"], &input);
     assert_eq!(r.code, 0);
     assert_eq!(r.stdout, input, "byte for byte");
-    assert!(r.stderr.contains("action=unchanged") && r.stderr.contains("no signing key for <nobody@unknown.example>"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("action=unchanged")
+            && r.stderr
+                .contains("no signing key for <nobody@unknown.example>"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -177,7 +235,12 @@ fn authenticated_client_cannot_sign_as_someone_else() {
     let r = test_mode(&cfg, &["--outbound", "--auth-user", "mallory"], &input);
     assert_eq!(r.code, 0);
     assert_eq!(r.stdout, input, "unsigned, unchanged");
-    assert!(r.stderr.contains("login 'mallory' may not sign as <alice@example.com>"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("login 'mallory' may not sign as <alice@example.com>"),
+        "{}",
+        r.stderr
+    );
     let r = test_mode(&cfg, &["--outbound", "--auth-user", "alice"], &input);
     assert!(r.stderr.contains("action=signed"), "{}", r.stderr);
     openssl_verify(&r.stdout).unwrap();
@@ -192,7 +255,11 @@ fn inbound_mail_is_not_signed() {
     assert_eq!(r.stdout, input);
     // Direction from the client address when not forced: 192.0.2.1 is external.
     let r = test_mode(&cfg, &["--outbound", "--client-ip", "192.0.2.1"], &input);
-    assert!(r.stderr.contains("action=signed"), "forced direction wins: {}", r.stderr);
+    assert!(
+        r.stderr.contains("action=signed"),
+        "forced direction wins: {}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -202,7 +269,11 @@ fn malformed_mime_gets_the_malformed_action() {
     let r = test_mode(&cfg, &["--outbound"], input.as_bytes());
     assert_eq!(r.code, 0, "default: accept unchanged");
     assert_eq!(r.stdout, input.as_bytes());
-    assert!(r.stderr.contains("multipart entity without a boundary"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("multipart entity without a boundary"),
+        "{}",
+        r.stderr
+    );
     let (_d, cfg) = config("[actions]\nmalformed = \"tempfail\"\n");
     assert_eq!(test_mode(&cfg, &["--outbound"], input.as_bytes()).code, 75);
 }
@@ -210,7 +281,12 @@ fn malformed_mime_gets_the_malformed_action() {
 #[test]
 fn garbage_input_gets_a_verdict() {
     let (_d, cfg) = config("");
-    for input in [&b""[..], b"\0\0\0\xff\xfe", b"no header separator at all", b"From: alice@example.com\n\n\xff\xfe\0binary\r\r\n"] {
+    for input in [
+        &b""[..],
+        b"\0\0\0\xff\xfe",
+        b"no header separator at all",
+        b"From: alice@example.com\n\n\xff\xfe\0binary\r\r\n",
+    ] {
         let r = test_mode(&cfg, &["--outbound"], input);
         assert!(r.code == 0, "{:?}: {}", input, r.stderr);
         assert!(r.stderr.contains("action="), "{}", r.stderr);
@@ -234,5 +310,9 @@ fn oversized_message_gets_the_oversized_action() {
     let (_d, cfg) = config("max_message_size = \"2K\"\n[actions]\noversized = \"tempfail\"\n");
     let r = test_mode(&cfg, &["--outbound"], &input);
     assert_eq!(r.code, 75, "{}", r.stderr);
-    assert!(r.stderr.contains("larger than max_message_size"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("larger than max_message_size"),
+        "{}",
+        r.stderr
+    );
 }

@@ -65,7 +65,9 @@ impl MessageResult {
         for m in &self.modifications {
             match m {
                 Modification::AddHeader(n, v) => h.push((n.clone(), v.clone())),
-                Modification::InsertHeader(i, n, v) => h.insert((*i as usize).min(h.len()), (n.clone(), v.clone())),
+                Modification::InsertHeader(i, n, v) => {
+                    h.insert((*i as usize).min(h.len()), (n.clone(), v.clone()))
+                }
                 Modification::ChangeHeader(i, n, v) => {
                     let pos = h
                         .iter()
@@ -104,7 +106,10 @@ pub struct MilterClient {
 /// A parsed message: headers (name, value) and body in SMTP form (CRLF).
 pub fn split_message(raw: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
     let text = String::from_utf8_lossy(raw).into_owned();
-    let norm_end = text.find("\r\n\r\n").map(|i| (i, 4)).or_else(|| text.find("\n\n").map(|i| (i, 2)));
+    let norm_end = text
+        .find("\r\n\r\n")
+        .map(|i| (i, 4))
+        .or_else(|| text.find("\n\n").map(|i| (i, 2)));
     let (head, body_start) = match norm_end {
         Some((i, l)) => (&text[..i], i + l),
         None => (&text[..], raw.len()),
@@ -178,14 +183,24 @@ impl MilterClient {
                 b'r' => Reply::Reject,
                 b't' => Reply::Tempfail,
                 b'd' => Reply::Discard,
-                b'y' => Reply::Code(String::from_utf8_lossy(&data).trim_end_matches('\0').to_string()),
+                b'y' => Reply::Code(
+                    String::from_utf8_lossy(&data)
+                        .trim_end_matches('\0')
+                        .to_string(),
+                ),
                 b'p' => continue,
                 other => panic!("unexpected milter reply '{}'", other as char),
             });
         }
     }
 
-    fn step(&mut self, cmd: u8, data: &[u8], skip: u32, no_reply: u32) -> std::io::Result<Option<Reply>> {
+    fn step(
+        &mut self,
+        cmd: u8,
+        data: &[u8],
+        skip: u32,
+        no_reply: u32,
+    ) -> std::io::Result<Option<Reply>> {
         if self.pflags & skip != 0 {
             return Ok(None);
         }
@@ -231,17 +246,30 @@ impl MilterClient {
         headers: &[(String, String)],
         body: &[u8],
     ) -> std::io::Result<MessageResult> {
-        let done = |reply| MessageResult { reply, modifications: vec![] };
+        let done = |reply| MessageResult {
+            reply,
+            modifications: vec![],
+        };
         let mut mail_macros = vec![("i", queue_id)];
         if let Some(a) = auth {
             mail_macros.push(("{auth_authen}", a));
         }
         self.macros(b'M', &mail_macros)?;
-        if let Some(r) = self.step(b'M', format!("<{from}>\0").as_bytes(), SMFIP_NOMAIL, SMFIP_NR_MAIL)? {
+        if let Some(r) = self.step(
+            b'M',
+            format!("<{from}>\0").as_bytes(),
+            SMFIP_NOMAIL,
+            SMFIP_NR_MAIL,
+        )? {
             return Ok(done(r));
         }
         for r in rcpts {
-            if let Some(r) = self.step(b'R', format!("<{r}>\0").as_bytes(), SMFIP_NORCPT, SMFIP_NR_RCPT)? {
+            if let Some(r) = self.step(
+                b'R',
+                format!("<{r}>\0").as_bytes(),
+                SMFIP_NORCPT,
+                SMFIP_NR_RCPT,
+            )? {
                 return Ok(done(r));
             }
         }
@@ -266,7 +294,9 @@ impl MilterClient {
         loop {
             let (cmd, data) = self.read()?;
             let cstrs = |d: &[u8]| -> Vec<String> {
-                d.split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+                d.split(|&b| b == 0)
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect()
             };
             match cmd {
                 b'h' => {
@@ -284,14 +314,44 @@ impl MilterClient {
                 }
                 b'b' => modifications.push(Modification::ReplaceBody(data)),
                 b'p' => {}
-                b'c' => return Ok(MessageResult { reply: Reply::Continue, modifications }),
-                b'a' => return Ok(MessageResult { reply: Reply::Accept, modifications }),
-                b'r' => return Ok(MessageResult { reply: Reply::Reject, modifications }),
-                b't' => return Ok(MessageResult { reply: Reply::Tempfail, modifications }),
-                b'd' => return Ok(MessageResult { reply: Reply::Discard, modifications }),
+                b'c' => {
+                    return Ok(MessageResult {
+                        reply: Reply::Continue,
+                        modifications,
+                    })
+                }
+                b'a' => {
+                    return Ok(MessageResult {
+                        reply: Reply::Accept,
+                        modifications,
+                    })
+                }
+                b'r' => {
+                    return Ok(MessageResult {
+                        reply: Reply::Reject,
+                        modifications,
+                    })
+                }
+                b't' => {
+                    return Ok(MessageResult {
+                        reply: Reply::Tempfail,
+                        modifications,
+                    })
+                }
+                b'd' => {
+                    return Ok(MessageResult {
+                        reply: Reply::Discard,
+                        modifications,
+                    })
+                }
                 b'y' => {
-                    let text = String::from_utf8_lossy(&data).trim_end_matches('\0').to_string();
-                    return Ok(MessageResult { reply: Reply::Code(text), modifications });
+                    let text = String::from_utf8_lossy(&data)
+                        .trim_end_matches('\0')
+                        .to_string();
+                    return Ok(MessageResult {
+                        reply: Reply::Code(text),
+                        modifications,
+                    });
                 }
                 other => panic!("unexpected end-of-message reply '{}'", other as char),
             }

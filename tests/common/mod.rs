@@ -24,7 +24,10 @@ pub fn is_root() -> bool {
 
 /// A directory the MTA's unprivileged processes can traverse.
 pub fn tempdir() -> tempfile::TempDir {
-    let d = tempfile::Builder::new().prefix("smime-milter-test.").tempdir().expect("tempdir");
+    let d = tempfile::Builder::new()
+        .prefix("smime-milter-test.")
+        .tempdir()
+        .expect("tempdir");
     set_mode(d.path(), 0o755);
     d
 }
@@ -35,7 +38,8 @@ pub fn set_mode(p: &Path, mode: u32) {
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -50,8 +54,14 @@ static PKI: OnceLock<Pki> = OnceLock::new();
 pub fn pki() -> &'static Pki {
     PKI.get_or_init(|| {
         let dir = tempdir().keep();
-        let out = run(Command::new("bash").arg(project_dir().join("tests/pki/make-pki.sh")).arg(&dir));
-        assert!(out.status.success(), "make-pki.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = run(Command::new("bash")
+            .arg(project_dir().join("tests/pki/make-pki.sh"))
+            .arg(&dir));
+        assert!(
+            out.status.success(),
+            "make-pki.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Pki { dir }
     })
 }
@@ -130,7 +140,11 @@ impl Milter {
     pub fn start(top: &str, tables: &str) -> Milter {
         let dir = tempdir();
         let socket_path = dir.path().join("milter.sock");
-        let user = if is_root() { "user = \"nobody\"\nsocket_mode = \"0666\"\n" } else { "" };
+        let user = if is_root() {
+            "user = \"nobody\"\nsocket_mode = \"0666\"\n"
+        } else {
+            ""
+        };
         let cfg = write_config(
             dir.path(),
             &format!("socket = \"unix:{}\"\n{user}{top}", socket_path.display()),
@@ -145,13 +159,22 @@ impl Milter {
             .stderr(std::fs::File::create(&stderr).expect("log file"))
             .spawn()
             .expect("spawn smime-milter");
-        let mut m = Milter { child, dir, socket_path, stderr };
+        let mut m = Milter {
+            child,
+            dir,
+            socket_path,
+            stderr,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !m.socket_path.exists() {
             if let Ok(Some(st)) = m.child.try_wait() {
                 panic!("smime-milter exited with {st}: {}", m.log());
             }
-            assert!(Instant::now() < deadline, "smime-milter did not create its socket: {}", m.log());
+            assert!(
+                Instant::now() < deadline,
+                "smime-milter did not create its socket: {}",
+                m.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         m
@@ -231,7 +254,11 @@ pub fn test_mode(cfg: &Path, args: &[&str], input: &[u8]) -> TestRun {
     });
     let out = child.wait_with_output().expect("wait");
     writer.join().unwrap();
-    TestRun { code: out.status.code().unwrap_or(-1), stdout: out.stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    TestRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -244,7 +271,15 @@ pub fn openssl_verify(message: &[u8]) -> Result<Vec<u8>, String> {
     let content = d.path().join("content");
     std::fs::write(&input, message).unwrap();
     let out = run(Command::new("openssl")
-        .args(["cms", "-verify", "-inform", "SMIME", "-purpose", "smimesign", "-in"])
+        .args([
+            "cms",
+            "-verify",
+            "-inform",
+            "SMIME",
+            "-purpose",
+            "smimesign",
+            "-in",
+        ])
         .arg(&input)
         .arg("-CAfile")
         .arg(pki().path("root.crt"))
@@ -265,25 +300,43 @@ impl Gpgsm {
     pub fn new() -> Gpgsm {
         let home = tempfile::Builder::new().prefix("gpgsm.").tempdir().unwrap();
         set_mode(home.path(), 0o700);
-        std::fs::write(home.path().join("gpgsm.conf"), "disable-crl-checks\ndisable-policy-checks\n").unwrap();
+        std::fs::write(
+            home.path().join("gpgsm.conf"),
+            "disable-crl-checks\ndisable-policy-checks\n",
+        )
+        .unwrap();
         std::fs::write(home.path().join("gpg-agent.conf"), "allow-mark-trusted\n").unwrap();
         let fpr = run(Command::new("openssl")
             .args(["x509", "-noout", "-fingerprint", "-sha1", "-in"])
             .arg(pki().path("root.crt")));
         let fpr = String::from_utf8_lossy(&fpr.stdout);
         let fpr = fpr.trim().rsplit('=').next().unwrap().to_string();
-        std::fs::write(home.path().join("trustlist.txt"), format!("{fpr} S relax\n")).unwrap();
+        std::fs::write(
+            home.path().join("trustlist.txt"),
+            format!("{fpr} S relax\n"),
+        )
+        .unwrap();
         let g = Gpgsm { home };
         for cert in ["root.crt", "inter.crt"] {
-            let out = g.cmd().arg("--import").arg(pki().path(cert)).output().unwrap();
-            assert!(out.status.success(), "gpgsm --import: {}", String::from_utf8_lossy(&out.stderr));
+            let out = g
+                .cmd()
+                .arg("--import")
+                .arg(pki().path(cert))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "gpgsm --import: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         g
     }
 
     fn cmd(&self) -> Command {
         let mut c = Command::new("gpgsm");
-        c.env("GNUPGHOME", self.home.path()).args(["--batch", "--status-fd", "1"]);
+        c.env("GNUPGHOME", self.home.path())
+            .args(["--batch", "--status-fd", "1"]);
         c
     }
 
@@ -293,12 +346,24 @@ impl Gpgsm {
         let data = self.home.path().join("data");
         std::fs::write(&sig, signature).unwrap();
         std::fs::write(&data, content).unwrap();
-        let out = self.cmd().arg("--verify").arg(&sig).arg(&data).output().unwrap();
+        let out = self
+            .cmd()
+            .arg("--verify")
+            .arg(&sig)
+            .arg(&data)
+            .output()
+            .unwrap();
         let status = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() && status.contains("[GNUPG:] GOODSIG") && status.contains("TRUST_FULLY") {
+        if out.status.success()
+            && status.contains("[GNUPG:] GOODSIG")
+            && status.contains("TRUST_FULLY")
+        {
             Ok(status)
         } else {
-            Err(format!("{status}\n{}", String::from_utf8_lossy(&out.stderr)))
+            Err(format!(
+                "{status}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
         }
     }
 
@@ -308,12 +373,25 @@ impl Gpgsm {
         let output = self.home.path().join("content");
         let _ = std::fs::remove_file(&output);
         std::fs::write(&input, der).unwrap();
-        let out = self.cmd().arg("--output").arg(&output).arg("--verify").arg(&input).output().unwrap();
+        let out = self
+            .cmd()
+            .arg("--output")
+            .arg(&output)
+            .arg("--verify")
+            .arg(&input)
+            .output()
+            .unwrap();
         let status = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() && status.contains("[GNUPG:] GOODSIG") && status.contains("TRUST_FULLY") {
+        if out.status.success()
+            && status.contains("[GNUPG:] GOODSIG")
+            && status.contains("TRUST_FULLY")
+        {
             Ok(std::fs::read(&output).unwrap_or_default())
         } else {
-            Err(format!("{status}\n{}", String::from_utf8_lossy(&out.stderr)))
+            Err(format!(
+                "{status}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
         }
     }
 }
@@ -321,7 +399,10 @@ impl Gpgsm {
 impl Drop for Gpgsm {
     fn drop(&mut self) {
         // The agent gpgsm started for this home.
-        let _ = Command::new("gpgconf").env("GNUPGHOME", self.home.path()).args(["--kill", "all"]).output();
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--kill", "all"])
+            .output();
     }
 }
 
@@ -339,13 +420,25 @@ pub fn split_clear_signed(message: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let content = norm[first..second].replace('\n', "\r\n");
     let sig_part = &norm[second + delim.len()..];
     let sig_body = &sig_part[sig_part.find("\n\n").unwrap() + 2..];
-    let sig_b64: String = sig_body[..sig_body.find(&format!("\n--{boundary}--")).unwrap()].split_whitespace().collect();
+    let sig_b64: String = sig_body[..sig_body.find(&format!("\n--{boundary}--")).unwrap()]
+        .split_whitespace()
+        .collect();
     (content.into_bytes(), decode_base64(&sig_b64))
 }
 
 pub fn decode_base64(b64: &str) -> Vec<u8> {
-    let mut child = Command::new("base64").arg("-d").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(b64.as_bytes()).unwrap();
+    let mut child = Command::new("base64")
+        .arg("-d")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b64.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "base64 -d failed");
     out.stdout
@@ -377,7 +470,11 @@ for part in msg.walk():
     let w = std::thread::spawn(move || stdin.write_all(&input));
     let out = child.wait_with_output().unwrap();
     w.join().unwrap().unwrap();
-    assert!(out.status.success(), "python3: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -385,7 +482,11 @@ for part in msg.walk():
 // A throwaway Postfix on 127.0.0.1 relaying to smtp-sink.
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16, secs: u64) -> bool {
@@ -423,7 +524,10 @@ impl Postfix {
         for d in [&conf, &spool, &data, &capture] {
             std::fs::create_dir_all(d).unwrap();
         }
-        run(Command::new("chown").arg("postfix").arg(&data).arg(&capture));
+        run(Command::new("chown")
+            .arg("postfix")
+            .arg(&data)
+            .arg(&capture));
 
         let sink_port = free_port();
         let sink = Command::new("smtp-sink")
@@ -502,11 +606,27 @@ postlog   unix-dgram n - n - 1 postlogd
 "
         );
         std::fs::write(conf.join("master.cf"), master_cf).unwrap();
-        let mut pf = Postfix { dir, conf, spool, capture, smtpd_port, sink, master_pid: None };
+        let mut pf = Postfix {
+            dir,
+            conf,
+            spool,
+            capture,
+            smtpd_port,
+            sink,
+            master_pid: None,
+        };
         let check = run(Command::new("postfix").arg("-c").arg(&pf.conf).arg("check"));
-        assert!(check.status.success(), "postfix check: {}", String::from_utf8_lossy(&check.stderr));
+        assert!(
+            check.status.success(),
+            "postfix check: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
         let start = run(Command::new("postfix").arg("-c").arg(&pf.conf).arg("start"));
-        assert!(start.status.success(), "postfix start: {}", String::from_utf8_lossy(&start.stderr));
+        assert!(
+            start.status.success(),
+            "postfix start: {}",
+            String::from_utf8_lossy(&start.stderr)
+        );
         pf.master_pid = std::fs::read_to_string(pf.spool.join("pid/master.pid"))
             .ok()
             .and_then(|s| s.trim().parse().ok());
@@ -538,9 +658,17 @@ postlog   unix-dgram n - n - 1 postlogd
                 // smtp-sink writes the file while the message arrives.
                 std::thread::sleep(Duration::from_millis(200));
                 files.sort();
-                return files.iter().map(|f| strip_sink_headers(&std::fs::read(f).unwrap())).collect();
+                return files
+                    .iter()
+                    .map(|f| strip_sink_headers(&std::fs::read(f).unwrap()))
+                    .collect();
             }
-            assert!(Instant::now() < deadline, "only {} of {n} messages delivered; maillog:\n{}", files.len(), self.maillog());
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} messages delivered; maillog:\n{}",
+                files.len(),
+                self.maillog()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -555,9 +683,17 @@ postlog   unix-dgram n - n - 1 postlogd
 }
 
 fn count_files(dir: &Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     rd.flatten()
-        .map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 })
+        .map(|e| {
+            if e.path().is_dir() {
+                count_files(&e.path())
+            } else {
+                1
+            }
+        })
         .sum()
 }
 
@@ -565,9 +701,14 @@ fn count_files(dir: &Path) -> usize {
 fn strip_sink_headers(raw: &[u8]) -> Vec<u8> {
     let mut rest = raw;
     loop {
-        let line_end = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1);
+        let line_end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
         let line = &rest[..line_end];
-        let is_sink = [&b"X-Client-"[..], b"X-Helo-", b"X-Mail-", b"X-Rcpt-"].iter().any(|p| line.starts_with(p));
+        let is_sink = [&b"X-Client-"[..], b"X-Helo-", b"X-Mail-", b"X-Rcpt-"]
+            .iter()
+            .any(|p| line.starts_with(p));
         if !is_sink {
             return rest.to_vec();
         }
@@ -577,7 +718,11 @@ fn strip_sink_headers(raw: &[u8]) -> Vec<u8> {
 
 impl Drop for Postfix {
     fn drop(&mut self) {
-        let _ = Command::new("postfix").arg("-c").arg(&self.conf).arg("stop").output();
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .output();
         if let Some(pid) = self.master_pid {
             let deadline = Instant::now() + Duration::from_secs(10);
             while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
@@ -595,7 +740,9 @@ impl Drop for Postfix {
 /// A minimal SMTP client: one message, dot-stuffed, CRLF line ends.
 pub fn smtp_send(port: u16, from: &str, to: &[&str], message: &[u8]) -> String {
     let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect smtpd");
-    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut w = stream;
     let reply = |r: &mut BufReader<TcpStream>| -> String {
@@ -637,7 +784,10 @@ pub fn smtp_send(port: u16, from: &str, to: &[&str], message: &[u8]) -> String {
     let text = message;
     let mut start = 0;
     while start < text.len() {
-        let end = text[start..].iter().position(|&b| b == b'\n').map_or(text.len(), |i| start + i + 1);
+        let end = text[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(text.len(), |i| start + i + 1);
         let mut line = &text[start..end];
         if line.ends_with(b"\n") {
             line = &line[..line.len() - 1];

@@ -10,7 +10,8 @@ cd "$out"
 umask 077
 
 days=825
-subj() { printf '/O=smime-milter tests/CN=%s' "$1"; }
+org=${PKI_ORG:-smime-milter tests}
+subj() { printf '/O=%s/CN=%s' "$org" "$1"; }
 
 # --- CAs -------------------------------------------------------------------
 cat > ca.ext <<'X'

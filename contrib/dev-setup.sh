@@ -1,0 +1,50 @@
+#!/bin/bash
+# Installs the Debian 12 packages smime-milter needs to build and to run its
+# test suite (Postfix, miltertest, gpgsm, ...). Idempotent and quiet; run as
+# root. Debian's Postfix is installed unconfigured and is not started: the
+# tests run throwaway instances of their own.
+set -euo pipefail
+
+packages=(
+    pkg-config libssl-dev libmilter-dev   # build
+    openssl postfix miltertest            # tests: MTA, milter client
+    gpgsm gpg-agent libnss3-tools         # independent S/MIME verifiers
+    python3 ca-certificates iproute2
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "dev-setup: missing packages: ${missing[*]} (run as root to install them)" >&2
+        exit 1
+    fi
+    echo "dev-setup: installing ${missing[*]}" >&2
+    # Keep the system Postfix unconfigured and stopped.
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    made_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
+    rc=0
+    {
+        apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    } > /tmp/smime-milter-apt.log 2>&1 || rc=$?
+    [ $made_policy -eq 1 ] && rm -f /usr/sbin/policy-rc.d
+    if [ $rc -ne 0 ]; then
+        tail -20 /tmp/smime-milter-apt.log >&2
+        echo "dev-setup: apt-get failed (rc=$rc)" >&2
+        exit 1
+    fi
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "dev-setup: cargo not found: install Rust 1.88 or newer (https://rustup.rs)" >&2
+    exit 1
+fi
