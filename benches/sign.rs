@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 fn message(size: usize) -> Vec<u8> {
     let mut m = b"From: Alice <alice@example.com>\r\nTo: bob@example.net\r\nSubject: bench\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n".to_vec();
     while m.len() < size {
-        m.extend_from_slice(b"The quick brown fox jumps over the lazy dog; pack my box with five dozen.\r\n");
+        m.extend_from_slice(
+            b"The quick brown fox jumps over the lazy dog; pack my box with five dozen.\r\n",
+        );
     }
     m
 }
@@ -44,18 +46,31 @@ fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit(") ").next().unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 fn main() {
     let top = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dir = tempfile::Builder::new().prefix("smime-bench.").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("smime-bench.")
+        .tempdir()
+        .unwrap();
     let pki = dir.path().join("pki");
-    let ok = Command::new("bash").arg(top.join("tests/pki/make-pki.sh")).arg(&pki).stdout(Stdio::null()).status().unwrap();
+    let ok = Command::new("bash")
+        .arg(top.join("tests/pki/make-pki.sh"))
+        .arg(&pki)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
     assert!(ok.success(), "make-pki.sh failed");
     let sock = dir.path().join("milter.sock");
-    let user = if unsafe { libc::geteuid() } == 0 { "user = \"nobody\"\n" } else { "" };
+    let user = if unsafe { libc::geteuid() } == 0 {
+        "user = \"nobody\"\n"
+    } else {
+        ""
+    };
     let cfg_text = format!(
         "socket = \"unix:{}\"\n{user}socket_mode = \"0666\"\nlog_level = \"warning\"\n\
          [[signing.key]]\nsender = \"alice@example.com\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\
@@ -70,28 +85,55 @@ fn main() {
     std::fs::write(&cfg_path, &cfg_text).unwrap();
     let cfg = Arc::new(Config::load(&cfg_path).unwrap());
 
-    println!("smime-milter signing benchmark ({} cores)", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!(
+        "smime-milter signing benchmark ({} cores)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     println!();
-    println!("in process (outbound::sign_message, RSA-2048 and ECDSA P-256, SHA-256, clear-signed):");
+    println!(
+        "in process (outbound::sign_message, RSA-2048 and ECDSA P-256, SHA-256, clear-signed):"
+    );
     for size in [4 * 1024, 1024 * 1024] {
         let raw = message(size);
         let (headers, body) = split_message(&raw);
         let (canon, _) = time_per_op(Duration::from_millis(500), || {
             let mut out = Vec::with_capacity(body.len() + 128);
-            mime::write_7bit(b"Content-Type: text/plain\r\n", &body, 0, Limits { max_depth: 32 }, &mut out).unwrap();
+            mime::write_7bit(
+                b"Content-Type: text/plain\r\n",
+                &body,
+                0,
+                Limits { max_depth: 32 },
+                &mut out,
+            )
+            .unwrap();
             std::hint::black_box(out);
         });
-        println!("  {:>7} canonicalise      {:>9.3} ms  ({:>8.0}/s)", label(size), canon * 1e3, 1.0 / canon);
+        println!(
+            "  {:>7} canonicalise      {:>9.3} ms  ({:>8.0}/s)",
+            label(size),
+            canon * 1e3,
+            1.0 / canon
+        );
         for from in ["alice@example.com", "bob@example.com"] {
-            let key: Arc<SigningKey> = match outbound::plan(&cfg, None, &with_from(&headers, from)) {
+            let key: Arc<SigningKey> = match outbound::plan(&cfg, None, &with_from(&headers, from))
+            {
                 Plan::Sign(k) => k,
                 Plan::Done(o) => panic!("no key: {:?}", o.reason),
             };
             let (t, _) = time_per_op(Duration::from_secs(1), || {
                 std::hint::black_box(outbound::sign_message(&cfg, &key, &headers, &body));
             });
-            let kind = if from.starts_with("alice") { "sign RSA-2048" } else { "sign P-256   " };
-            println!("  {:>7} {kind}     {:>9.3} ms  ({:>8.0}/s)", label(size), t * 1e3, 1.0 / t);
+            let kind = if from.starts_with("alice") {
+                "sign RSA-2048"
+            } else {
+                "sign P-256   "
+            };
+            println!(
+                "  {:>7} {kind}     {:>9.3} ms  ({:>8.0}/s)",
+                label(size),
+                t * 1e3,
+                1.0 / t
+            );
         }
     }
 
@@ -111,7 +153,12 @@ fn main() {
     }
     println!();
     println!("through the milter protocol (unix socket, one connection per message):");
-    for (size, count, conc) in [(4 * 1024, 2000, 1), (4 * 1024, 2000, 4), (1024 * 1024, 100, 1), (1024 * 1024, 100, 4)] {
+    for (size, count, conc) in [
+        (4 * 1024, 2000, 1),
+        (4 * 1024, 2000, 4),
+        (1024 * 1024, 100, 1),
+        (1024 * 1024, 100, 4),
+    ] {
         let raw = message(size);
         let (headers, body) = split_message(&raw);
         let cpu0 = cpu_seconds(pid);
@@ -140,13 +187,31 @@ fn main() {
 fn send_one(sock: &Path, i: usize, headers: &[(String, String)], body: &[u8]) {
     let mut c = MilterClient::connect(sock).unwrap();
     c.connect_info("127.0.0.1").unwrap();
-    let r = c.message(&format!("B{i}"), None, "alice@example.com", &["bob@example.net"], headers, body).unwrap();
+    let r = c
+        .message(
+            &format!("B{i}"),
+            None,
+            "alice@example.com",
+            &["bob@example.net"],
+            headers,
+            body,
+        )
+        .unwrap();
     assert!(r.new_body().is_some(), "not signed: {:?}", r.reply);
     c.quit();
 }
 
 fn with_from(headers: &[(String, String)], from: &str) -> Vec<(String, String)> {
-    headers.iter().map(|(n, v)| if n == "From" { (n.clone(), from.to_string()) } else { (n.clone(), v.clone()) }).collect()
+    headers
+        .iter()
+        .map(|(n, v)| {
+            if n == "From" {
+                (n.clone(), from.to_string())
+            } else {
+                (n.clone(), v.clone())
+            }
+        })
+        .collect()
 }
 
 fn label(size: usize) -> String {
