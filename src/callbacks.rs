@@ -271,6 +271,7 @@ fn apply_changes(c: &Ctx, o: &Outcome) -> Result<(), milter::Error> {
                 c.api.replace_header(name, *index, value.as_deref())?
             }
             HeaderOp::Add { name, value } => c.api.add_header(name, value)?,
+            HeaderOp::Insert { index, name, value } => c.api.insert_header(*index, name, value)?,
         }
     }
     if let Some(body) = &o.changes.body {

@@ -2,6 +2,7 @@
 //! typed `Config`. Every error names the file, the line and the key.
 
 use crate::keystore::{KeyStore, KeyStoreError};
+use crate::truststore::{TrustError, TrustStore};
 use ipnet::IpNet;
 use serde::{de, Deserialize, Deserializer};
 use std::collections::HashMap;
@@ -195,6 +196,30 @@ impl FromStr for ByteSize {
     }
 }
 
+/// Seconds, written as an integer or with an s/m/h/d suffix ("1h").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub u64);
+
+impl FromStr for Seconds {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let (num, mult) = match t.char_indices().last() {
+            Some((i, 's')) => (&t[..i], 1u64),
+            Some((i, 'm')) => (&t[..i], 60),
+            Some((i, 'h')) => (&t[..i], 3600),
+            Some((i, 'd')) => (&t[..i], 86400),
+            _ => (t, 1),
+        };
+        num.trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(mult))
+            .map(Seconds)
+            .ok_or_else(|| format!("invalid duration '{s}' (expected seconds, or a number with s, m, h or d)"))
+    }
+}
+
 /// Deserializes any `FromStr` type from a TOML string, so its error carries the
 /// value's span.
 fn from_str_de<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -204,6 +229,19 @@ where
 {
     let s = String::deserialize(d)?;
     s.parse().map_err(de::Error::custom)
+}
+
+fn seconds_de<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Seconds>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Str(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => Ok(Some(Seconds(n))),
+        Raw::Str(s) => s.parse().map(Some).map_err(de::Error::custom),
+    }
 }
 
 fn size_de<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
@@ -266,9 +304,13 @@ struct RawConfig {
     max_message_size: Option<ByteSize>,
     max_mime_depth: Option<usize>,
     max_recipients: Option<usize>,
+    max_mime_parts: Option<usize>,
     allow_insecure_key_files: Option<bool>,
+    authserv_id: Option<Spanned<String>>,
     #[serde(default)]
     signing: RawSigning,
+    #[serde(default)]
+    verify: RawVerify,
     #[serde(default)]
     senders: HashMap<String, Vec<String>>,
     #[serde(default)]
@@ -302,7 +344,21 @@ pub(crate) struct RawKey {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawVerify {
+    enabled: Option<bool>,
+    trust_anchors: Option<Spanned<PathBuf>>,
+    trust_dir: Option<Spanned<PathBuf>>,
+    crl_dir: Option<Spanned<PathBuf>>,
+    min_rsa_bits: Option<u32>,
+    allow_sha1: Option<bool>,
+    #[serde(default, deserialize_with = "seconds_de")]
+    max_date_skew: Option<Seconds>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawActions {
+    bad_signature: Option<FailAction>,
     key_not_found: Option<FailAction>,
     sender_not_authorized: Option<FailAction>,
     internal_error: Option<FailAction>,
@@ -313,6 +369,8 @@ struct RawActions {
 /// Failure actions, one per failure class.
 #[derive(Debug, Clone)]
 pub struct Actions {
+    /// Inbound: the smime result is fail or permerror.
+    pub bad_signature: FailAction,
     /// The From address has no signing key.
     pub key_not_found: FailAction,
     /// An authenticated client's From is not an address it may send as.
@@ -333,6 +391,13 @@ pub struct Signing {
     pub include_chain: bool,
 }
 
+/// Inbound verification: the trust store and the checks' settings.
+#[derive(Debug)]
+pub struct Verification {
+    pub trust: TrustStore,
+    pub settings: crate::verify::Settings,
+}
+
 /// The typed, validated configuration, with keys loaded.
 #[derive(Debug)]
 pub struct Config {
@@ -347,7 +412,12 @@ pub struct Config {
     pub max_message_size: u64,
     pub max_mime_depth: usize,
     pub max_recipients: usize,
+    pub max_mime_parts: usize,
+    /// Our name in Authentication-Results (RFC 8601 authserv-id).
+    pub authserv_id: String,
     pub signing: Signing,
+    /// `None` when inbound verification is off.
+    pub verify: Option<Verification>,
     /// SMTP AUTH login -> From addresses or `@domain`s it may sign as (lower case).
     pub senders: HashMap<String, Vec<String>>,
     pub actions: Actions,
@@ -367,7 +437,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "max_message_size",
     "max_mime_depth",
     "max_recipients",
+    "max_mime_parts",
     "allow_insecure_key_files",
+    "authserv_id",
     "signing.enabled",
     "signing.format",
     "signing.digest",
@@ -377,7 +449,15 @@ pub const KNOWN_KEYS: &[&str] = &[
     "signing.key.private_key",
     "signing.key.pkcs12",
     "signing.key.passphrase_file",
+    "verify.enabled",
+    "verify.trust_anchors",
+    "verify.trust_dir",
+    "verify.crl_dir",
+    "verify.min_rsa_bits",
+    "verify.allow_sha1",
+    "verify.max_date_skew",
     "senders",
+    "actions.bad_signature",
     "actions.key_not_found",
     "actions.sender_not_authorized",
     "actions.internal_error",
@@ -488,6 +568,50 @@ impl Config {
             KeyStoreError::At { span, what } => loc.error(span, what),
         })?;
 
+        let authserv_id = match &raw.authserv_id {
+            Some(id) => {
+                let v = id.get_ref().trim();
+                if v.is_empty() || !v.bytes().all(|c| c.is_ascii_graphic() && !b"();\"\\".contains(&c)) {
+                    return Err(loc.error(id.span(), format!("invalid authserv-id '{v}' (a host name, no spaces)")));
+                }
+                v.to_string()
+            }
+            None => host_name(),
+        };
+
+        let max_mime_depth = raw.max_mime_depth.unwrap_or(32);
+        let max_mime_parts = raw.max_mime_parts.unwrap_or(1000);
+        let v = raw.verify;
+        let has_anchors = v.trust_anchors.is_some() || v.trust_dir.is_some();
+        if v.enabled == Some(true) && !has_anchors {
+            return Err(ConfigError {
+                file: file.clone(),
+                line: 0,
+                what: "[verify] enabled = true needs trust_anchors or trust_dir".into(),
+            });
+        }
+        let verify = if v.enabled.unwrap_or(true) && has_anchors {
+            let path = |p: &Option<Spanned<PathBuf>>| p.as_ref().map(|s| s.get_ref().clone());
+            let (a, d, c) = (path(&v.trust_anchors), path(&v.trust_dir), path(&v.crl_dir));
+            let trust = TrustStore::load(a.as_deref(), d.as_deref(), c.as_deref()).map_err(|e| match e {
+                TrustError::Anchors(w) => loc.error(v.trust_anchors.as_ref().map_or(0..0, |s| s.span()), w),
+                TrustError::Dir(w) => loc.error(v.trust_dir.as_ref().map_or(0..0, |s| s.span()), w),
+                TrustError::Crls(w) => loc.error(v.crl_dir.as_ref().map_or(0..0, |s| s.span()), w),
+            })?;
+            Some(Verification {
+                trust,
+                settings: crate::verify::Settings {
+                    min_rsa_bits: v.min_rsa_bits.unwrap_or(2048),
+                    allow_sha1: v.allow_sha1.unwrap_or(false),
+                    max_date_skew: v.max_date_skew.map_or(3600, |s| s.0) as i64,
+                    max_depth: max_mime_depth,
+                    max_parts: max_mime_parts,
+                },
+            })
+        } else {
+            None
+        };
+
         let a = raw.actions;
         Ok(Config {
             path: path.to_path_buf(),
@@ -502,8 +626,11 @@ impl Config {
                 .map(|v| v.into_iter().map(|n| n.0).collect())
                 .unwrap_or_else(default_internal_hosts),
             max_message_size: raw.max_message_size.map_or(64 << 20, |s| s.0),
-            max_mime_depth: raw.max_mime_depth.unwrap_or(32),
+            max_mime_depth,
             max_recipients: raw.max_recipients.unwrap_or(1000),
+            max_mime_parts,
+            authserv_id,
+            verify,
             signing: Signing {
                 enabled: raw.signing.enabled.unwrap_or(true),
                 format: raw.signing.format.unwrap_or(SignFormat::Clear),
@@ -512,6 +639,7 @@ impl Config {
             },
             senders,
             actions: Actions {
+                bad_signature: a.bad_signature.unwrap_or(FailAction::Accept),
                 key_not_found: a.key_not_found.unwrap_or(FailAction::Accept),
                 sender_not_authorized: a.sender_not_authorized.unwrap_or(FailAction::Accept),
                 internal_error: a.internal_error.unwrap_or(FailAction::Tempfail),
@@ -520,6 +648,17 @@ impl Config {
             },
             keys,
         })
+    }
+}
+
+/// The host name, the default authserv-id.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(h) if ok && !h.is_empty() => h.to_ascii_lowercase(),
+        _ => "localhost".into(),
     }
 }
 

@@ -3,8 +3,10 @@
 //! benchmarks can drive the same code.
 
 pub mod address;
+pub mod auth_results;
 pub mod callbacks;
 pub mod config;
+pub mod inbound;
 pub mod keystore;
 pub mod listener;
 pub mod logging;
@@ -15,4 +17,6 @@ pub mod policy;
 pub mod privileges;
 pub mod session;
 pub mod sign;
+pub mod truststore;
+pub mod verify;
 pub mod testmode;

@@ -225,7 +225,7 @@ pub fn sign_message(
         },
         action: "signed",
         reason: None,
-        key: Some(key.label()),
+        detail: Some(format!("key={}", key.label())),
     }
 }
 

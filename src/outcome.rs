@@ -45,6 +45,8 @@ pub enum HeaderOp {
     },
     /// `smfi_addheader`: append a field.
     Add { name: String, value: String },
+    /// `smfi_insheader`: insert a field before the `index`-th (0 = on top).
+    Insert { index: usize, name: String, value: String },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -71,8 +73,8 @@ pub struct Outcome {
     pub action: &'static str,
     /// Why, when it was not the ordinary path.
     pub reason: Option<String>,
-    /// The key used, for the summary line.
-    pub key: Option<String>,
+    /// What the summary line adds: the key used, the smime result...
+    pub detail: Option<String>,
 }
 
 impl Outcome {
@@ -82,7 +84,7 @@ impl Outcome {
             changes: Changes::default(),
             action: "unchanged",
             reason: Some(reason.into()),
-            key: None,
+            detail: None,
         }
     }
 
@@ -100,7 +102,7 @@ impl Outcome {
             changes: Changes::default(),
             action: word,
             reason: Some(reason),
-            key: None,
+            detail: None,
         }
     }
 }
@@ -128,6 +130,9 @@ pub fn apply_header_ops(fields: &mut Vec<(String, String)>, ops: &[HeaderOp]) {
                 }
             }
             HeaderOp::Add { name, value } => fields.push((name.clone(), value.clone())),
+            HeaderOp::Insert { index, name, value } => {
+                fields.insert((*index).min(fields.len()), (name.clone(), value.clone()))
+            }
         }
     }
 }

@@ -2,6 +2,8 @@
 //! callbacks and the offline test mode drive the same methods.
 
 use crate::config::Config;
+use crate::inbound;
+use crate::keystore::SigningKey;
 use crate::outbound::{self, Plan};
 use crate::outcome::Outcome;
 use crate::policy::{self, Direction};
@@ -21,8 +23,14 @@ pub struct Message {
     /// Header and body bytes seen, including what was not kept.
     pub size: u64,
     pub direction: Direction,
-    plan: Option<Plan>,
+    pending: Option<Pending>,
     pub started: Instant,
+}
+
+/// Work decided at end of headers, done at end of message.
+enum Pending {
+    Sign(Arc<SigningKey>),
+    Verify(inbound::Pending),
 }
 
 impl Message {
@@ -74,7 +82,7 @@ impl Session {
             body: Vec::new(),
             size: 0,
             direction,
-            plan: None,
+            pending: None,
             started: Instant::now(),
         });
     }
@@ -114,19 +122,18 @@ impl Session {
         let Some(m) = self.message.as_mut() else {
             return Step::Continue;
         };
-        match m.direction {
-            // Verification of inbound mail comes with its own module.
-            Direction::Inbound => Step::Done(Outcome::unchanged("inbound")),
-            Direction::Outbound => {
-                match outbound::plan(&m.cfg, m.auth_login.as_deref(), &m.headers) {
-                    Plan::Done(o) => Step::Done(o),
-                    p @ Plan::Sign(_) => {
-                        m.plan = Some(p);
-                        Step::Continue
-                    }
-                }
-            }
-        }
+        let pending = match m.direction {
+            Direction::Inbound => match inbound::plan(&m.cfg, &m.headers) {
+                Ok(p) => Pending::Verify(p),
+                Err(o) => return Step::Done(o),
+            },
+            Direction::Outbound => match outbound::plan(&m.cfg, m.auth_login.as_deref(), &m.headers) {
+                Plan::Sign(key) => Pending::Sign(key),
+                Plan::Done(o) => return Step::Done(o),
+            },
+        };
+        m.pending = Some(pending);
+        Step::Continue
     }
 
     pub fn body(&mut self, chunk: &[u8]) -> Step {
@@ -138,7 +145,10 @@ impl Session {
             m.body = Vec::new();
             return oversized(m);
         }
-        m.body.extend_from_slice(chunk);
+        // Only removing forged headers needs no body.
+        if !matches!(&m.pending, Some(Pending::Verify(p)) if !p.signed) {
+            m.body.extend_from_slice(chunk);
+        }
         Step::Continue
     }
 
@@ -147,9 +157,9 @@ impl Session {
         let Some(m) = self.message.as_mut() else {
             return Outcome::unchanged("no message state");
         };
-        match m.plan.take() {
-            Some(Plan::Sign(key)) => outbound::sign_message(&m.cfg, &key, &m.headers, &m.body),
-            Some(Plan::Done(o)) => o,
+        match m.pending.take() {
+            Some(Pending::Sign(key)) => outbound::sign_message(&m.cfg, &key, &m.headers, &m.body),
+            Some(Pending::Verify(p)) => inbound::verify_message(&m.cfg, &p, &m.headers, &m.body, None),
             None => Outcome::unchanged(m.direction.as_str()),
         }
     }
@@ -177,8 +187,9 @@ pub fn summary_line(m: &Message, o: &Outcome) -> String {
         o.action,
         o.verdict.word()
     );
-    if let Some(k) = &o.key {
-        s.push_str(&format!(" key={k}"));
+    if let Some(d) = &o.detail {
+        s.push(' ');
+        s.push_str(d);
     }
     if let Some(login) = &m.auth_login {
         s.push_str(&format!(" auth={login}"));

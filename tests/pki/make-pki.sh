@@ -29,10 +29,12 @@ openssl x509 -req -in inter.csr -CA root.crt -CAkey root.key -CAcreateserial -ou
     -days 3000 -sha256 -extfile ca.ext -extensions inter 2>/dev/null
 
 # --- end entities ------------------------------------------------------------
-# ee NAME ADDRESS KEYSPEC [KU]
+# ee NAME ADDRESS KEYSPEC [KU] [EKU] [CA]
 ee() {
-    local name=$1 addr=$2 keyspec=$3 ku=${4:-}
+    local name=$1 addr=$2 keyspec=$3 ku=${4:-} eku=${5:-emailProtection} ca=${6:-inter}
     case $keyspec in
+        rsa-pss:*) openssl genpkey -algorithm RSA-PSS -pkeyopt "rsa_keygen_bits:${keyspec#rsa-pss:}" -out "$name.key" 2>/dev/null
+               [ -n "$ku" ] || ku='digitalSignature, nonRepudiation' ;;
         rsa:*) openssl genpkey -algorithm RSA -pkeyopt "rsa_keygen_bits:${keyspec#rsa:}" -out "$name.key" 2>/dev/null
                [ -n "$ku" ] || ku='digitalSignature, nonRepudiation, keyEncipherment' ;;
         ec:*)  openssl genpkey -algorithm EC -pkeyopt "ec_paramgen_curve:${keyspec#ec:}" -out "$name.key" 2>/dev/null
@@ -41,16 +43,16 @@ ee() {
     cat > "$name.ext" <<X
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, $ku
-extendedKeyUsage = emailProtection
+extendedKeyUsage = $eku
 subjectAltName = email:$addr
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 X
     openssl req -new -key "$name.key" -out "$name.csr" -subj "$(subj "$name")/emailAddress=$addr" 2>/dev/null
-    openssl x509 -req -in "$name.csr" -CA inter.crt -CAkey inter.key -CAcreateserial -out "$name.crt" \
+    openssl x509 -req -in "$name.csr" -CA "$ca.crt" -CAkey "$ca.key" -CAcreateserial -out "$name.crt" \
         -days $days -sha256 -extfile "$name.ext" 2>/dev/null
     # The chain file the milter is given: signer, then intermediate.
-    cat "$name.crt" inter.crt > "$name.chain.pem"
+    cat "$name.crt" "$ca.crt" > "$name.chain.pem"
 }
 
 ee alice alice@example.com rsa:2048
@@ -73,7 +75,39 @@ openssl req -x509 -new -key weak.key -out weak.crt -subj "$(subj weak)" -days 30
 
 # A CA nobody trusts, and a certificate from it.
 openssl req -x509 -new -newkey rsa:2048 -nodes -keyout rogue-root.key -out rogue-root.crt \
-    -subj "$(subj 'Rogue Root CA')" -days 3650 -addext 'basicConstraints=critical,CA:TRUE' 2>/dev/null
+    -subj "$(subj 'Rogue Root CA')" -days 3650 -addext 'basicConstraints=critical,CA:TRUE' \
+    -addext 'keyUsage=critical,keyCertSign,cRLSign' -addext 'subjectKeyIdentifier=hash' 2>/dev/null
+
+# Signers for the verification corpus: each one wrong in one way.
+ee pss pss@example.com rsa-pss:2048
+ee eve eve@example.com rsa:2048 '' emailProtection rogue-root
+ee web web@example.com rsa:2048 '' serverAuth
+ee nosig nosig@example.com rsa:2048 'keyEncipherment'
+ee weaksig weaksig@example.com rsa:1024
+
+# expired@example.com: a certificate whose validity ended in 2021.
+ee expired expired@example.com rsa:2048
+mkdir -p ca-db && : > ca-db/index.txt && echo 1000 > ca-db/serial
+cat > ca-db/ca.cnf <<X
+[ca]
+default_ca = inter
+[inter]
+database = $out/ca-db/index.txt
+serial = $out/ca-db/serial
+new_certs_dir = $out/ca-db
+default_md = sha256
+policy = any
+copy_extensions = none
+[any]
+commonName = supplied
+organizationName = optional
+emailAddress = optional
+X
+openssl req -new -key expired.key -out expired.csr -subj "$(subj expired)/emailAddress=expired@example.com" 2>/dev/null
+openssl ca -batch -config ca-db/ca.cnf -cert inter.crt -keyfile inter.key -in expired.csr -out expired.crt \
+    -startdate 200101000000Z -enddate 210101000000Z -extfile expired.ext -notext 2>/dev/null
+cat expired.crt inter.crt > expired.chain.pem
+rm -rf ca-db
 
 rm -f ./*.csr ./*.srl
 chmod 600 ./*.key ./*.pass ./*.p12
