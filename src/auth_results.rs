@@ -64,7 +64,9 @@ pub fn claims_our_id(value: &str, ours: &str) -> bool {
 /// characters, else a quoted-string.
 fn pvalue(s: &str) -> String {
     let tokenish = !s.is_empty()
-        && s.bytes().all(|c| c > b' ' && c < 0x7f && !b"()<>,;:\\\"/[]?=".contains(&c) || c == b'@' || c == b'/');
+        && s.bytes().all(|c| {
+            c > b' ' && c < 0x7f && !b"()<>,;:\\\"/[]?=".contains(&c) || c == b'@' || c == b'/'
+        });
     if tokenish && s.matches('@').count() <= 1 {
         s.to_string()
     } else {
@@ -85,7 +87,9 @@ fn pvalue(s: &str) -> String {
 
 /// A comment's text: no parentheses or backslashes to break out of it.
 fn comment(s: &str) -> String {
-    s.chars().filter(|c| !matches!(c, '(' | ')' | '\\') && !c.is_control()).collect()
+    s.chars()
+        .filter(|c| !matches!(c, '(' | ')' | '\\') && !c.is_control())
+        .collect()
 }
 
 /// The header value: `id; smime=result (reason) body.smime-identifier=...`.
@@ -100,7 +104,11 @@ pub fn header_value(authserv_id: &str, v: &Verdict) -> String {
     s.push_str(&format!(" body.smime-part={}", pvalue(&v.part)));
     // RFC 7281: serial and issuer go together.
     if let (Some(serial), Some(issuer)) = (&v.serial, &v.issuer) {
-        s.push_str(&format!(" body.smime-serial={} body.smime-issuer={}", pvalue(serial), pvalue(issuer)));
+        s.push_str(&format!(
+            " body.smime-serial={} body.smime-issuer={}",
+            pvalue(serial),
+            pvalue(issuer)
+        ));
     }
     s
 }
@@ -124,7 +132,12 @@ mod tests {
         ] {
             assert!(claims_our_id(v, "mx.example.com"), "{v:?}");
         }
-        for v in ["other.example.com; smime=pass", "mx.example.com.evil; smime=pass", "; smime=pass", ""] {
+        for v in [
+            "other.example.com; smime=pass",
+            "mx.example.com.evil; smime=pass",
+            "; smime=pass",
+            "",
+        ] {
             assert!(!claims_our_id(v, "mx.example.com"), "{v:?}");
         }
     }

@@ -216,7 +216,9 @@ impl FromStr for Seconds {
             .ok()
             .and_then(|n| n.checked_mul(mult))
             .map(Seconds)
-            .ok_or_else(|| format!("invalid duration '{s}' (expected seconds, or a number with s, m, h or d)"))
+            .ok_or_else(|| {
+                format!("invalid duration '{s}' (expected seconds, or a number with s, m, h or d)")
+            })
     }
 }
 
@@ -571,8 +573,15 @@ impl Config {
         let authserv_id = match &raw.authserv_id {
             Some(id) => {
                 let v = id.get_ref().trim();
-                if v.is_empty() || !v.bytes().all(|c| c.is_ascii_graphic() && !b"();\"\\".contains(&c)) {
-                    return Err(loc.error(id.span(), format!("invalid authserv-id '{v}' (a host name, no spaces)")));
+                if v.is_empty()
+                    || !v
+                        .bytes()
+                        .all(|c| c.is_ascii_graphic() && !b"();\"\\".contains(&c))
+                {
+                    return Err(loc.error(
+                        id.span(),
+                        format!("invalid authserv-id '{v}' (a host name, no spaces)"),
+                    ));
                 }
                 v.to_string()
             }
@@ -593,11 +602,19 @@ impl Config {
         let verify = if v.enabled.unwrap_or(true) && has_anchors {
             let path = |p: &Option<Spanned<PathBuf>>| p.as_ref().map(|s| s.get_ref().clone());
             let (a, d, c) = (path(&v.trust_anchors), path(&v.trust_dir), path(&v.crl_dir));
-            let trust = TrustStore::load(a.as_deref(), d.as_deref(), c.as_deref()).map_err(|e| match e {
-                TrustError::Anchors(w) => loc.error(v.trust_anchors.as_ref().map_or(0..0, |s| s.span()), w),
-                TrustError::Dir(w) => loc.error(v.trust_dir.as_ref().map_or(0..0, |s| s.span()), w),
-                TrustError::Crls(w) => loc.error(v.crl_dir.as_ref().map_or(0..0, |s| s.span()), w),
-            })?;
+            let trust = TrustStore::load(a.as_deref(), d.as_deref(), c.as_deref()).map_err(
+                |e| match e {
+                    TrustError::Anchors(w) => {
+                        loc.error(v.trust_anchors.as_ref().map_or(0..0, |s| s.span()), w)
+                    }
+                    TrustError::Dir(w) => {
+                        loc.error(v.trust_dir.as_ref().map_or(0..0, |s| s.span()), w)
+                    }
+                    TrustError::Crls(w) => {
+                        loc.error(v.crl_dir.as_ref().map_or(0..0, |s| s.span()), w)
+                    }
+                },
+            )?;
             Some(Verification {
                 trust,
                 settings: crate::verify::Settings {
@@ -786,6 +803,44 @@ mod tests {
             e.what.contains("certificate") && e.what.contains("/nonexistent/a.pem"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn verification_is_on_only_with_trust_anchors() {
+        let c = parse("").unwrap();
+        assert!(c.verify.is_none());
+        let e = parse("[verify]\nenabled = true\n").unwrap_err();
+        assert!(e.what.contains("needs trust_anchors or trust_dir"), "{e}");
+        let e = parse("[verify]\nallow_sha1 = true\ntrust_anchors = \"/nonexistent/roots.pem\"\n")
+            .unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(
+            e.what.contains("key 'trust_anchors'") && e.what.contains("/nonexistent/roots.pem"),
+            "{e}"
+        );
+        let e = parse("[verify]\nmax_date_skew = \"1 week\"\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
+    fn authserv_id_defaults_to_the_host_name_and_is_checked() {
+        assert!(!parse("").unwrap().authserv_id.is_empty());
+        assert_eq!(
+            parse("authserv_id = \"mx.example.com\"\n")
+                .unwrap()
+                .authserv_id,
+            "mx.example.com"
+        );
+        let e = parse("authserv_id = \"mx example\"\n").unwrap_err();
+        assert!(e.what.contains("key 'authserv_id'"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!("1h".parse::<Seconds>().unwrap().0, 3600);
+        assert_eq!("90".parse::<Seconds>().unwrap().0, 90);
+        assert_eq!("2d".parse::<Seconds>().unwrap().0, 172800);
+        assert!("h".parse::<Seconds>().is_err());
     }
 
     #[test]

@@ -22,18 +22,28 @@ pub struct Pending {
 }
 
 fn first<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 fn content_type(headers: &[(String, String)]) -> Option<ContentType> {
     first(headers, "Content-Type").and_then(|v| ContentType::parse(&mime::unfold(v)))
 }
 
-/// At end of headers: `Err(outcome)` when nothing needs the rest of the
-/// message.
-pub fn plan(cfg: &Config, headers: &[(String, String)]) -> Result<Pending, Outcome> {
+/// What to do once the body has arrived.
+#[derive(Debug)]
+pub enum Plan {
+    Verify(Pending),
+    /// Decided already; the rest of the message is not needed.
+    Done(Outcome),
+}
+
+/// Decides at end of headers.
+pub fn plan(cfg: &Config, headers: &[(String, String)]) -> Plan {
     if cfg.verify.is_none() {
-        return Err(Outcome::unchanged("inbound, verification off"));
+        return Plan::Done(Outcome::unchanged("inbound, verification off"));
     }
     let forged: Vec<usize> = headers
         .iter()
@@ -44,13 +54,20 @@ pub fn plan(cfg: &Config, headers: &[(String, String)]) -> Result<Pending, Outco
         .collect();
     let signed = content_type(headers).is_some_and(|ct| verify::signed_form(&ct).is_some());
     if !signed && forged.is_empty() {
-        return Err(Outcome::unchanged("not signed"));
+        return Plan::Done(Outcome::unchanged("not signed"));
     }
-    Ok(Pending { forged, signed })
+    Plan::Verify(Pending { forged, signed })
 }
 
 /// At end of message: the verdict, our header, and the forged ones removed.
-pub fn verify_message(cfg: &Config, p: &Pending, headers: &[(String, String)], body: &[u8], now: Option<i64>) -> Outcome {
+/// `body` is `None` when the message was too large to keep.
+pub fn verify_message(
+    cfg: &Config,
+    p: &Pending,
+    headers: &[(String, String)],
+    body: Option<&[u8]>,
+    now: Option<i64>,
+) -> Outcome {
     let ver: &Verification = match &cfg.verify {
         Some(v) => v,
         None => return Outcome::unchanged("inbound, verification off"),
@@ -59,26 +76,68 @@ pub fn verify_message(cfg: &Config, p: &Pending, headers: &[(String, String)], b
         .forged
         .iter()
         .rev()
-        .map(|&index| HeaderOp::Change { name: AR.into(), index, value: None })
+        .map(|&index| HeaderOp::Change {
+            name: AR.into(),
+            index,
+            value: None,
+        })
         .collect();
-    let removed = if p.forged.is_empty() { None } else { Some(format!("removed {} forged {AR}", p.forged.len())) };
+    let removed = if p.forged.is_empty() {
+        None
+    } else {
+        Some(format!("removed {} forged {AR}", p.forged.len()))
+    };
 
-    let froms: Vec<&str> = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("From")).map(|(_, v)| v.as_str()).collect();
+    let froms: Vec<&str> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("From"))
+        .map(|(_, v)| v.as_str())
+        .collect();
     let from = match froms.as_slice() {
         [one] => address::single_address(&mime::unfold(one)),
         _ => None,
     };
     let date = first(headers, "Date").and_then(|d| verify::parse_date(&mime::unfold(d)));
-    let ctx = verify::Context { trust: &ver.trust, settings: &ver.settings, from: from.as_deref(), date, now };
+    let ctx = verify::Context {
+        trust: &ver.trust,
+        settings: &ver.settings,
+        from: from.as_deref(),
+        date,
+        now,
+    };
     let cte = first(headers, "Content-Transfer-Encoding").map(mime::unfold);
-    let verdict = content_type(headers).and_then(|ct| verify::verify_entity(&ctx, &ct, cte.as_deref(), body, "1", 0));
+    let verdict = match body {
+        Some(body) => content_type(headers)
+            .and_then(|ct| verify::verify_entity(&ctx, &ct, cte.as_deref(), body, "1", 0)),
+        // Signed, but beyond max_message_size: say so rather than guess.
+        None => p.signed.then(|| verify::Verdict {
+            result: SmimeResult::Neutral,
+            reason: Some(format!(
+                "message larger than {} bytes not verified",
+                cfg.max_message_size
+            )),
+            identifier: None,
+            part: "1".into(),
+            serial: None,
+            issuer: None,
+        }),
+    };
 
     let Some(v) = verdict else {
         return Outcome {
             verdict: Verdict::Accept,
-            changes: Changes { headers: ops, body: None },
+            changes: Changes {
+                headers: ops,
+                body: None,
+            },
             action: "unchanged",
-            reason: Some(["not signed".to_string()].into_iter().chain(removed).collect::<Vec<_>>().join(", ")),
+            reason: Some(
+                ["not signed".to_string()]
+                    .into_iter()
+                    .chain(removed)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
             detail: None,
         };
     };
@@ -86,17 +145,35 @@ pub fn verify_message(cfg: &Config, p: &Pending, headers: &[(String, String)], b
     if let Some(id) = &v.identifier {
         detail.push_str(&format!(" signer={id}"));
     }
-    let reason = v.reason.iter().cloned().chain(removed).collect::<Vec<_>>().join(", ");
+    let reason = v
+        .reason
+        .iter()
+        .cloned()
+        .chain(removed)
+        .collect::<Vec<_>>()
+        .join(", ");
     let reason = (!reason.is_empty()).then_some(reason);
-    if matches!(v.result, SmimeResult::Fail | SmimeResult::Permerror) && cfg.actions.bad_signature != crate::config::FailAction::Accept {
-        let mut o = Outcome::failure(cfg.actions.bad_signature, reason.unwrap_or_else(|| "bad signature".into()));
+    if matches!(v.result, SmimeResult::Fail | SmimeResult::Permerror)
+        && cfg.actions.bad_signature != crate::config::FailAction::Accept
+    {
+        let mut o = Outcome::failure(
+            cfg.actions.bad_signature,
+            reason.unwrap_or_else(|| "bad signature".into()),
+        );
         o.detail = Some(detail);
         return o;
     }
-    ops.push(HeaderOp::Insert { index: 0, name: AR.into(), value: auth_results::header_value(&cfg.authserv_id, &v) });
+    ops.push(HeaderOp::Insert {
+        index: 0,
+        name: AR.into(),
+        value: auth_results::header_value(&cfg.authserv_id, &v),
+    });
     Outcome {
         verdict: Verdict::Accept,
-        changes: Changes { headers: ops, body: None },
+        changes: Changes {
+            headers: ops,
+            body: None,
+        },
         action: "verified",
         reason,
         detail: Some(detail),

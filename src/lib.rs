@@ -17,6 +17,6 @@ pub mod policy;
 pub mod privileges;
 pub mod session;
 pub mod sign;
+pub mod testmode;
 pub mod truststore;
 pub mod verify;
-pub mod testmode;

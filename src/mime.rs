@@ -11,6 +11,7 @@ use memchr::{memchr, memchr_iter, memmem};
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_depth: usize,
+    pub max_parts: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +26,8 @@ pub enum MimeError {
     EncodedComposite(String),
     #[error("8-bit data inside a {0} encoded part")]
     EightBitInEncoded(String),
+    #[error("more than {0} parts in one multipart")]
+    TooManyParts(usize),
 }
 
 /// One header field of an entity, borrowed from the raw bytes.
@@ -171,7 +174,7 @@ impl ContentType {
             let val = if p.peek() == Some(b'"') {
                 p.quoted()
             } else {
-                p.token()
+                p.lenient_value()
             };
             params.push((name, val));
         }
@@ -254,6 +257,19 @@ impl ParamParser<'_> {
         }
         String::from_utf8_lossy(&self.s[start..self.i]).into_owned()
     }
+    /// An unquoted parameter value. Real mail has values with tspecials
+    /// (`protocol=application/x-pkcs7-signature`): read up to `;` or space.
+    fn lenient_value(&mut self) -> String {
+        let start = self.i;
+        while let Some(c) = self.peek() {
+            if c <= b' ' || c == b';' || c == b'(' {
+                break;
+            }
+            self.i += 1;
+        }
+        String::from_utf8_lossy(&self.s[start..self.i]).into_owned()
+    }
+
     fn quoted(&mut self) -> String {
         self.i += 1;
         let mut out = Vec::new();
@@ -365,6 +381,9 @@ pub fn write_7bit(
             .filter(|b| !b.is_empty())
             .ok_or(MimeError::NoBoundary)?;
         let mp = split_multipart(body, boundary)?;
+        if mp.parts.len() > limits.max_parts {
+            return Err(MimeError::TooManyParts(limits.max_parts));
+        }
         // Preamble and epilogue are not shown to anyone; drop them rather than
         // sign 8-bit bytes a relay may alter.
         if !needs_7bit_encoding(mp.preamble) {
@@ -502,7 +521,10 @@ pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Multipart<'
 mod tests {
     use super::*;
 
-    const L: Limits = Limits { max_depth: 32 };
+    const L: Limits = Limits {
+        max_depth: 32,
+        max_parts: 100,
+    };
 
     #[test]
     fn crlf_canonical_form() {
@@ -552,6 +574,12 @@ mod tests {
         assert!(ct.is_multipart());
         let ct = ContentType::parse("text/plain; format=flowed; junk; x=y").unwrap();
         assert_eq!(ct.param("x"), Some("y"));
+        let ct = ContentType::parse(
+            "multipart/signed; protocol=application/x-pkcs7-signature; boundary=a=b",
+        )
+        .unwrap();
+        assert_eq!(ct.param("protocol"), Some("application/x-pkcs7-signature"));
+        assert_eq!(ct.param("boundary"), Some("a=b"));
         assert!(ContentType::parse("garbage").is_none());
         assert!(ContentType::parse("").is_none());
     }
@@ -677,5 +705,22 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err, MimeError::TooDeep(32));
+    }
+
+    #[test]
+    fn part_count_is_bounded() {
+        let mut body = String::new();
+        for i in 0..150 {
+            body.push_str(&format!(
+                "--b\r\nContent-Type: text/plain\r\n\r\n{i} \u{fc}\r\n"
+            ));
+        }
+        body.push_str("--b--\r\n");
+        let err = seven(
+            b"Content-Type: multipart/mixed; boundary=b\r\n",
+            body.as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(err, MimeError::TooManyParts(100));
     }
 }

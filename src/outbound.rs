@@ -202,6 +202,7 @@ pub fn sign_message(
     let mut entity = Vec::with_capacity(block.len() + body.len() + body.len() / 16 + 2);
     let limits = Limits {
         max_depth: cfg.max_mime_depth,
+        max_parts: cfg.max_mime_parts,
     };
     if let Err(e) = mime::write_7bit(&block, body, 0, limits, &mut entity) {
         return Outcome::failure(cfg.actions.malformed, format!("cannot sign safely: {e}"));

@@ -46,7 +46,11 @@ pub enum HeaderOp {
     /// `smfi_addheader`: append a field.
     Add { name: String, value: String },
     /// `smfi_insheader`: insert a field before the `index`-th (0 = on top).
-    Insert { index: usize, name: String, value: String },
+    Insert {
+        index: usize,
+        name: String,
+        value: String,
+    },
 }
 
 #[derive(Debug, Clone, Default)]

@@ -24,6 +24,8 @@ pub struct Message {
     pub size: u64,
     pub direction: Direction,
     pending: Option<Pending>,
+    /// The body went over max_message_size and was dropped.
+    oversized: bool,
     pub started: Instant,
 }
 
@@ -83,6 +85,7 @@ impl Session {
             size: 0,
             direction,
             pending: None,
+            oversized: false,
             started: Instant::now(),
         });
     }
@@ -124,13 +127,15 @@ impl Session {
         };
         let pending = match m.direction {
             Direction::Inbound => match inbound::plan(&m.cfg, &m.headers) {
-                Ok(p) => Pending::Verify(p),
-                Err(o) => return Step::Done(o),
+                inbound::Plan::Verify(p) => Pending::Verify(p),
+                inbound::Plan::Done(o) => return Step::Done(o),
             },
-            Direction::Outbound => match outbound::plan(&m.cfg, m.auth_login.as_deref(), &m.headers) {
-                Plan::Sign(key) => Pending::Sign(key),
-                Plan::Done(o) => return Step::Done(o),
-            },
+            Direction::Outbound => {
+                match outbound::plan(&m.cfg, m.auth_login.as_deref(), &m.headers) {
+                    Plan::Sign(key) => Pending::Sign(key),
+                    Plan::Done(o) => return Step::Done(o),
+                }
+            }
         };
         m.pending = Some(pending);
         Step::Continue
@@ -143,10 +148,18 @@ impl Session {
         m.size += chunk.len() as u64;
         if m.size > m.cfg.max_message_size {
             m.body = Vec::new();
+            // Inbound with the oversized action accept: the message flows and
+            // our header says it was not verified.
+            if matches!(m.pending, Some(Pending::Verify(_)))
+                && m.cfg.actions.oversized == crate::config::FailAction::Accept
+            {
+                m.oversized = true;
+                return Step::Continue;
+            }
             return oversized(m);
         }
         // Only removing forged headers needs no body.
-        if !matches!(&m.pending, Some(Pending::Verify(p)) if !p.signed) {
+        if !m.oversized && !matches!(&m.pending, Some(Pending::Verify(p)) if !p.signed) {
             m.body.extend_from_slice(chunk);
         }
         Step::Continue
@@ -159,7 +172,10 @@ impl Session {
         };
         match m.pending.take() {
             Some(Pending::Sign(key)) => outbound::sign_message(&m.cfg, &key, &m.headers, &m.body),
-            Some(Pending::Verify(p)) => inbound::verify_message(&m.cfg, &p, &m.headers, &m.body, None),
+            Some(Pending::Verify(p)) => {
+                let body = (!m.oversized).then_some(&m.body[..]);
+                inbound::verify_message(&m.cfg, &p, &m.headers, body, None)
+            }
             None => Outcome::unchanged(m.direction.as_str()),
         }
     }

@@ -9,7 +9,10 @@ use openssl::x509::{X509Crl, X509};
 use std::path::Path;
 
 extern "C" {
-    fn X509_STORE_add_crl(store: *mut openssl_sys::X509_STORE, crl: *mut openssl_sys::X509_CRL) -> std::os::raw::c_int;
+    fn X509_STORE_add_crl(
+        store: *mut openssl_sys::X509_STORE,
+        crl: *mut openssl_sys::X509_CRL,
+    ) -> std::os::raw::c_int;
 }
 
 pub struct TrustStore {
@@ -20,7 +23,11 @@ pub struct TrustStore {
 
 impl std::fmt::Debug for TrustStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TrustStore({} anchors, {} CRLs)", self.anchors, self.crls)
+        write!(
+            f,
+            "TrustStore({} anchors, {} CRLs)",
+            self.anchors, self.crls
+        )
     }
 }
 
@@ -28,9 +35,12 @@ impl std::fmt::Debug for TrustStore {
 fn certs_in(path: &Path) -> Result<Vec<X509>, String> {
     let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if data.windows(11).any(|w| w == b"-----BEGIN ") {
-        X509::stack_from_pem(&data).map_err(|_| format!("cannot parse PEM certificates in {}", path.display()))
+        X509::stack_from_pem(&data)
+            .map_err(|_| format!("cannot parse PEM certificates in {}", path.display()))
     } else {
-        X509::from_der(&data).map(|c| vec![c]).map_err(|_| format!("{} is neither PEM nor DER certificate data", path.display()))
+        X509::from_der(&data)
+            .map(|c| vec![c])
+            .map_err(|_| format!("{} is neither PEM nor DER certificate data", path.display()))
     }
 }
 
@@ -39,19 +49,28 @@ fn crls_in(path: &Path) -> Result<Vec<X509Crl>, String> {
     let text = String::from_utf8_lossy(&data);
     if text.contains("-----BEGIN X509 CRL-----") {
         let mut out = Vec::new();
-        for block in text.split("-----END X509 CRL-----").filter(|b| b.contains("-----BEGIN X509 CRL-----")) {
+        for block in text
+            .split("-----END X509 CRL-----")
+            .filter(|b| b.contains("-----BEGIN X509 CRL-----"))
+        {
             let pem = format!("{block}-----END X509 CRL-----\n");
-            out.push(X509Crl::from_pem(pem.as_bytes()).map_err(|_| format!("cannot parse CRL in {}", path.display()))?);
+            out.push(
+                X509Crl::from_pem(pem.as_bytes())
+                    .map_err(|_| format!("cannot parse CRL in {}", path.display()))?,
+            );
         }
         Ok(out)
     } else {
-        X509Crl::from_der(&data).map(|c| vec![c]).map_err(|_| format!("{} is neither PEM nor DER CRL data", path.display()))
+        X509Crl::from_der(&data)
+            .map(|c| vec![c])
+            .map_err(|_| format!("{} is neither PEM nor DER CRL data", path.display()))
     }
 }
 
 /// Regular files of a directory, sorted (hidden files and editors' backups skipped).
 fn files_in(dir: &Path) -> Result<Vec<std::path::PathBuf>, String> {
-    let rd = std::fs::read_dir(dir).map_err(|e| format!("cannot read directory {}: {e}", dir.display()))?;
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read directory {}: {e}", dir.display()))?;
     let mut files: Vec<_> = rd
         .flatten()
         .map(|e| e.path())
@@ -73,16 +92,24 @@ pub enum TrustError {
 }
 
 impl TrustStore {
-    pub fn load(bundle: Option<&Path>, dir: Option<&Path>, crl_dir: Option<&Path>) -> Result<TrustStore, TrustError> {
+    pub fn load(
+        bundle: Option<&Path>,
+        dir: Option<&Path>,
+        crl_dir: Option<&Path>,
+    ) -> Result<TrustStore, TrustError> {
         let mut b = X509StoreBuilder::new().map_err(|e| TrustError::Anchors(e.to_string()))?;
         let mut anchors = 0;
         if let Some(p) = bundle {
             let certs = certs_in(p).map_err(TrustError::Anchors)?;
             if certs.is_empty() {
-                return Err(TrustError::Anchors(format!("no certificate in {}", p.display())));
+                return Err(TrustError::Anchors(format!(
+                    "no certificate in {}",
+                    p.display()
+                )));
             }
             for c in certs {
-                b.add_cert(c).map_err(|e| TrustError::Anchors(e.to_string()))?;
+                b.add_cert(c)
+                    .map_err(|e| TrustError::Anchors(e.to_string()))?;
                 anchors += 1;
             }
         }
@@ -107,6 +134,10 @@ impl TrustStore {
             b.set_flags(X509VerifyFlags::CRL_CHECK | X509VerifyFlags::CRL_CHECK_ALL)
                 .map_err(|e| TrustError::Crls(e.to_string()))?;
         }
-        Ok(TrustStore { store: b.build(), anchors, crls })
+        Ok(TrustStore {
+            store: b.build(),
+            anchors,
+            crls,
+        })
     }
 }

@@ -63,7 +63,14 @@ pub struct Verdict {
 
 impl Verdict {
     fn error(result: SmimeResult, part: &str, reason: impl Into<String>) -> Verdict {
-        Verdict { result, reason: Some(reason.into()), identifier: None, part: part.to_string(), serial: None, issuer: None }
+        Verdict {
+            result,
+            reason: Some(reason.into()),
+            identifier: None,
+            part: part.to_string(),
+            serial: None,
+            issuer: None,
+        }
     }
 }
 
@@ -103,48 +110,77 @@ pub fn signed_form(ct: &ContentType) -> Option<SignedForm> {
     match ct.mime_type.as_str() {
         "multipart/signed" => {
             let p = ct.param("protocol")?.to_ascii_lowercase();
-            (p == "application/pkcs7-signature" || p == "application/x-pkcs7-signature").then_some(SignedForm::Clear)
+            (p == "application/pkcs7-signature" || p == "application/x-pkcs7-signature")
+                .then_some(SignedForm::Clear)
         }
-        "application/pkcs7-mime" | "application/x-pkcs7-mime" => match ct.param("smime-type").map(str::to_ascii_lowercase) {
-            Some(t) if t == "signed-data" => Some(SignedForm::Opaque),
-            Some(_) => None,
-            None => {
-                let name = ct.param("name").unwrap_or("").to_ascii_lowercase();
-                name.ends_with(".p7m").then_some(SignedForm::Opaque)
+        "application/pkcs7-mime" | "application/x-pkcs7-mime" => {
+            match ct.param("smime-type").map(str::to_ascii_lowercase) {
+                Some(t) if t == "signed-data" => Some(SignedForm::Opaque),
+                Some(_) => None,
+                None => {
+                    let name = ct.param("name").unwrap_or("").to_ascii_lowercase();
+                    name.ends_with(".p7m").then_some(SignedForm::Opaque)
+                }
             }
-        },
+        }
         _ => None,
     }
 }
 
 /// Verifies the entity with this Content-Type and transfer encoding, and every
 /// signed layer inside it. `None` when it is not signed.
-pub fn verify_entity(ctx: &Context<'_>, ct: &ContentType, cte: Option<&str>, body: &[u8], part: &str, depth: usize) -> Option<Verdict> {
+pub fn verify_entity(
+    ctx: &Context<'_>,
+    ct: &ContentType,
+    cte: Option<&str>,
+    body: &[u8],
+    part: &str,
+    depth: usize,
+) -> Option<Verdict> {
     let form = signed_form(ct)?;
     if depth > ctx.settings.max_depth {
-        return Some(Verdict::error(SmimeResult::Neutral, part, format!("signatures nested deeper than {}", ctx.settings.max_depth)));
+        return Some(Verdict::error(
+            SmimeResult::Neutral,
+            part,
+            format!("signatures nested deeper than {}", ctx.settings.max_depth),
+        ));
     }
     let (verdict, content) = match form {
         SignedForm::Clear => verify_clear(ctx, ct, body, part),
-        SignedForm::Opaque => match verify_opaque(ctx, cte, body, part)? {
-            (v, c) => (v, c),
-        },
+        SignedForm::Opaque => verify_opaque(ctx, cte, body, part)?,
     };
     // A signed layer inside: each must hold (RFC 8551 §3.7 nesting).
-    let Some(content) = content else { return Some(verdict) };
+    let Some(content) = content else {
+        return Some(verdict);
+    };
     let (h, b) = mime::split_entity(&content);
     let fields = mime::parse_fields(h);
-    let inner_ct = mime::field_value(&fields, "Content-Type").and_then(|v| ContentType::parse(&v))?;
+    let inner_ct =
+        mime::field_value(&fields, "Content-Type").and_then(|v| ContentType::parse(&v))?;
     let inner_cte = mime::field_value(&fields, "Content-Transfer-Encoding");
-    let inner_part = if part == "1" { "1.1".to_string() } else { format!("{part}.1") };
+    let inner_part = if part == "1" {
+        "1.1".to_string()
+    } else {
+        format!("{part}.1")
+    };
     // An opaque layer inside an opaque one is shown by readers as an
     // attachment, not as signed content (Thunderbird does the same).
     if form == SignedForm::Opaque && signed_form(&inner_ct) == Some(SignedForm::Opaque) {
         return Some(verdict);
     }
-    match verify_entity(ctx, &inner_ct, inner_cte.as_deref(), b, &inner_part, depth + 1) {
+    match verify_entity(
+        ctx,
+        &inner_ct,
+        inner_cte.as_deref(),
+        b,
+        &inner_part,
+        depth + 1,
+    ) {
         Some(inner) if inner.result > verdict.result => {
-            let reason = inner.reason.as_deref().map(|r| format!("inner signature: {r}"));
+            let reason = inner
+                .reason
+                .as_deref()
+                .map(|r| format!("inner signature: {r}"));
             Some(Verdict { reason, ..inner })
         }
         _ => Some(verdict),
@@ -157,7 +193,11 @@ fn decode_body(cte: Option<&str>, body: &[u8]) -> Result<Vec<u8>, &'static str> 
     if !is_b64 {
         return Ok(body.to_vec());
     }
-    let clean: Vec<u8> = body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    let clean: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
     let text = std::str::from_utf8(&clean).map_err(|_| "signature not base64")?;
     if text.is_empty() {
         return Err("empty signature");
@@ -165,7 +205,12 @@ fn decode_body(cte: Option<&str>, body: &[u8]) -> Result<Vec<u8>, &'static str> 
     openssl::base64::decode_block(text).map_err(|_| "signature not base64")
 }
 
-fn verify_clear(ctx: &Context<'_>, ct: &ContentType, body: &[u8], part: &str) -> (Verdict, Option<Vec<u8>>) {
+fn verify_clear(
+    ctx: &Context<'_>,
+    ct: &ContentType,
+    body: &[u8],
+    part: &str,
+) -> (Verdict, Option<Vec<u8>>) {
     let perm = |r: &str| (Verdict::error(SmimeResult::Permerror, part, r), None);
     let Some(boundary) = ct.param("boundary").filter(|b| !b.is_empty()) else {
         return perm("multipart/signed without boundary");
@@ -175,18 +220,30 @@ fn verify_clear(ctx: &Context<'_>, ct: &ContentType, body: &[u8], part: &str) ->
         Err(_) => return perm("boundary not found"),
     };
     if mp.parts.len() > ctx.settings.max_parts {
-        return (Verdict::error(SmimeResult::Neutral, part, "too many MIME parts"), None);
+        return (
+            Verdict::error(SmimeResult::Neutral, part, "too many MIME parts"),
+            None,
+        );
     }
     if mp.parts.len() != 2 {
         return perm(&format!("multipart/signed with {} parts", mp.parts.len()));
     }
     let (sig_head, sig_body) = mime::split_entity(mp.parts[1]);
     let sig_fields = mime::parse_fields(sig_head);
-    let sig_ct = mime::field_value(&sig_fields, "Content-Type").and_then(|v| ContentType::parse(&v));
-    if !sig_ct.is_some_and(|c| matches!(c.mime_type.as_str(), "application/pkcs7-signature" | "application/x-pkcs7-signature")) {
+    let sig_ct =
+        mime::field_value(&sig_fields, "Content-Type").and_then(|v| ContentType::parse(&v));
+    if !sig_ct.is_some_and(|c| {
+        matches!(
+            c.mime_type.as_str(),
+            "application/pkcs7-signature" | "application/x-pkcs7-signature"
+        )
+    }) {
         return perm("second part is not a signature");
     }
-    let der = match decode_body(mime::field_value(&sig_fields, "Content-Transfer-Encoding").as_deref(), sig_body) {
+    let der = match decode_body(
+        mime::field_value(&sig_fields, "Content-Transfer-Encoding").as_deref(),
+        sig_body,
+    ) {
         Ok(d) => d,
         Err(e) => return perm(e),
     };
@@ -199,7 +256,12 @@ fn verify_clear(ctx: &Context<'_>, ct: &ContentType, body: &[u8], part: &str) ->
     (verdict, Some(content.into_owned()))
 }
 
-fn verify_opaque(ctx: &Context<'_>, cte: Option<&str>, body: &[u8], part: &str) -> Option<(Verdict, Option<Vec<u8>>)> {
+fn verify_opaque(
+    ctx: &Context<'_>,
+    cte: Option<&str>,
+    body: &[u8],
+    part: &str,
+) -> Option<(Verdict, Option<Vec<u8>>)> {
     let perm = |r: &str| Some((Verdict::error(SmimeResult::Permerror, part, r), None));
     let der = match decode_body(cte, body) {
         Ok(d) => d,
@@ -214,7 +276,8 @@ fn verify_opaque(ctx: &Context<'_>, cte: Option<&str>, body: &[u8], part: &str) 
     }
     let mut content = Vec::new();
     let verdict = check_signed(ctx, &mut cms, None, Some(&mut content), part);
-    let content = (verdict.result != SmimeResult::Permerror).then(|| canonical(&content).into_owned());
+    let content =
+        (verdict.result != SmimeResult::Permerror).then(|| canonical(&content).into_owned());
     Some((verdict, content))
 }
 
@@ -234,7 +297,9 @@ fn canonical(bytes: &[u8]) -> Cow<'_, [u8]> {
 
 extern "C" {
     fn CMS_get0_type(cms: *const openssl_sys::CMS_ContentInfo) -> *const openssl_sys::ASN1_OBJECT;
-    fn CMS_get0_SignerInfos(cms: *mut openssl_sys::CMS_ContentInfo) -> *mut openssl_sys::OPENSSL_STACK;
+    fn CMS_get0_SignerInfos(
+        cms: *mut openssl_sys::CMS_ContentInfo,
+    ) -> *mut openssl_sys::OPENSSL_STACK;
     fn CMS_get1_certs(cms: *mut openssl_sys::CMS_ContentInfo) -> *mut openssl_sys::stack_st_X509;
     fn CMS_SignerInfo_get0_algs(
         si: *mut c_void,
@@ -246,7 +311,9 @@ extern "C" {
     fn CMS_signed_get_attr_by_NID(si: *const c_void, nid: c_int, lastpos: c_int) -> c_int;
     fn CMS_signed_get_attr(si: *const c_void, loc: c_int) -> *mut c_void;
     fn X509_ATTRIBUTE_get0_type(attr: *mut c_void, idx: c_int) -> *mut openssl_sys::ASN1_TYPE;
-    fn X509_STORE_CTX_get0_param(ctx: *mut openssl_sys::X509_STORE_CTX) -> *mut openssl_sys::X509_VERIFY_PARAM;
+    fn X509_STORE_CTX_get0_param(
+        ctx: *mut openssl_sys::X509_STORE_CTX,
+    ) -> *mut openssl_sys::X509_VERIFY_PARAM;
 }
 
 fn content_type_nid(cms: &CmsContentInfo) -> Option<Nid> {
@@ -272,17 +339,33 @@ fn signer_infos(cms: &CmsContentInfo) -> Vec<SignerInfo> {
         }
         for i in 0..openssl_sys::OPENSSL_sk_num(sis) {
             let si = openssl_sys::OPENSSL_sk_value(sis, i);
-            let (mut signer, mut dig): (*mut openssl_sys::X509, *mut openssl_sys::X509_ALGOR) = (std::ptr::null_mut(), std::ptr::null_mut());
-            CMS_SignerInfo_get0_algs(si, std::ptr::null_mut(), &mut signer, &mut dig, std::ptr::null_mut());
+            let (mut signer, mut dig): (*mut openssl_sys::X509, *mut openssl_sys::X509_ALGOR) =
+                (std::ptr::null_mut(), std::ptr::null_mut());
+            CMS_SignerInfo_get0_algs(
+                si,
+                std::ptr::null_mut(),
+                &mut signer,
+                &mut dig,
+                std::ptr::null_mut(),
+            );
             let cert = (!signer.is_null()).then(|| X509Ref::from_ptr(signer).to_owned());
             let digest = if dig.is_null() {
                 Nid::UNDEF
             } else {
                 let mut obj: *const openssl_sys::ASN1_OBJECT = std::ptr::null();
-                openssl_sys::X509_ALGOR_get0(&mut obj, std::ptr::null_mut(), std::ptr::null_mut(), dig);
+                openssl_sys::X509_ALGOR_get0(
+                    &mut obj,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    dig,
+                );
                 Nid::from_raw(openssl_sys::OBJ_obj2nid(obj))
             };
-            out.push(SignerInfo { cert, digest, signing_time: signing_time(si) });
+            out.push(SignerInfo {
+                cert,
+                digest,
+                signing_time: signing_time(si),
+            });
         }
     }
     out
@@ -298,7 +381,12 @@ unsafe fn signing_time(si: *const c_void) -> Option<i64> {
         return None;
     }
     let t = X509_ATTRIBUTE_get0_type(attr, 0);
-    if t.is_null() || !matches!((*t).type_, openssl_sys::V_ASN1_UTCTIME | openssl_sys::V_ASN1_GENERALIZEDTIME) {
+    if t.is_null()
+        || !matches!(
+            (*t).type_,
+            openssl_sys::V_ASN1_UTCTIME | openssl_sys::V_ASN1_GENERALIZEDTIME
+        )
+    {
         return None;
     }
     let time = (*t).value.utctime as *const openssl_sys::ASN1_TIME;
@@ -313,21 +401,45 @@ fn asn1_to_unix(t: &openssl::asn1::Asn1TimeRef) -> Option<i64> {
 
 /// Checks the CMS signature over the content, then every signer; the best
 /// signer decides.
-fn check_signed(ctx: &Context<'_>, cms: &mut CmsContentInfo, detached: Option<&[u8]>, out: Option<&mut Vec<u8>>, part: &str) -> Verdict {
+fn check_signed(
+    ctx: &Context<'_>,
+    cms: &mut CmsContentInfo,
+    detached: Option<&[u8]>,
+    out: Option<&mut Vec<u8>>,
+    part: &str,
+) -> Verdict {
     // The certificate checks are ours, with reasons; OpenSSL checks the
     // signature and the digest of exactly these bytes.
     let flags = CMSOptions::NO_SIGNER_CERT_VERIFY | CMSOptions::BINARY;
     if let Err(e) = cms.verify(None, None, detached, out, flags) {
-        let reasons: Vec<String> = e.errors().iter().filter_map(|x| x.reason().map(str::to_string)).collect();
+        let reasons: Vec<String> = e
+            .errors()
+            .iter()
+            .filter_map(|x| x.reason().map(str::to_string))
+            .collect();
         let joined = reasons.join(", ");
-        let signer_missing = reasons.iter().any(|r| r.contains("signer certificate not found"));
-        let mismatch = reasons.iter().any(|r| r.contains("verify error") || r.contains("verification failure") || r.contains("digest failure"));
+        let signer_missing = reasons
+            .iter()
+            .any(|r| r.contains("signer certificate not found"));
+        let mismatch = reasons.iter().any(|r| {
+            r.contains("verify error")
+                || r.contains("verification failure")
+                || r.contains("digest failure")
+        });
         return if signer_missing {
             Verdict::error(SmimeResult::Permerror, part, "signer certificate missing")
         } else if mismatch {
             Verdict::error(SmimeResult::Fail, part, "signature does not match content")
         } else {
-            Verdict::error(SmimeResult::Permerror, part, if joined.is_empty() { "invalid signature".to_string() } else { joined })
+            Verdict::error(
+                SmimeResult::Permerror,
+                part,
+                if joined.is_empty() {
+                    "invalid signature".to_string()
+                } else {
+                    joined
+                },
+            )
         };
     }
     let certs: Vec<X509> = unsafe {
@@ -351,7 +463,12 @@ fn check_signed(ctx: &Context<'_>, cms: &mut CmsContentInfo, detached: Option<&[
 pub fn cert_addresses(cert: &X509Ref) -> Vec<String> {
     let mut v: Vec<String> = cert
         .subject_alt_names()
-        .map(|names| names.iter().filter_map(|n| n.email().map(str::to_string)).collect())
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.email().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     if v.is_empty() {
         v = cert
@@ -368,11 +485,18 @@ pub fn rfc4514(name: &openssl::x509::X509NameRef) -> String {
     let mut parts: Vec<String> = name
         .entries()
         .map(|e| {
-            let key = e.object().nid().short_name().map(str::to_string).unwrap_or_else(|_| e.object().to_string());
+            let key = e
+                .object()
+                .nid()
+                .short_name()
+                .map(str::to_string)
+                .unwrap_or_else(|_| e.object().to_string());
             let val = e.data().to_string().unwrap_or_default();
             let mut esc = String::with_capacity(val.len());
             for (i, c) in val.chars().enumerate() {
-                if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=') || (i == 0 && (c == '#' || c == ' ')) {
+                if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
+                    || (i == 0 && (c == '#' || c == ' '))
+                {
                     esc.push('\\');
                 }
                 esc.push(c);
@@ -388,7 +512,10 @@ pub fn rfc4514(name: &openssl::x509::X509NameRef) -> String {
 }
 
 fn serial_hex(cert: &X509Ref) -> Option<String> {
-    cert.serial_number().to_bn().ok().and_then(|b| b.to_hex_str().ok().map(|s| s.to_string()))
+    cert.serial_number()
+        .to_bn()
+        .ok()
+        .and_then(|b| b.to_hex_str().ok().map(|s| s.to_string()))
 }
 
 fn evaluate_signer(ctx: &Context<'_>, si: &SignerInfo, certs: &[X509], part: &str) -> Verdict {
@@ -396,7 +523,9 @@ fn evaluate_signer(ctx: &Context<'_>, si: &SignerInfo, certs: &[X509], part: &st
         return Verdict::error(SmimeResult::Permerror, part, "signer certificate missing");
     };
     let addresses = cert_addresses(cert);
-    let matching = ctx.from.and_then(|f| addresses.iter().find(|a| address::same_address(a, f)));
+    let matching = ctx
+        .from
+        .and_then(|f| addresses.iter().find(|a| address::same_address(a, f)));
     let mut v = Verdict {
         result: SmimeResult::Pass,
         reason: None,
@@ -423,14 +552,19 @@ fn evaluate_signer(ctx: &Context<'_>, si: &SignerInfo, certs: &[X509], part: &st
         set(SmimeResult::Fail, why.into());
         return v;
     }
-    if matches!(si.digest, Nid::SHA1 | Nid::MD5) && !(si.digest == Nid::SHA1 && ctx.settings.allow_sha1) {
+    if matches!(si.digest, Nid::SHA1 | Nid::MD5)
+        && !(si.digest == Nid::SHA1 && ctx.settings.allow_sha1)
+    {
         let name = si.digest.short_name().unwrap_or("?").to_ascii_lowercase();
         set(SmimeResult::Policy, format!("weak digest {name}"));
         return v;
     }
     if let Ok(pk) = cert.public_key() {
         if matches!(pk.id(), Id::RSA | Id::RSA_PSS) && pk.bits() < ctx.settings.min_rsa_bits {
-            set(SmimeResult::Policy, format!("weak key: RSA {} bits", pk.bits()));
+            set(
+                SmimeResult::Policy,
+                format!("weak key: RSA {} bits", pk.bits()),
+            );
             return v;
         }
     }
@@ -438,7 +572,9 @@ fn evaluate_signer(ctx: &Context<'_>, si: &SignerInfo, certs: &[X509], part: &st
         set(SmimeResult::Policy, "signer not From".into());
         return v;
     }
-    if let (Some(date), Some(signed), skew) = (ctx.date, si.signing_time, ctx.settings.max_date_skew) {
+    if let (Some(date), Some(signed), skew) =
+        (ctx.date, si.signing_time, ctx.settings.max_date_skew)
+    {
         if skew > 0 && (date - signed).abs() > skew {
             set(SmimeResult::Policy, "signing time far from Date".into());
             return v;
@@ -448,7 +584,12 @@ fn evaluate_signer(ctx: &Context<'_>, si: &SignerInfo, certs: &[X509], part: &st
 }
 
 /// Chain to a trust anchor, valid at `at` (Unix time; None = now).
-fn check_chain(store: &X509StoreRef, cert: &X509Ref, certs: &[X509], at: Option<i64>) -> Result<(), (SmimeResult, String)> {
+fn check_chain(
+    store: &X509StoreRef,
+    cert: &X509Ref,
+    certs: &[X509],
+    at: Option<i64>,
+) -> Result<(), (SmimeResult, String)> {
     let mut chain = Stack::new().map_err(|e| (SmimeResult::Temperror, e.to_string()))?;
     for c in certs {
         let _ = chain.push(c.clone());
@@ -462,7 +603,8 @@ fn check_chain(store: &X509StoreRef, cert: &X509Ref, certs: &[X509], at: Option<
                     openssl_sys::X509_VERIFY_PARAM_set_time(param, t as libc::time_t);
                 }
             }
-            c.verify_cert().map(|ok| if ok { X509VerifyResult::OK } else { c.error() })
+            c.verify_cert()
+                .map(|ok| if ok { X509VerifyResult::OK } else { c.error() })
         })
         .map_err(|e| (SmimeResult::Temperror, e.to_string()))?;
     if result == X509VerifyResult::OK {
@@ -471,16 +613,25 @@ fn check_chain(store: &X509StoreRef, cert: &X509Ref, certs: &[X509], at: Option<
     use openssl_sys as s;
     let reason = match result.as_raw() {
         s::X509_V_ERR_CERT_HAS_EXPIRED => (SmimeResult::Fail, "certificate expired".to_string()),
-        s::X509_V_ERR_CERT_NOT_YET_VALID => (SmimeResult::Fail, "certificate not yet valid".to_string()),
+        s::X509_V_ERR_CERT_NOT_YET_VALID => {
+            (SmimeResult::Fail, "certificate not yet valid".to_string())
+        }
         s::X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
         | s::X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
         | s::X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
         | s::X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
-        | s::X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE => (SmimeResult::Fail, "untrusted issuer".to_string()),
+        | s::X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE => {
+            (SmimeResult::Fail, "untrusted issuer".to_string())
+        }
         s::X509_V_ERR_CERT_REVOKED => (SmimeResult::Fail, "certificate revoked".to_string()),
-        s::X509_V_ERR_UNABLE_TO_GET_CRL => (SmimeResult::Temperror, "no CRL for issuer".to_string()),
+        s::X509_V_ERR_UNABLE_TO_GET_CRL => {
+            (SmimeResult::Temperror, "no CRL for issuer".to_string())
+        }
         s::X509_V_ERR_CRL_HAS_EXPIRED => (SmimeResult::Temperror, "CRL expired".to_string()),
-        _ => (SmimeResult::Fail, format!("certificate invalid: {}", result.error_string())),
+        _ => (
+            SmimeResult::Fail,
+            format!("certificate invalid: {}", result.error_string()),
+        ),
     };
     Err(reason)
 }
@@ -520,9 +671,15 @@ pub fn parse_date(value: &str) -> Option<i64> {
     };
     let mut it = v.split_whitespace();
     let day: i64 = it.next()?.parse().ok()?;
-    let month = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
-        .iter()
-        .position(|m| it.clone().next().is_some_and(|s| s.to_ascii_lowercase().starts_with(m)))? as i64
+    let month = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ]
+    .iter()
+    .position(|m| {
+        it.clone()
+            .next()
+            .is_some_and(|s| s.to_ascii_lowercase().starts_with(m))
+    })? as i64
         + 1;
     it.next();
     let mut year: i64 = it.next()?.parse().ok()?;
@@ -579,9 +736,18 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(parse_date("Thu, 01 Jan 1970 00:00:00 +0000"), Some(0));
-        assert_eq!(parse_date("Mon, 26 Jan 2026 14:38:03 +0000"), Some(1769438283));
-        assert_eq!(parse_date("26 Jan 2026 15:38:03 +0100 (CET)"), Some(1769438283));
-        assert_eq!(parse_date("Mon, 26 Jan 2026 09:38:03 EST"), Some(1769438283));
+        assert_eq!(
+            parse_date("Mon, 26 Jan 2026 14:38:03 +0000"),
+            Some(1769438283)
+        );
+        assert_eq!(
+            parse_date("26 Jan 2026 15:38:03 +0100 (CET)"),
+            Some(1769438283)
+        );
+        assert_eq!(
+            parse_date("Mon, 26 Jan 2026 09:38:03 EST"),
+            Some(1769438283)
+        );
         assert_eq!(parse_date("garbage"), None);
         assert_eq!(parse_date("Mon, 45 Jan 2026 09:38:03 EST"), None);
     }
@@ -590,11 +756,26 @@ mod tests {
     fn signed_forms() {
         let p = |s: &str| signed_form(&ContentType::parse(s).unwrap());
         assert_eq!(p("multipart/signed; protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary=x"), Some(SignedForm::Clear));
-        assert_eq!(p("multipart/signed; protocol=application/x-pkcs7-signature; boundary=x"), Some(SignedForm::Clear));
-        assert_eq!(p("multipart/signed; protocol=\"application/pgp-signature\"; boundary=x"), None);
-        assert_eq!(p("application/pkcs7-mime; smime-type=signed-data; name=smime.p7m"), Some(SignedForm::Opaque));
-        assert_eq!(p("application/x-pkcs7-mime; name=\"smime.p7m\""), Some(SignedForm::Opaque));
-        assert_eq!(p("application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m"), None);
+        assert_eq!(
+            p("multipart/signed; protocol=application/x-pkcs7-signature; boundary=x"),
+            Some(SignedForm::Clear)
+        );
+        assert_eq!(
+            p("multipart/signed; protocol=\"application/pgp-signature\"; boundary=x"),
+            None
+        );
+        assert_eq!(
+            p("application/pkcs7-mime; smime-type=signed-data; name=smime.p7m"),
+            Some(SignedForm::Opaque)
+        );
+        assert_eq!(
+            p("application/x-pkcs7-mime; name=\"smime.p7m\""),
+            Some(SignedForm::Opaque)
+        );
+        assert_eq!(
+            p("application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m"),
+            None
+        );
         assert_eq!(p("text/plain"), None);
     }
 

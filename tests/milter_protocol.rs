@@ -284,3 +284,51 @@ fn a_panic_becomes_a_tempfail_and_the_milter_keeps_serving() {
         .unwrap();
     openssl_verify(&r.apply(&headers, &body)).unwrap();
 }
+
+#[test]
+fn inbound_message_over_the_size_limit_flows_with_a_neutral_result() {
+    let top = "internal_hosts = [\"192.0.2.0/24\"]\nauthserv_id = \"mx.example.com\"\nmax_message_size = \"8K\"\n";
+    let tables = format!(
+        "[verify]\ntrust_anchors = \"{}\"\n",
+        pki().path("root.crt").display()
+    );
+    let m = Milter::start(top, &tables);
+    let mut c = MilterClient::connect(&m.socket_path).unwrap();
+    c.connect_info("127.0.0.1").unwrap();
+    let (headers, _) = split_message(
+        b"From: bob@example.com\r\nContent-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary=b\r\n\r\n",
+    );
+    let body = vec![b'a'; 64 * 1024];
+    let r = c
+        .message(
+            "BIGIN",
+            None,
+            "bob@example.com",
+            &["x@example.net"],
+            &headers,
+            &body,
+        )
+        .unwrap();
+    assert!(
+        matches!(r.reply, Reply::Continue | Reply::Accept),
+        "{:?}",
+        r.reply
+    );
+    let added: Vec<_> = r
+        .modifications
+        .iter()
+        .filter_map(|m| match m {
+            Modification::InsertHeader(0, n, v) if n == "Authentication-Results" => Some(v.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(added.len(), 1, "{:?}", r.modifications);
+    assert!(
+        added[0].starts_with(
+            "mx.example.com; smime=neutral (message larger than 8192 bytes not verified)"
+        ),
+        "{}",
+        added[0]
+    );
+    assert!(r.new_body().is_none(), "body untouched");
+}

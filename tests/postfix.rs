@@ -136,3 +136,76 @@ fn unsigned_cases_and_a_stopped_milter_lose_no_mail() {
         "nothing was accepted to be delivered unsigned"
     );
 }
+
+#[test]
+fn inbound_signed_mail_arrives_with_our_verdict_and_without_the_forged_one() {
+    if skip_unless_root() {
+        return;
+    }
+    // 127.0.0.1 is not internal here, so Postfix's client is inbound.
+    let top = "internal_hosts = [\"192.0.2.0/24\"]\nauthserv_id = \"mx.example.com\"\n";
+    let tables = format!(
+        "[verify]\ntrust_anchors = \"{}\"\n",
+        pki().path("root.crt").display()
+    );
+    let milter = Milter::start(top, &tables);
+    let postfix = Postfix::start(&milter.spec());
+
+    // Signed by openssl, not by us.
+    let d = tempdir();
+    std::fs::write(
+        d.path().join("entity"),
+        "Content-Type: text/plain; charset=us-ascii\n\nSigned elsewhere.\n",
+    )
+    .unwrap();
+    let out = run(std::process::Command::new("openssl")
+        .args(["cms", "-sign", "-md", "sha256", "-signer"])
+        .arg(pki().path("bob.crt"))
+        .arg("-inkey")
+        .arg(pki().path("bob.key"))
+        .arg("-certfile")
+        .arg(pki().path("inter.crt"))
+        .arg("-in")
+        .arg(d.path().join("entity")));
+    assert!(out.status.success());
+    let mut msg = b"Authentication-Results: mx.example.com; smime=pass body.smime-identifier=ceo@example.com\n\
+From: Bob <bob@example.com>\nTo: alice@example.com\nSubject: inbound signed\n"
+        .to_vec();
+    msg.extend_from_slice(&out.stdout);
+    let unsigned = b"Authentication-Results: MX.EXAMPLE.COM; smime=pass\nFrom: x@example.net\nSubject: inbound plain\n\nhello\n".to_vec();
+
+    for m in [&msg, &unsigned] {
+        let reply = postfix.send("bob@example.com", &["alice@example.com"], m);
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    let delivered = postfix.delivered(2);
+    let find = |s: &str| {
+        delivered
+            .iter()
+            .find(|m| subject(m) == s)
+            .unwrap_or_else(|| panic!("{s} not delivered"))
+    };
+    let text = String::from_utf8_lossy(find("inbound signed")).replace("\r\n", "\n");
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("authentication-results: mx.example.com")
+        })
+        .collect();
+    assert_eq!(ours.len(), 1, "{text}");
+    assert!(ours[0].starts_with("Authentication-Results: mx.example.com; smime=pass body.smime-identifier=bob@example.com body.smime-part=1"), "{}", ours[0]);
+    assert!(
+        !text.contains("ceo@example.com"),
+        "forged header removed:\n{text}"
+    );
+    assert!(text.contains("\nSigned elsewhere.\n"), "body kept");
+    // Still verifies after delivery: the body was not touched.
+    openssl_verify(find("inbound signed")).unwrap();
+
+    let text = String::from_utf8_lossy(find("inbound plain")).to_ascii_lowercase();
+    assert!(
+        !text.contains("authentication-results: mx.example.com"),
+        "forged header removed, none added:\n{text}"
+    );
+}

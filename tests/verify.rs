@@ -14,7 +14,11 @@ fn verify_config(dir: &Path, anchors: &Path, extra: &str) -> PathBuf {
     write_config(
         dir,
         &format!("authserv_id = \"{AUTHSERV}\"\n{extra}"),
-        &format!("[verify]\ntrust_anchors = \"{}\"\n{}", anchors.display(), pki().key_table()),
+        &format!(
+            "[verify]\ntrust_anchors = \"{}\"\n{}",
+            anchors.display(),
+            pki().key_table()
+        ),
     )
 }
 
@@ -34,14 +38,31 @@ fn our_results(msg: &[u8]) -> Vec<String> {
 }
 
 fn result_of(value: &str) -> String {
-    value.split("smime=").nth(1).unwrap_or("").split([' ', ';']).next().unwrap_or("").to_string()
+    value
+        .split("smime=")
+        .nth(1)
+        .unwrap_or("")
+        .split([' ', ';'])
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 fn body_of(msg: &[u8]) -> Vec<u8> {
     // The first empty line, whatever its line ends.
-    let crlf = msg.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, p + 4));
-    let lf = msg.windows(2).position(|w| w == b"\n\n").map(|p| (p, p + 2));
-    let start = [crlf, lf].into_iter().flatten().min().map_or(msg.len(), |(_, s)| s);
+    let crlf = msg
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, p + 4));
+    let lf = msg
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|p| (p, p + 2));
+    let start = [crlf, lf]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(msg.len(), |(_, s)| s);
     msg[start..].to_vec()
 }
 
@@ -58,7 +79,11 @@ fn manifest(path: &Path) -> Vec<Case> {
         .filter(|l| !l.is_empty())
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            Case { file: f[0].into(), expected: f[1].into(), why: f.get(2).copied().unwrap_or("-").into() }
+            Case {
+                file: f[0].into(),
+                expected: f[1].into(),
+                why: f.get(2).copied().unwrap_or("-").into(),
+            }
         })
         .collect()
 }
@@ -70,7 +95,11 @@ fn corpus_from_independent_implementations_gets_the_expected_results() {
         .arg(project_dir().join("tests/corpus/make-corpus.sh"))
         .arg(&pki().dir)
         .arg(corpus.path()));
-    assert!(out.status.success(), "make-corpus.sh: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "make-corpus.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let d = tempdir();
     let cfg = verify_config(d.path(), &pki().path("root.crt"), "");
     let cases = manifest(&corpus.path().join("MANIFEST.tsv"));
@@ -88,20 +117,38 @@ fn corpus_from_independent_implementations_gets_the_expected_results() {
         };
         let why_ok = c.why == "-" || results.first().is_some_and(|v| v.contains(c.why.as_str()));
         if got != c.expected || !why_ok {
-            failures.push(format!("{}: expected {} ({}), got {:?}", c.file, c.expected, c.why, results));
+            failures.push(format!(
+                "{}: expected {} ({}), got {:?}",
+                c.file, c.expected, c.why, results
+            ));
         }
         // Verification never touches the body (line ends are the MTA's: CRLF).
         let lf = |b: Vec<u8>| String::from_utf8_lossy(&b).replace("\r\n", "\n");
-        assert!(lf(body_of(&r.stdout)) == lf(body_of(&input)), "{}: body changed", c.file);
+        assert!(
+            lf(body_of(&r.stdout)) == lf(body_of(&input)),
+            "{}: body changed",
+            c.file
+        );
     }
-    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn forged_authentication_results_are_removed_in_every_spelling() {
     let d = tempdir();
     let cfg = verify_config(d.path(), &pki().path("root.crt"), "");
-    let signed = test_mode(&cfg, &["--outbound"], b"From: alice@example.com\nSubject: x\n\nsigned\n").stdout;
+    let signed = test_mode(
+        &cfg,
+        &["--outbound"],
+        b"From: alice@example.com\nSubject: x\n\nsigned\n",
+    )
+    .stdout;
     for forged in [
         "Authentication-Results: mx.corpus.test; smime=pass",
         "Authentication-Results: MX.CORPUS.TEST; smime=pass",
@@ -125,25 +172,59 @@ fn forged_authentication_results_are_removed_in_every_spelling() {
 
 #[test]
 fn everything_we_sign_verifies_as_pass() {
-    let senders = ["alice@example.com", "bob@example.com", "carol@example.com", "dave@example.net", "info@example.org"];
-    for signing in ["", "format = \"opaque\"", "digest = \"sha512\"", "include_chain = true"] {
+    let senders = [
+        "alice@example.com",
+        "bob@example.com",
+        "carol@example.com",
+        "dave@example.net",
+        "info@example.org",
+    ];
+    for signing in [
+        "",
+        "format = \"opaque\"",
+        "digest = \"sha512\"",
+        "include_chain = true",
+    ] {
         let d = tempdir();
         let cfg = write_config(
             d.path(),
             &format!("authserv_id = \"{AUTHSERV}\""),
-            &format!("[signing]\n{signing}\n[verify]\ntrust_anchors = \"{}\"\n{}", pki().path("root.crt").display(), pki().key_table()),
+            &format!(
+                "[signing]\n{signing}\n[verify]\ntrust_anchors = \"{}\"\n{}",
+                pki().path("root.crt").display(),
+                pki().key_table()
+            ),
         );
         for from in senders {
-            for name in ["plain.eml", "utf8-8bit.eml", "multipart-binary.eml", "long-lines.eml"] {
+            for name in [
+                "plain.eml",
+                "utf8-8bit.eml",
+                "multipart-binary.eml",
+                "long-lines.eml",
+            ] {
                 let raw = std::fs::read(project_dir().join("tests/data").join(name)).unwrap();
-                let raw = String::from_utf8_lossy(&raw).replacen("Alice <alice@example.com>", from, 1).replacen("From: alice@example.com", &format!("From: {from}"), 1);
+                let raw = String::from_utf8_lossy(&raw)
+                    .replacen("Alice <alice@example.com>", from, 1)
+                    .replacen("From: alice@example.com", &format!("From: {from}"), 1);
                 let signed = test_mode(&cfg, &["--outbound"], raw.as_bytes());
-                assert!(signed.stderr.contains("action=signed"), "{signing} {from} {name}: {}", signed.stderr);
+                assert!(
+                    signed.stderr.contains("action=signed"),
+                    "{signing} {from} {name}: {}",
+                    signed.stderr
+                );
                 let r = test_mode(&cfg, &["--inbound"], &signed.stdout);
                 let ours = our_results(&r.stdout);
                 assert_eq!(ours.len(), 1, "{signing} {from} {name}: {}", r.stderr);
-                assert!(ours[0].contains("smime=pass"), "{signing} {from} {name}: {}", ours[0]);
-                assert!(ours[0].contains(&format!("body.smime-identifier={from}")), "{}", ours[0]);
+                assert!(
+                    ours[0].contains("smime=pass"),
+                    "{signing} {from} {name}: {}",
+                    ours[0]
+                );
+                assert!(
+                    ours[0].contains(&format!("body.smime-identifier={from}")),
+                    "{}",
+                    ours[0]
+                );
             }
         }
     }
@@ -155,12 +236,21 @@ fn bad_signature_action_is_configurable() {
     let corpus = tempdir();
     let signed = {
         let cfg = verify_config(d.path(), &pki().path("root.crt"), "");
-        test_mode(&cfg, &["--outbound"], b"From: alice@example.com\nSubject: x\n\nsigned text\n").stdout
+        test_mode(
+            &cfg,
+            &["--outbound"],
+            b"From: alice@example.com\nSubject: x\n\nsigned text\n",
+        )
+        .stdout
     };
     let tampered = String::from_utf8_lossy(&signed).replace("signed text", "signed TEXT");
     std::fs::write(corpus.path().join("t.eml"), &tampered).unwrap();
     for (action, code) in [("accept", 0), ("tempfail", 75), ("reject", 69)] {
-        let cfg = verify_config(d.path(), &pki().path("root.crt"), &format!("[actions]\nbad_signature = \"{action}\"\n"));
+        let cfg = verify_config(
+            d.path(),
+            &pki().path("root.crt"),
+            &format!("[actions]\nbad_signature = \"{action}\"\n"),
+        );
         // [actions] must follow the top-level keys, before [verify].
         let r = test_mode(&cfg, &["--inbound"], tampered.as_bytes());
         assert_eq!(r.code, code, "{action}: {}", r.stderr);
@@ -192,12 +282,20 @@ fn thunderbird_samples_get_the_expected_results() {
         let r = test_mode(&cfg, &["--inbound"], &input);
         assert_eq!(r.code, 0, "{file}: {}", r.stderr);
         let ours = our_results(&r.stdout);
-        let got = ours.first().map(|v| result_of(v)).unwrap_or_else(|| "none".into());
+        let got = ours
+            .first()
+            .map(|v| result_of(v))
+            .unwrap_or_else(|| "none".into());
         if got != expected {
             failures.push(format!("{file}: expected {expected}, got {got} ({ours:?})"));
         }
         checked += 1;
     }
     assert!(checked >= 50, "only {checked} samples checked");
-    assert!(failures.is_empty(), "{} of {checked} differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

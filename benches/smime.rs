@@ -1,9 +1,11 @@
-//! Signing benchmark: prints figures, asserts nothing about speed.
+//! Signing and verification benchmark: prints figures, asserts nothing about
+//! speed.
 //!
-//!   cargo bench --bench sign
+//!   cargo bench --bench smime
 //!
-//! 1. In process: canonicalisation and `outbound::sign_message` (the work the
-//!    milter does at end of message) for a 4 KB and a 1 MB message.
+//! 1. In process: canonicalisation, `outbound::sign_message` and
+//!    `inbound::verify_message` (the work the milter does at end of message)
+//!    for a 4 KB and a 1 MB message.
 //! 2. Through the milter protocol: the release binary on a unix socket, a
 //!    client playing Postfix (one connection per message, as Postfix does by
 //!    default), with the milter's own CPU time per message.
@@ -13,9 +15,11 @@ mod milter_client;
 
 use milter_client::{split_message, MilterClient};
 use smime_milter::config::Config;
+use smime_milter::inbound;
 use smime_milter::keystore::SigningKey;
 use smime_milter::mime::{self, Limits};
 use smime_milter::outbound::{self, Plan};
+use smime_milter::outcome::apply_header_ops;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -72,10 +76,12 @@ fn main() {
         ""
     };
     let cfg_text = format!(
-        "socket = \"unix:{}\"\n{user}socket_mode = \"0666\"\nlog_level = \"warning\"\n\
+        "socket = \"unix:{}\"\n{user}socket_mode = \"0666\"\nlog_level = \"warning\"\nauthserv_id = \"bench.example\"\n\
+         [verify]\ntrust_anchors = \"{}\"\n\
          [[signing.key]]\nsender = \"alice@example.com\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\
          [[signing.key]]\nsender = \"bob@example.com\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
         sock.display(),
+        pki.join("root.crt").display(),
         pki.join("alice.chain.pem").display(),
         pki.join("alice.key").display(),
         pki.join("bob.chain.pem").display(),
@@ -86,7 +92,7 @@ fn main() {
     let cfg = Arc::new(Config::load(&cfg_path).unwrap());
 
     println!(
-        "smime-milter signing benchmark ({} cores)",
+        "smime-milter signing and verification benchmark ({} cores)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!();
@@ -102,7 +108,10 @@ fn main() {
                 b"Content-Type: text/plain\r\n",
                 &body,
                 0,
-                Limits { max_depth: 32 },
+                Limits {
+                    max_depth: 32,
+                    max_parts: 1000,
+                },
                 &mut out,
             )
             .unwrap();
@@ -137,6 +146,39 @@ fn main() {
         }
     }
 
+    println!();
+    println!("in process (inbound::verify_message of what alice signed, RSA-2048):");
+    let mut signed_messages = Vec::new();
+    for size in [4 * 1024, 1024 * 1024] {
+        let raw = signed_message(&cfg, &message(size));
+        let (headers, body) = split_message(&raw);
+        let pending = match inbound::plan(&cfg, &headers) {
+            inbound::Plan::Verify(p) => p,
+            inbound::Plan::Done(o) => panic!("not verified: {:?}", o.reason),
+        };
+        let check = inbound::verify_message(&cfg, &pending, &headers, Some(&body), None);
+        assert_eq!(
+            check.detail.as_deref(),
+            Some("smime=pass signer=alice@example.com")
+        );
+        let (t, _) = time_per_op(Duration::from_secs(1), || {
+            std::hint::black_box(inbound::verify_message(
+                &cfg,
+                &pending,
+                &headers,
+                Some(&body),
+                None,
+            ));
+        });
+        println!(
+            "  {:>7} verify            {:>9.3} ms  ({:>8.0}/s)",
+            label(size),
+            t * 1e3,
+            1.0 / t
+        );
+        signed_messages.push((size, headers, body));
+    }
+
     // Through the protocol, against the release binary.
     let child = Command::new(env!("CARGO_BIN_EXE_smime-milter"))
         .args(["-f", "-c"])
@@ -153,6 +195,7 @@ fn main() {
     }
     println!();
     println!("through the milter protocol (unix socket, one connection per message):");
+    println!(" signing (outbound, 127.0.0.1):");
     for (size, count, conc) in [
         (4 * 1024, 2000, 1),
         (4 * 1024, 2000, 4),
@@ -167,7 +210,7 @@ fn main() {
             for _ in 0..conc {
                 s.spawn(|| {
                     for i in 0..count / conc {
-                        send_one(&sock, i, &headers, &body);
+                        send_one(&sock, "127.0.0.1", i, &headers, &body);
                     }
                 });
             }
@@ -181,12 +224,48 @@ fn main() {
             cpu * 1e3 / count as f64
         );
     }
+    println!(" verification (inbound, 192.0.2.1):");
+    for (size, headers, body) in &signed_messages {
+        let (count, conc) = if *size > 4096 { (100, 1) } else { (2000, 1) };
+        let cpu0 = cpu_seconds(pid);
+        let start = Instant::now();
+        for i in 0..count / conc {
+            send_one(&sock, "192.0.2.1", i, headers, body);
+        }
+        let wall = start.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(pid) - cpu0;
+        println!(
+            "  {:>7} x{count:<5} concurrency {conc}: {:>8.0} msg/s   milter CPU {:>7.3} ms/msg",
+            label(*size),
+            count as f64 / wall,
+            cpu * 1e3 / count as f64
+        );
+    }
     stop(&mut child.0);
 }
 
-fn send_one(sock: &Path, i: usize, headers: &[(String, String)], body: &[u8]) {
+/// The message as delivered after alice's signature.
+fn signed_message(cfg: &Config, raw: &[u8]) -> Vec<u8> {
+    let (headers, body) = split_message(raw);
+    let key = match outbound::plan(cfg, None, &headers) {
+        Plan::Sign(k) => k,
+        Plan::Done(o) => panic!("no key: {:?}", o.reason),
+    };
+    let o = outbound::sign_message(cfg, &key, &headers, &body);
+    let mut fields = headers.clone();
+    apply_header_ops(&mut fields, &o.changes.headers);
+    let mut out = Vec::new();
+    for (n, v) in &fields {
+        out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(o.changes.body.as_deref().unwrap());
+    out
+}
+
+fn send_one(sock: &Path, ip: &str, i: usize, headers: &[(String, String)], body: &[u8]) {
     let mut c = MilterClient::connect(sock).unwrap();
-    c.connect_info("127.0.0.1").unwrap();
+    c.connect_info(ip).unwrap();
     let r = c
         .message(
             &format!("B{i}"),
@@ -197,7 +276,11 @@ fn send_one(sock: &Path, i: usize, headers: &[(String, String)], body: &[u8]) {
             body,
         )
         .unwrap();
-    assert!(r.new_body().is_some(), "not signed: {:?}", r.reply);
+    assert!(
+        !r.modifications.is_empty(),
+        "neither signed nor verified: {:?}",
+        r.reply
+    );
     c.quit();
 }
 
