@@ -203,9 +203,14 @@ fn everything_we_sign_verifies_as_pass() {
                 "long-lines.eml",
             ] {
                 let raw = std::fs::read(project_dir().join("tests/data").join(name)).unwrap();
-                let raw = String::from_utf8_lossy(&raw)
+                // The data files carry fixed Dates; the Date/signingTime check is
+                // not what this test is about.
+                let raw: String = String::from_utf8_lossy(&raw)
                     .replacen("Alice <alice@example.com>", from, 1)
-                    .replacen("From: alice@example.com", &format!("From: {from}"), 1);
+                    .replacen("From: alice@example.com", &format!("From: {from}"), 1)
+                    .split_inclusive('\n')
+                    .filter(|l| !l.starts_with("Date: "))
+                    .collect();
                 let signed = test_mode(&cfg, &["--outbound"], raw.as_bytes());
                 assert!(
                     signed.stderr.contains("action=signed"),
@@ -297,5 +302,136 @@ fn thunderbird_samples_get_the_expected_results() {
         "{} of {checked} differ:\n{}",
         failures.len(),
         failures.join("\n")
+    );
+}
+
+/// A message openssl signed for `signer` (From: the signer's address).
+fn openssl_signed(signer: &str, from: &str) -> Vec<u8> {
+    let d = tempdir();
+    std::fs::write(
+        d.path().join("e"),
+        "Content-Type: text/plain\n\nrevocation check\n",
+    )
+    .unwrap();
+    let out = run(Command::new("openssl")
+        .args(["cms", "-sign", "-md", "sha256", "-signer"])
+        .arg(pki().path(&format!("{signer}.crt")))
+        .arg("-inkey")
+        .arg(pki().path(&format!("{signer}.key")))
+        .arg("-certfile")
+        .arg(pki().path("inter.crt"))
+        .arg("-in")
+        .arg(d.path().join("e")));
+    assert!(out.status.success());
+    let mut m = format!("From: {from}\nSubject: crl\n").into_bytes();
+    m.extend_from_slice(&out.stdout);
+    m
+}
+
+#[test]
+fn crls_are_checked_when_configured() {
+    let d = tempdir();
+    let with_crls = |dir: &Path| {
+        write_config(
+            d.path(),
+            &format!("authserv_id = \"{AUTHSERV}\""),
+            &format!(
+                "[verify]\ntrust_anchors = \"{}\"\ncrl_dir = \"{}\"\n",
+                pki().path("root.crt").display(),
+                dir.display()
+            ),
+        )
+    };
+    let cfg = with_crls(&pki().path("crl"));
+    let r = test_mode(
+        &cfg,
+        &["--inbound"],
+        &openssl_signed("revoked", "revoked@example.com"),
+    );
+    let ours = our_results(&r.stdout);
+    assert!(
+        ours[0].contains("smime=fail (certificate revoked)"),
+        "{ours:?}"
+    );
+    let r = test_mode(
+        &cfg,
+        &["--inbound"],
+        &openssl_signed("alice", "alice@example.com"),
+    );
+    assert!(
+        our_results(&r.stdout)[0].contains("smime=pass"),
+        "{}",
+        r.stderr
+    );
+
+    // Without the intermediate's CRL nothing can be said yet.
+    let partial = tempdir();
+    std::fs::copy(
+        pki().path("crl/root.crl.pem"),
+        partial.path().join("root.crl.pem"),
+    )
+    .unwrap();
+    let cfg = with_crls(partial.path());
+    let r = test_mode(
+        &cfg,
+        &["--inbound"],
+        &openssl_signed("alice", "alice@example.com"),
+    );
+    assert!(
+        our_results(&r.stdout)[0].contains("smime=temperror (no CRL for issuer)"),
+        "{:?}",
+        our_results(&r.stdout)
+    );
+
+    // Without CRL checking the revoked certificate is not known to be revoked.
+    let cfg = write_config(
+        d.path(),
+        &format!("authserv_id = \"{AUTHSERV}\""),
+        &format!(
+            "[verify]\ntrust_anchors = \"{}\"\n",
+            pki().path("root.crt").display()
+        ),
+    );
+    let r = test_mode(
+        &cfg,
+        &["--inbound"],
+        &openssl_signed("revoked", "revoked@example.com"),
+    );
+    assert!(our_results(&r.stdout)[0].contains("smime=pass"));
+}
+
+#[test]
+fn trust_anchors_from_a_directory() {
+    let d = tempdir();
+    let anchors = tempdir();
+    std::fs::copy(pki().path("root.crt"), anchors.path().join("root.pem")).unwrap();
+    std::fs::copy(
+        pki().path("rogue-root.crt"),
+        anchors.path().join("other.pem"),
+    )
+    .unwrap();
+    let cfg = write_config(
+        d.path(),
+        &format!("authserv_id = \"{AUTHSERV}\""),
+        &format!("[verify]\ntrust_dir = \"{}\"\n", anchors.path().display()),
+    );
+    let r = test_mode(
+        &cfg,
+        &["--inbound"],
+        &openssl_signed("alice", "alice@example.com"),
+    );
+    assert!(
+        our_results(&r.stdout)[0].contains("smime=pass"),
+        "{}",
+        r.stderr
+    );
+    let r = test_mode(
+        &cfg,
+        &["--inbound"],
+        &openssl_signed("eve", "eve@example.com"),
+    );
+    assert!(
+        our_results(&r.stdout)[0].contains("smime=pass"),
+        "eve's CA is trusted here too"
     );
 }

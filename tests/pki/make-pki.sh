@@ -109,7 +109,27 @@ openssl ca -batch -config ca-db/ca.cnf -cert inter.crt -keyfile inter.key -in ex
 cat expired.crt inter.crt > expired.chain.pem
 rm -rf ca-db
 
+# CRLs: the intermediate revokes revoked@example.com; the root revokes nothing.
+ee revoked revoked@example.com rsa:2048
+mkdir -p crl
+for ca in inter root; do
+    mkdir -p "ca-$ca" && : > "ca-$ca/index.txt" && echo 01 > "ca-$ca/crlnumber"
+    cat > "ca-$ca/ca.cnf" <<X
+[ca]
+default_ca = c
+[c]
+database = $out/ca-$ca/index.txt
+crlnumber = $out/ca-$ca/crlnumber
+default_md = sha256
+default_crl_days = 30
+X
+done
+openssl ca -config ca-inter/ca.cnf -cert inter.crt -keyfile inter.key -revoke revoked.crt 2>/dev/null
+openssl ca -config ca-inter/ca.cnf -cert inter.crt -keyfile inter.key -gencrl -out crl/inter.crl.pem 2>/dev/null
+openssl ca -config ca-root/ca.cnf -cert root.crt -keyfile root.key -gencrl -out crl/root.crl.pem 2>/dev/null
+rm -rf ca-inter ca-root
+
 rm -f ./*.csr ./*.srl
 chmod 600 ./*.key ./*.pass ./*.p12
-chmod 644 ./*.crt ./*.pem
+chmod 644 ./*.crt ./*.pem crl/*
 echo "test PKI written to $(pwd)"
