@@ -116,6 +116,30 @@ fn step(c: &mut Ctx, step: Step) -> sys::sfsistat {
     match step {
         Step::Continue => sys::SMFIS_CONTINUE,
         Step::Done(o) => finish(c, o),
+        Step::RejectRecipient(why) => {
+            log::warn!(
+                "{}: recipient refused: {why}",
+                queue_id(c).unwrap_or_else(|| "NOQUEUE".into())
+            );
+            let _ = c.api.set_error_reply(
+                "550",
+                Some("5.7.1"),
+                vec!["recipient has no S/MIME certificate; mail to it must be encrypted"],
+            );
+            sys::SMFIS_REJECT
+        }
+        Step::TempfailRecipient(why) => {
+            log::warn!(
+                "{}: recipient deferred: {why}",
+                queue_id(c).unwrap_or_else(|| "NOQUEUE".into())
+            );
+            let _ = c.api.set_error_reply(
+                "451",
+                Some("4.7.1"),
+                vec!["cannot look up the recipient's S/MIME certificate, try again later"],
+            );
+            sys::SMFIS_TEMPFAIL
+        }
     }
 }
 
@@ -182,10 +206,15 @@ unsafe extern "C" fn on_mail(ctx: *mut sys::SMFICTX, argv: *mut *mut c_char) -> 
     })
 }
 
-unsafe extern "C" fn on_rcpt(ctx: *mut sys::SMFICTX, _argv: *mut *mut c_char) -> sys::sfsistat {
+unsafe extern "C" fn on_rcpt(ctx: *mut sys::SMFICTX, argv: *mut *mut c_char) -> sys::sfsistat {
     guard(ctx, "rcpt", |c| {
+        let rcpt = if argv.is_null() {
+            String::new()
+        } else {
+            cstr(*argv)
+        };
         let st = match c.data.borrow_mut() {
-            Some(s) => s.rcpt(),
+            Some(s) => s.rcpt(&rcpt),
             None => Step::Continue,
         };
         step(c, st)

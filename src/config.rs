@@ -1,7 +1,10 @@
 //! The configuration file: TOML, parsed once at start (and on reload) into a
 //! typed `Config`. Every error names the file, the line and the key.
 
+use crate::certstore::{CacheSettings, CertStore, LocalError, Source};
+use crate::encrypt::Cipher;
 use crate::keystore::{KeyStore, KeyStoreError};
+use crate::ldap::{Ldap, LdapSettings};
 use crate::truststore::{TrustError, TrustStore};
 use ipnet::IpNet;
 use serde::{de, Deserialize, Deserializer};
@@ -106,6 +109,22 @@ impl FromStr for FailAction {
             _ => Err(format!(
                 "invalid action '{s}' (expected accept, tempfail or reject)"
             )),
+        }
+    }
+}
+
+impl FailAction {
+    /// The stricter of two actions (accept < tempfail < reject).
+    pub fn stricter(self, other: FailAction) -> FailAction {
+        let rank = |a: FailAction| match a {
+            FailAction::Accept => 0,
+            FailAction::Tempfail => 1,
+            FailAction::Reject => 2,
+        };
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
         }
     }
 }
@@ -268,7 +287,38 @@ macro_rules! from_str_deserialize {
         }
     )*};
 }
-from_str_deserialize!(SocketSpec, FailAction, SignFormat, Digest);
+/// Per recipient: whether mail to it is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncryptMode {
+    Never,
+    /// When every recipient has a usable certificate.
+    Opportunistic,
+    /// Always; without a certificate the message is refused.
+    Required,
+}
+
+impl FromStr for EncryptMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "never" => Ok(EncryptMode::Never),
+            "opportunistic" => Ok(EncryptMode::Opportunistic),
+            "required" => Ok(EncryptMode::Required),
+            _ => Err(format!(
+                "invalid policy '{s}' (expected never, opportunistic or required)"
+            )),
+        }
+    }
+}
+
+from_str_deserialize!(
+    SocketSpec,
+    FailAction,
+    SignFormat,
+    Digest,
+    Cipher,
+    EncryptMode
+);
 
 #[derive(Debug, Clone, Copy)]
 struct Net(IpNet);
@@ -313,6 +363,13 @@ struct RawConfig {
     signing: RawSigning,
     #[serde(default)]
     verify: RawVerify,
+    #[serde(default)]
+    encrypt: RawEncrypt,
+    ldap: Option<Spanned<RawLdap>>,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default, deserialize_with = "seconds_de")]
+    stats_interval: Option<Seconds>,
     #[serde(default)]
     senders: HashMap<String, Vec<String>>,
     #[serde(default)]
@@ -359,7 +416,57 @@ struct RawVerify {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawEncrypt {
+    cipher: Option<Cipher>,
+    default_policy: Option<EncryptMode>,
+    missing_cert: Option<Spanned<FailAction>>,
+    refuse_at_rcpt: Option<bool>,
+    require_trusted_recipient_certs: Option<Spanned<bool>>,
+    certs_dir: Option<Spanned<PathBuf>>,
+    certs_map: Option<Spanned<PathBuf>>,
+    lookup_order: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    policy: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    recipient: Option<String>,
+    sender: Option<String>,
+    mode: EncryptMode,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLdap {
+    uris: Vec<String>,
+    starttls: Option<bool>,
+    ca_file: Option<Spanned<PathBuf>>,
+    bind_dn: Option<String>,
+    bind_password_file: Option<Spanned<PathBuf>>,
+    base_dn: String,
+    filter: Option<Spanned<String>>,
+    #[serde(default, deserialize_with = "seconds_de")]
+    connect_timeout: Option<Seconds>,
+    #[serde(default, deserialize_with = "seconds_de")]
+    search_timeout: Option<Seconds>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    capacity: Option<usize>,
+    #[serde(default, deserialize_with = "seconds_de")]
+    ttl: Option<Seconds>,
+    #[serde(default, deserialize_with = "seconds_de")]
+    negative_ttl: Option<Seconds>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawActions {
+    lookup_error: Option<FailAction>,
     bad_signature: Option<FailAction>,
     key_not_found: Option<FailAction>,
     sender_not_authorized: Option<FailAction>,
@@ -371,6 +478,9 @@ struct RawActions {
 /// Failure actions, one per failure class.
 #[derive(Debug, Clone)]
 pub struct Actions {
+    /// A recipient certificate lookup failed (directory down): never plaintext
+    /// for a required recipient, whatever this says.
+    pub lookup_error: FailAction,
     /// Inbound: the smime result is fail or permerror.
     pub bad_signature: FailAction,
     /// The From address has no signing key.
@@ -400,6 +510,31 @@ pub struct Verification {
     pub settings: crate::verify::Settings,
 }
 
+/// One encryption rule; the first that matches a recipient decides.
+#[derive(Debug, Clone)]
+pub struct EncryptRule {
+    /// Address or `@domain`, lower case; `None` matches every recipient.
+    pub recipient: Option<String>,
+    /// Envelope sender address or `@domain`; `None` matches every sender.
+    pub sender: Option<String>,
+    pub mode: EncryptMode,
+}
+
+/// Outbound encryption: policy and where certificates come from.
+#[derive(Debug)]
+pub struct Encryption {
+    pub cipher: Cipher,
+    pub default_mode: EncryptMode,
+    pub rules: Vec<EncryptRule>,
+    /// Action when a required recipient has no certificate (never accept).
+    pub missing_cert: FailAction,
+    /// Refuse a required recipient without a certificate at RCPT time.
+    pub refuse_at_rcpt: bool,
+    /// Recipient certificates must chain to the [verify] trust anchors.
+    pub require_trusted: bool,
+    pub certs: CertStore,
+}
+
 /// The typed, validated configuration, with keys loaded.
 #[derive(Debug)]
 pub struct Config {
@@ -420,6 +555,10 @@ pub struct Config {
     pub signing: Signing,
     /// `None` when inbound verification is off.
     pub verify: Option<Verification>,
+    /// `None` when no encryption policy is configured.
+    pub encrypt: Option<Encryption>,
+    /// How often the stats line is logged; zero: never.
+    pub stats_interval: std::time::Duration,
     /// SMTP AUTH login -> From addresses or `@domain`s it may sign as (lower case).
     pub senders: HashMap<String, Vec<String>>,
     pub actions: Actions,
@@ -458,7 +597,32 @@ pub const KNOWN_KEYS: &[&str] = &[
     "verify.min_rsa_bits",
     "verify.allow_sha1",
     "verify.max_date_skew",
+    "stats_interval",
+    "encrypt.cipher",
+    "encrypt.default_policy",
+    "encrypt.missing_cert",
+    "encrypt.refuse_at_rcpt",
+    "encrypt.require_trusted_recipient_certs",
+    "encrypt.certs_dir",
+    "encrypt.certs_map",
+    "encrypt.lookup_order",
+    "encrypt.policy.recipient",
+    "encrypt.policy.sender",
+    "encrypt.policy.mode",
+    "ldap.uris",
+    "ldap.starttls",
+    "ldap.ca_file",
+    "ldap.bind_dn",
+    "ldap.bind_password_file",
+    "ldap.base_dn",
+    "ldap.filter",
+    "ldap.connect_timeout",
+    "ldap.search_timeout",
+    "cache.capacity",
+    "cache.ttl",
+    "cache.negative_ttl",
     "senders",
+    "actions.lookup_error",
     "actions.bad_signature",
     "actions.key_not_found",
     "actions.sender_not_authorized",
@@ -629,6 +793,15 @@ impl Config {
             None
         };
 
+        let encrypt = load_encryption(
+            &loc,
+            raw.encrypt,
+            raw.ldap,
+            raw.cache,
+            verify.as_ref(),
+            allow_insecure,
+        )?;
+
         let a = raw.actions;
         Ok(Config {
             path: path.to_path_buf(),
@@ -648,6 +821,10 @@ impl Config {
             max_mime_parts,
             authserv_id,
             verify,
+            encrypt,
+            stats_interval: std::time::Duration::from_secs(
+                raw.stats_interval.map_or(3600, |s| s.0),
+            ),
             signing: Signing {
                 enabled: raw.signing.enabled.unwrap_or(true),
                 format: raw.signing.format.unwrap_or(SignFormat::Clear),
@@ -656,6 +833,7 @@ impl Config {
             },
             senders,
             actions: Actions {
+                lookup_error: a.lookup_error.unwrap_or(FailAction::Tempfail),
                 bad_signature: a.bad_signature.unwrap_or(FailAction::Accept),
                 key_not_found: a.key_not_found.unwrap_or(FailAction::Accept),
                 sender_not_authorized: a.sender_not_authorized.unwrap_or(FailAction::Accept),
@@ -666,6 +844,165 @@ impl Config {
             keys,
         })
     }
+}
+
+fn rule_pattern(s: Option<String>) -> Option<String> {
+    s.map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| v != "*" && !v.is_empty())
+}
+
+fn load_encryption(
+    loc: &Locator<'_>,
+    e: RawEncrypt,
+    ldap: Option<Spanned<RawLdap>>,
+    cache: RawCache,
+    verify: Option<&Verification>,
+    allow_insecure: bool,
+) -> Result<Option<Encryption>, ConfigError> {
+    let default_mode = e.default_policy.unwrap_or(EncryptMode::Never);
+    let rules: Vec<EncryptRule> = e
+        .policy
+        .into_iter()
+        .map(|r| EncryptRule {
+            recipient: rule_pattern(r.recipient),
+            sender: rule_pattern(r.sender),
+            mode: r.mode,
+        })
+        .collect();
+    if default_mode == EncryptMode::Never && rules.iter().all(|r| r.mode == EncryptMode::Never) {
+        return Ok(None);
+    }
+    let missing_cert = match e.missing_cert {
+        Some(a) if *a.get_ref() == FailAction::Accept => {
+            return Err(loc.error(a.span(), "accept would send mail in plaintext that policy requires encrypted; use tempfail or reject"))
+        }
+        Some(a) => a.into_inner(),
+        None => FailAction::Tempfail,
+    };
+    let require_trusted = match &e.require_trusted_recipient_certs {
+        Some(r) if *r.get_ref() && verify.is_none() => {
+            return Err(loc.error(
+                r.span(),
+                "needs trust anchors: set [verify] trust_anchors or trust_dir",
+            ))
+        }
+        Some(r) => *r.get_ref(),
+        None => false,
+    };
+    let path = |p: &Option<Spanned<PathBuf>>| p.as_ref().map(|s| s.get_ref().clone());
+    let local =
+        crate::certstore::load_local(path(&e.certs_dir).as_deref(), path(&e.certs_map).as_deref())
+            .map_err(|err| match err {
+                LocalError::Dir(w) => loc.error(e.certs_dir.as_ref().map_or(0..0, |s| s.span()), w),
+                LocalError::Map(w) => loc.error(e.certs_map.as_ref().map_or(0..0, |s| s.span()), w),
+            })?;
+
+    let ldap = match ldap {
+        None => None,
+        Some(l) => {
+            let span = l.span();
+            let l = l.into_inner();
+            if l.uris.is_empty()
+                || l.uris
+                    .iter()
+                    .any(|u| !(u.starts_with("ldap://") || u.starts_with("ldaps://")))
+            {
+                return Err(loc.error(span, "[ldap] uris must list ldap:// or ldaps:// URIs"));
+            }
+            if let Some(f) = &l.filter {
+                if !f.get_ref().contains("%s") || !f.get_ref().starts_with('(') {
+                    return Err(loc.error(
+                        f.span(),
+                        "filter must be an LDAP filter with %s for the address",
+                    ));
+                }
+            }
+            let ca_pem = match &l.ca_file {
+                Some(p) => Some(std::fs::read(p.get_ref()).map_err(|err| {
+                    loc.error(
+                        p.span(),
+                        format!("cannot read {}: {err}", p.get_ref().display()),
+                    )
+                })?),
+                None => None,
+            };
+            let bind_password = match &l.bind_password_file {
+                Some(p) => {
+                    let raw = crate::keystore::read_secret(p.get_ref(), allow_insecure)
+                        .map_err(|w| loc.error(p.span(), w))?;
+                    let text = String::from_utf8_lossy(&raw);
+                    Some(text.trim_end_matches(['\r', '\n']).to_string())
+                }
+                None => None,
+            };
+            Some(Ldap::new(LdapSettings {
+                uris: l.uris,
+                starttls: l.starttls.unwrap_or(false),
+                ca_pem,
+                bind_dn: l.bind_dn,
+                bind_password,
+                base_dn: l.base_dn,
+                filter: l
+                    .filter
+                    .map(|f| f.into_inner())
+                    .unwrap_or_else(|| crate::ldap::DEFAULT_FILTER.to_string()),
+                connect_timeout: std::time::Duration::from_secs(
+                    l.connect_timeout.map_or(5, |s| s.0),
+                ),
+                search_timeout: std::time::Duration::from_secs(l.search_timeout.map_or(5, |s| s.0)),
+            }))
+        }
+    };
+    let order = match &e.lookup_order {
+        None => {
+            let mut o = vec![Source::Local];
+            if ldap.is_some() {
+                o.push(Source::Ldap);
+            }
+            o
+        }
+        Some(list) => {
+            let mut o = Vec::new();
+            for s in list.get_ref() {
+                o.push(match s.as_str() {
+                    "local" => Source::Local,
+                    "ldap" if ldap.is_some() => Source::Ldap,
+                    "ldap" => {
+                        return Err(loc.error(
+                            list.span(),
+                            "lookup_order names ldap but there is no [ldap] section",
+                        ))
+                    }
+                    other => {
+                        return Err(loc.error(
+                            list.span(),
+                            format!("unknown source '{other}' (expected local or ldap)"),
+                        ))
+                    }
+                });
+            }
+            o
+        }
+    };
+    let certs = CertStore::new(
+        local,
+        ldap,
+        order,
+        CacheSettings {
+            capacity: cache.capacity.unwrap_or(10_000),
+            ttl: std::time::Duration::from_secs(cache.ttl.map_or(3600, |s| s.0)),
+            negative_ttl: std::time::Duration::from_secs(cache.negative_ttl.map_or(300, |s| s.0)),
+        },
+    );
+    Ok(Some(Encryption {
+        cipher: e.cipher.unwrap_or(Cipher::Aes256Cbc),
+        default_mode,
+        rules,
+        missing_cert,
+        refuse_at_rcpt: e.refuse_at_rcpt.unwrap_or(false),
+        require_trusted,
+        certs,
+    }))
 }
 
 /// The host name, the default authserv-id.

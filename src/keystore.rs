@@ -111,24 +111,25 @@ fn valid_sender_entry(s: &str) -> bool {
     }
 }
 
+/// Reads a file holding a secret (key, PKCS#12, passphrase, password),
+/// refusing one that group or others can access unless allowed.
+pub(crate) fn read_secret(p: &std::path::Path, allow_insecure: bool) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    if !allow_insecure && meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is accessible by group or others (mode {:04o}); chmod 600 it, or set allow_insecure_key_files = true",
+            p.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+}
+
 fn read_secret_file(
     path: &Spanned<std::path::PathBuf>,
     allow_insecure: bool,
 ) -> Result<Vec<u8>, KeyStoreError> {
-    let p = path.get_ref();
-    let meta =
-        std::fs::metadata(p).map_err(|e| at(path, format!("cannot read {}: {e}", p.display())))?;
-    if !allow_insecure && meta.mode() & 0o077 != 0 {
-        return Err(at(
-            path,
-            format!(
-                "{} is accessible by group or others (mode {:04o}); chmod 600 it, or set allow_insecure_key_files = true",
-                p.display(),
-                meta.mode() & 0o7777
-            ),
-        ));
-    }
-    std::fs::read(p).map_err(|e| at(path, format!("cannot read {}: {e}", p.display())))
+    read_secret(path.get_ref(), allow_insecure).map_err(|what| at(path, what))
 }
 
 fn read_file(path: &Spanned<std::path::PathBuf>) -> Result<Vec<u8>, KeyStoreError> {
@@ -308,7 +309,7 @@ pub fn days_left(cert: &X509) -> Option<i32> {
 }
 
 /// Whether the certificate is valid right now.
-pub fn valid_now(cert: &X509) -> bool {
+pub fn valid_now(cert: &openssl::x509::X509Ref) -> bool {
     let Ok(now) = openssl::asn1::Asn1Time::days_from_now(0) else {
         return false;
     };

@@ -5,9 +5,12 @@
 pub mod address;
 pub mod auth_results;
 pub mod callbacks;
+pub mod certstore;
 pub mod config;
+pub mod encrypt;
 pub mod inbound;
 pub mod keystore;
+pub mod ldap;
 pub mod listener;
 pub mod logging;
 pub mod mime;

@@ -1,20 +1,36 @@
-//! Outbound mail: choose the signing key at end of headers, then sign the
-//! message at end of body. Pure functions of the configuration and the bytes.
+//! Outbound mail: choose the signing key and the recipients' certificates at
+//! end of headers, then sign and/or encrypt the message at end of body. Pure
+//! functions of the configuration and the bytes.
 
 use crate::address;
-use crate::config::Config;
+use crate::certstore::Lookup;
+use crate::config::{Config, EncryptMode, FailAction};
+use crate::encrypt;
 use crate::keystore::{self, SigningKey};
 use crate::mime::{self, ContentType, Limits};
 use crate::outcome::{Changes, HeaderOp, Outcome, Verdict};
+use crate::policy;
 use crate::sign;
+use openssl::x509::X509;
 use std::sync::Arc;
 
 /// What to do once the body has arrived.
 #[derive(Debug)]
 pub enum Plan {
-    Sign(Arc<SigningKey>),
+    /// Sign and/or encrypt (at least one of them).
+    Process(Work),
     /// Decided already; the body is not needed.
     Done(Outcome),
+}
+
+/// The work for end of message.
+#[derive(Debug, Default)]
+pub struct Work {
+    pub sign: Option<Arc<SigningKey>>,
+    /// One certificate per recipient.
+    pub encrypt: Option<Vec<Arc<X509>>>,
+    /// Why a step is skipped (for the summary line).
+    pub notes: Vec<String>,
 }
 
 fn is_content_field(name: &str) -> bool {
@@ -29,27 +45,77 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> impl Iterator<Item
         .map(|(_, v)| v.as_str())
 }
 
-/// Whether the message is S/MIME already (signed or encrypted by the client).
-fn is_smime(headers: &[(String, String)]) -> bool {
+/// What the client did already: (signed, encrypted).
+fn smime_state(headers: &[(String, String)]) -> (bool, bool) {
     let Some(ct) = header(headers, "Content-Type")
         .next()
         .and_then(|v| ContentType::parse(&mime::unfold(v)))
     else {
-        return false;
+        return (false, false);
     };
     match ct.mime_type.as_str() {
-        "multipart/signed" => ct
-            .param("protocol")
-            .is_some_and(|p| p.to_ascii_lowercase().contains("pkcs7-signature")),
-        "application/pkcs7-mime" | "application/x-pkcs7-mime" => true,
-        _ => false,
+        "multipart/signed" => (
+            ct.param("protocol")
+                .is_some_and(|p| p.to_ascii_lowercase().contains("pkcs7-signature")),
+            false,
+        ),
+        "application/pkcs7-mime" | "application/x-pkcs7-mime" => {
+            let t = ct.param("smime-type").unwrap_or("").to_ascii_lowercase();
+            let signed = t == "signed-data";
+            (signed, !signed)
+        }
+        _ => (false, false),
     }
 }
 
-/// Decides at end of headers: sign with which key, or an outcome already.
-pub fn plan(cfg: &Config, auth_login: Option<&str>, headers: &[(String, String)]) -> Plan {
+/// Decides at end of headers: which key signs, which certificates encrypt,
+/// or the outcome already.
+pub fn plan(
+    cfg: &Config,
+    auth_login: Option<&str>,
+    sender: &str,
+    rcpts: &[String],
+    headers: &[(String, String)],
+) -> Plan {
+    let (signed, encrypted) = smime_state(headers);
+    if encrypted {
+        return Plan::Done(Outcome::unchanged("already S/MIME encrypted"));
+    }
+    let mut work = Work::default();
+    match encryption(cfg, sender, rcpts) {
+        Ok((certs, note)) => {
+            work.encrypt = certs;
+            work.notes.extend(note);
+        }
+        Err(o) => return Plan::Done(o),
+    }
+    if signed {
+        work.notes.push("already S/MIME signed".into());
+    } else {
+        match signing_key(cfg, auth_login, headers) {
+            Ok(k) => work.sign = Some(k),
+            // Without encryption, the signing failure decides; with it, only
+            // a refusal does (an unsigned encrypted message is still wanted).
+            Err(o) if work.encrypt.is_none() || o.verdict != Verdict::Accept => {
+                return Plan::Done(o)
+            }
+            Err(o) => work.notes.extend(o.reason),
+        }
+    }
+    if work.sign.is_none() && work.encrypt.is_none() {
+        return Plan::Done(Outcome::unchanged(work.notes.join(", ")));
+    }
+    Plan::Process(work)
+}
+
+/// The signing key for the From address, or the outcome without one.
+fn signing_key(
+    cfg: &Config,
+    auth_login: Option<&str>,
+    headers: &[(String, String)],
+) -> Result<Arc<SigningKey>, Outcome> {
     if !cfg.signing.enabled {
-        return Plan::Done(Outcome::unchanged("signing disabled"));
+        return Err(Outcome::unchanged("signing disabled"));
     }
     let froms: Vec<&str> = header(headers, "From").collect();
     let from = match froms.as_slice() {
@@ -57,16 +123,13 @@ pub fn plan(cfg: &Config, auth_login: Option<&str>, headers: &[(String, String)]
         _ => None,
     };
     let Some(from) = from else {
-        return Plan::Done(Outcome::failure(
+        return Err(Outcome::failure(
             cfg.actions.malformed,
             "no single From address",
         ));
     };
-    if is_smime(headers) {
-        return Plan::Done(Outcome::unchanged(format!("from=<{from}> already S/MIME")));
-    }
     if !crate::policy::may_sign_as(cfg, auth_login, &from) {
-        return Plan::Done(Outcome::failure(
+        return Err(Outcome::failure(
             cfg.actions.sender_not_authorized,
             format!(
                 "login '{}' may not sign as <{from}>",
@@ -75,18 +138,79 @@ pub fn plan(cfg: &Config, auth_login: Option<&str>, headers: &[(String, String)]
         ));
     }
     let Some(key) = cfg.keys.find(&from) else {
-        return Plan::Done(Outcome::failure(
+        return Err(Outcome::failure(
             cfg.actions.key_not_found,
             format!("no signing key for <{from}>"),
         ));
     };
     if !keystore::valid_now(&key.cert) {
-        return Plan::Done(Outcome::failure(
+        return Err(Outcome::failure(
             cfg.actions.key_not_found,
             format!("signing certificate {} is not valid now", key.label()),
         ));
     }
-    Plan::Sign(Arc::clone(key))
+    Ok(Arc::clone(key))
+}
+
+/// Whether to encrypt, and to which certificates (RFC 8551 §3.3): required
+/// for any recipient means every recipient must have a certificate;
+/// opportunistic for all means encrypt when all have one.
+fn encryption(
+    cfg: &Config,
+    sender: &str,
+    rcpts: &[String],
+) -> Result<(Option<Vec<Arc<X509>>>, Option<String>), Outcome> {
+    let Some(enc) = &cfg.encrypt else {
+        return Ok((None, None));
+    };
+    if rcpts.is_empty() {
+        return Ok((None, None));
+    }
+    let modes: Vec<EncryptMode> = rcpts
+        .iter()
+        .map(|r| policy::encrypt_mode(enc, sender, r))
+        .collect();
+    let required = modes.contains(&EncryptMode::Required);
+    if !required && modes.contains(&EncryptMode::Never) {
+        return Ok((None, None));
+    }
+    let trust = if enc.require_trusted {
+        cfg.verify.as_ref().map(|v| &v.trust)
+    } else {
+        None
+    };
+    let (mut certs, mut missing, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    for r in rcpts {
+        match enc.certs.find(r, trust) {
+            Lookup::Found(c) => certs.push(c),
+            Lookup::NotFound => missing.push(format!("<{r}>")),
+            Lookup::Error(e) => errors.push(format!("<{r}>: {e}")),
+        }
+    }
+    if !errors.is_empty() {
+        let reason = format!("certificate lookup failed for {}", errors.join(", "));
+        // Never plaintext where encryption is required.
+        let action = if required {
+            FailAction::Tempfail.stricter(cfg.actions.lookup_error)
+        } else {
+            cfg.actions.lookup_error
+        };
+        return match action {
+            FailAction::Accept => Ok((None, Some(reason))),
+            a => Err(Outcome::failure(a, reason)),
+        };
+    }
+    if !missing.is_empty() {
+        let reason = format!("no usable certificate for {}", missing.join(", "));
+        if required {
+            return Err(Outcome::failure(
+                enc.missing_cert,
+                format!("{reason} (encryption required)"),
+            ));
+        }
+        return Ok((None, Some(format!("not encrypted: {reason}"))));
+    }
+    Ok((Some(certs), None))
 }
 
 /// The Content-* fields of the message as one header block; a message
@@ -118,7 +242,7 @@ fn content_header_block(headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
 
 /// The header changes that move the Content-* fields into the signed entity
 /// and put the new ones on the message.
-fn header_ops(headers: &[(String, String)], signed: &sign::Signed) -> Vec<HeaderOp> {
+fn header_ops(headers: &[(String, String)], signed: &sign::Wrapped) -> Vec<HeaderOp> {
     let mut ops = Vec::new();
     let mut names: Vec<(String, usize)> = Vec::new(); // lower-case name, count
     for (name, _) in headers.iter().filter(|(n, _)| is_content_field(n)) {
@@ -190,11 +314,12 @@ fn canonical_name(lower: &str) -> String {
         .join("-")
 }
 
-/// Signs the message: builds the canonical entity from the Content-* fields
-/// and the body, signs it, and returns the changes for the MTA.
-pub fn sign_message(
+/// Signs and/or encrypts the message: builds the canonical entity from the
+/// Content-* fields and the body, signs it, encrypts the result, and returns
+/// the changes for the MTA.
+pub fn process_message(
     cfg: &Config,
-    key: &SigningKey,
+    work: &Work,
     headers: &[(String, String)],
     body: &[u8],
 ) -> Outcome {
@@ -207,26 +332,58 @@ pub fn sign_message(
     if let Err(e) = mime::write_7bit(&block, body, 0, limits, &mut entity) {
         return Outcome::failure(cfg.actions.malformed, format!("cannot sign safely: {e}"));
     }
-    let signed = match sign::sign_entity(
-        key,
-        &entity,
-        cfg.signing.format,
-        cfg.signing.digest,
-        cfg.signing.include_chain,
-    ) {
-        Ok(s) => s,
-        Err(e) => return Outcome::failure(cfg.actions.internal_error, e.to_string()),
+    let mut detail = Vec::new();
+    let signed = match &work.sign {
+        Some(key) => match sign::sign_entity(
+            key,
+            &entity,
+            cfg.signing.format,
+            cfg.signing.digest,
+            cfg.signing.include_chain,
+        ) {
+            Ok(s) => {
+                detail.push(format!("key={}", key.label()));
+                Some(s)
+            }
+            Err(e) => return Outcome::failure(cfg.actions.internal_error, e.to_string()),
+        },
+        None => None,
     };
-    let ops = header_ops(headers, &signed);
+    let wrapped = match (&work.encrypt, cfg.encrypt.as_ref()) {
+        (Some(certs), Some(enc)) => {
+            // Sign first, then encrypt the signed entity (RFC 8551 §3.7).
+            let inner = match &signed {
+                Some(s) => s.to_entity(),
+                None => entity,
+            };
+            match encrypt::encrypt_entity(certs, &inner, enc.cipher) {
+                Ok(w) => {
+                    detail.push(format!("recipients={}", certs.len()));
+                    w
+                }
+                Err(e) => return Outcome::failure(cfg.actions.internal_error, e.to_string()),
+            }
+        }
+        _ => match signed {
+            Some(s) => s,
+            None => return Outcome::unchanged("nothing to do"),
+        },
+    };
+    let action = match (work.sign.is_some(), work.encrypt.is_some()) {
+        (true, true) => "signed+encrypted",
+        (false, true) => "encrypted",
+        _ => "signed",
+    };
+    let ops = header_ops(headers, &wrapped);
     Outcome {
         verdict: Verdict::Accept,
         changes: Changes {
             headers: ops,
-            body: Some(signed.body),
+            body: Some(wrapped.body),
         },
-        action: "signed",
-        reason: None,
-        detail: Some(format!("key={}", key.label())),
+        action,
+        reason: (!work.notes.is_empty()).then(|| work.notes.join(", ")),
+        detail: Some(detail.join(" ")),
     }
 }
 
@@ -254,7 +411,7 @@ mod tests {
             block,
             b"Content-Type: text/plain;\n\tcharset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\nContent-Disposition: inline\r\n"
         );
-        let signed = sign::Signed {
+        let signed = sign::Wrapped {
             content_type: "multipart/signed; x".into(),
             transfer_encoding: None,
             extra_fields: vec![],
@@ -305,16 +462,21 @@ mod tests {
 
     #[test]
     fn smime_messages_are_recognised() {
-        assert!(is_smime(&h(&[("Content-Type", "multipart/signed; protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary=x")])));
-        assert!(is_smime(&h(&[(
-            "content-type",
-            "application/x-pkcs7-mime; smime-type=enveloped-data"
-        )])));
-        assert!(!is_smime(&h(&[(
-            "Content-Type",
-            "multipart/signed; protocol=\"application/pgp-signature\""
-        )])));
-        assert!(!is_smime(&h(&[("Content-Type", "text/plain")])));
+        let ct = |v: &str| smime_state(&h(&[("Content-Type", v)]));
+        assert_eq!(ct("multipart/signed; protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary=x"), (true, false));
+        assert_eq!(
+            ct("application/x-pkcs7-mime; smime-type=enveloped-data"),
+            (false, true)
+        );
+        assert_eq!(
+            ct("application/pkcs7-mime; smime-type=signed-data"),
+            (true, false)
+        );
+        assert_eq!(
+            ct("multipart/signed; protocol=\"application/pgp-signature\""),
+            (false, false)
+        );
+        assert_eq!(ct("text/plain"), (false, false));
     }
 
     #[test]
@@ -324,7 +486,7 @@ mod tests {
             ("Content-Type", "text/html"),
             ("MIME-Version", "1.0"),
         ]);
-        let signed = sign::Signed {
+        let signed = sign::Wrapped {
             content_type: "new".into(),
             transfer_encoding: Some("base64"),
             extra_fields: vec![],

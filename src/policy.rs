@@ -1,7 +1,7 @@
 //! Who gets what: inbound or outbound (as OpenDKIM decides sign vs verify),
 //! and which From addresses an authenticated client may have signed.
 
-use crate::config::Config;
+use crate::config::{Config, EncryptMode, Encryption};
 use std::net::IpAddr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,28 @@ pub fn may_sign_as(cfg: &Config, auth_login: Option<&str>, from: &str) -> bool {
     })
 }
 
+/// Whether `addr` matches a rule pattern: an address, or `@domain`.
+fn matches(pattern: &str, addr: &str) -> bool {
+    match pattern.strip_prefix('@') {
+        Some(domain) => addr
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
+        None => pattern.eq_ignore_ascii_case(addr),
+    }
+}
+
+/// The encryption mode for one recipient: the first rule whose recipient
+/// and sender patterns match, else the default.
+pub fn encrypt_mode(enc: &Encryption, sender: &str, rcpt: &str) -> EncryptMode {
+    enc.rules
+        .iter()
+        .find(|r| {
+            r.recipient.as_deref().is_none_or(|p| matches(p, rcpt))
+                && r.sender.as_deref().is_none_or(|p| matches(p, sender))
+        })
+        .map_or(enc.default_mode, |r| r.mode)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +136,35 @@ mod tests {
         assert_eq!(
             direction(&c, Some("198.51.100.7".parse().unwrap()), Some("")),
             Direction::Inbound
+        );
+    }
+
+    #[test]
+    fn encryption_rules_first_match_wins() {
+        let c = cfg("[encrypt]\ndefault_policy = \"opportunistic\"\n\
+                     [[encrypt.policy]]\nrecipient = \"ceo@partner.example\"\nmode = \"never\"\n\
+                     [[encrypt.policy]]\nrecipient = \"@partner.example\"\nmode = \"required\"\n\
+                     [[encrypt.policy]]\nsender = \"@legal.example.com\"\nmode = \"required\"\n");
+        let e = c.encrypt.as_ref().unwrap();
+        assert_eq!(
+            encrypt_mode(e, "a@example.com", "CEO@Partner.example"),
+            EncryptMode::Never
+        );
+        assert_eq!(
+            encrypt_mode(e, "a@example.com", "x@partner.example"),
+            EncryptMode::Required
+        );
+        assert_eq!(
+            encrypt_mode(e, "a@legal.example.com", "x@other.example"),
+            EncryptMode::Required
+        );
+        assert_eq!(
+            encrypt_mode(e, "a@example.com", "x@other.example"),
+            EncryptMode::Opportunistic
+        );
+        assert_eq!(
+            encrypt_mode(e, "a@example.com", "x@sub.partner.example"),
+            EncryptMode::Opportunistic
         );
     }
 

@@ -1,10 +1,11 @@
 //! Per-connection and per-message state, free of libmilter types: the milter
 //! callbacks and the offline test mode drive the same methods.
 
+use crate::certstore::Lookup;
 use crate::config::Config;
+use crate::config::EncryptMode;
 use crate::inbound;
-use crate::keystore::SigningKey;
-use crate::outbound::{self, Plan};
+use crate::outbound::{self, Plan, Work};
 use crate::outcome::Outcome;
 use crate::policy::{self, Direction};
 use std::net::IpAddr;
@@ -17,7 +18,8 @@ pub struct Message {
     pub queue_id: Option<String>,
     pub auth_login: Option<String>,
     pub sender: String,
-    pub recipients: usize,
+    /// Envelope recipients accepted so far (angle brackets removed).
+    pub recipients: Vec<String>,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     /// Header and body bytes seen, including what was not kept.
@@ -31,7 +33,7 @@ pub struct Message {
 
 /// Work decided at end of headers, done at end of message.
 enum Pending {
-    Sign(Arc<SigningKey>),
+    Process(Work),
     Verify(inbound::Pending),
 }
 
@@ -54,6 +56,10 @@ pub struct Session {
 pub enum Step {
     /// Keep sending (the next stage's data).
     Continue,
+    /// Refuse this recipient only (5xx); the message goes on for the others.
+    RejectRecipient(String),
+    /// Refuse this recipient for now (4xx).
+    TempfailRecipient(String),
     /// Decided: report this outcome; no further data is needed.
     Done(Outcome),
 }
@@ -79,7 +85,7 @@ impl Session {
             queue_id: None,
             auth_login,
             sender: sender.trim_matches(['<', '>']).to_string(),
-            recipients: 0,
+            recipients: Vec::new(),
             headers: Vec::new(),
             body: Vec::new(),
             size: 0,
@@ -90,15 +96,42 @@ impl Session {
         });
     }
 
-    pub fn rcpt(&mut self) -> Step {
+    pub fn rcpt(&mut self, rcpt: &str) -> Step {
         let Some(m) = self.message.as_mut() else {
             return Step::Continue;
         };
-        m.recipients += 1;
-        if m.recipients > m.cfg.max_recipients {
+        let rcpt = rcpt.trim().trim_matches(['<', '>']).to_string();
+        if m.recipients.len() >= m.cfg.max_recipients {
             let reason = format!("more than {} recipients", m.cfg.max_recipients);
             return Step::Done(Outcome::failure(m.cfg.actions.oversized, reason));
         }
+        // A recipient that requires encryption but has no certificate can be
+        // refused alone, so that the message still reaches the others.
+        if let (Direction::Outbound, Some(enc)) = (m.direction, m.cfg.encrypt.as_ref()) {
+            if enc.refuse_at_rcpt
+                && crate::policy::encrypt_mode(enc, &m.sender, &rcpt) == EncryptMode::Required
+            {
+                let trust = if enc.require_trusted {
+                    m.cfg.verify.as_ref().map(|v| &v.trust)
+                } else {
+                    None
+                };
+                match enc.certs.find(&rcpt, trust) {
+                    Lookup::Found(_) => {}
+                    Lookup::NotFound => {
+                        return Step::RejectRecipient(format!(
+                            "<{rcpt}> has no S/MIME certificate and mail to it must be encrypted"
+                        ))
+                    }
+                    Lookup::Error(e) => {
+                        return Step::TempfailRecipient(format!(
+                            "<{rcpt}>: certificate lookup failed: {e}"
+                        ))
+                    }
+                }
+            }
+        }
+        m.recipients.push(rcpt);
         Step::Continue
     }
 
@@ -131,8 +164,14 @@ impl Session {
                 inbound::Plan::Done(o) => return Step::Done(o),
             },
             Direction::Outbound => {
-                match outbound::plan(&m.cfg, m.auth_login.as_deref(), &m.headers) {
-                    Plan::Sign(key) => Pending::Sign(key),
+                match outbound::plan(
+                    &m.cfg,
+                    m.auth_login.as_deref(),
+                    &m.sender,
+                    &m.recipients,
+                    &m.headers,
+                ) {
+                    Plan::Process(work) => Pending::Process(work),
                     Plan::Done(o) => return Step::Done(o),
                 }
             }
@@ -171,7 +210,9 @@ impl Session {
             return Outcome::unchanged("no message state");
         };
         match m.pending.take() {
-            Some(Pending::Sign(key)) => outbound::sign_message(&m.cfg, &key, &m.headers, &m.body),
+            Some(Pending::Process(work)) => {
+                outbound::process_message(&m.cfg, &work, &m.headers, &m.body)
+            }
             Some(Pending::Verify(p)) => {
                 let body = (!m.oversized).then_some(&m.body[..]);
                 inbound::verify_message(&m.cfg, &p, &m.headers, body, None)

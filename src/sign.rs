@@ -91,8 +91,8 @@ pub fn cms_sign(
     Ok(cms.to_der()?)
 }
 
-/// What signing produces for the milter to apply.
-pub struct Signed {
+/// A message wrapped by signing or encryption, for the milter to apply.
+pub struct Wrapped {
     /// New value of the top-level Content-Type field.
     pub content_type: String,
     /// New Content-Transfer-Encoding, if any (opaque form).
@@ -101,6 +101,23 @@ pub struct Signed {
     pub extra_fields: Vec<(&'static str, String)>,
     /// The new body, CRLF line ends.
     pub body: Vec<u8>,
+}
+
+impl Wrapped {
+    /// The wrapped message as one MIME entity (to encrypt it in turn).
+    pub fn to_entity(&self) -> Vec<u8> {
+        let mut e = Vec::with_capacity(self.body.len() + 256);
+        e.extend_from_slice(format!("Content-Type: {}\r\n", self.content_type).as_bytes());
+        if let Some(cte) = self.transfer_encoding {
+            e.extend_from_slice(format!("Content-Transfer-Encoding: {cte}\r\n").as_bytes());
+        }
+        for (n, v) in &self.extra_fields {
+            e.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+        }
+        e.extend_from_slice(b"\r\n");
+        e.extend_from_slice(&self.body);
+        e
+    }
 }
 
 /// The digest to sign with: the configured one, raised to the strength of an
@@ -123,7 +140,7 @@ pub fn sign_entity(
     format: SignFormat,
     digest: Digest,
     include_chain: bool,
-) -> Result<Signed, SignError> {
+) -> Result<Wrapped, SignError> {
     let digest = effective_digest(key, digest);
     match format {
         SignFormat::Clear => {
@@ -147,7 +164,7 @@ pub fn sign_entity(
             body.extend_from_slice(b"\r\n--");
             body.extend_from_slice(boundary.as_bytes());
             body.extend_from_slice(b"--\r\n");
-            Ok(Signed {
+            Ok(Wrapped {
                 content_type: format!(
                     "multipart/signed; protocol=\"application/pkcs7-signature\"; micalg={}; boundary=\"{boundary}\"",
                     digest.micalg()
@@ -161,7 +178,7 @@ pub fn sign_entity(
             let der = cms_sign(key, entity, digest, false, include_chain)?;
             let mut body = Vec::with_capacity(der.len() * 4 / 3 + 64);
             push_base64_lines(&mut body, &der);
-            Ok(Signed {
+            Ok(Wrapped {
                 content_type: "application/pkcs7-mime; smime-type=signed-data; name=\"smime.p7m\""
                     .into(),
                 transfer_encoding: Some("base64"),

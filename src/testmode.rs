@@ -63,10 +63,16 @@ pub fn run(
         m.queue_id = Some("TEST".into());
     }
     let mut outcome = None;
-    for _ in &args.recipients {
-        if let Step::Done(o) = s.rcpt() {
-            outcome = Some(o);
-            break;
+    for r in &args.recipients {
+        match s.rcpt(r) {
+            Step::Done(o) => {
+                outcome = Some(o);
+                break;
+            }
+            Step::RejectRecipient(why) | Step::TempfailRecipient(why) => {
+                writeln!(err, "TEST: recipient refused: {why}")?
+            }
+            Step::Continue => {}
         }
     }
     if outcome.is_none() {

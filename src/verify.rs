@@ -583,6 +583,11 @@ fn evaluate_signer(ctx: &Context<'_>, si: &SignerInfo, certs: &[X509], part: &st
     v
 }
 
+/// Whether the certificate chains to the anchors now (intermediates from `certs`).
+pub fn chain_ok(store: &X509StoreRef, cert: &X509Ref, certs: &[X509]) -> bool {
+    check_chain(store, cert, certs, None).is_ok()
+}
+
 /// Chain to a trust anchor, valid at `at` (Unix time; None = now).
 fn check_chain(
     store: &X509StoreRef,

@@ -1,0 +1,320 @@
+//! Recipient certificates for encryption: a local store (a directory of
+//! certificate files and/or a map file), then LDAP, behind an LRU cache.
+//! Among the candidates the usable certificate expiring last is chosen.
+
+use crate::ldap::Ldap;
+use crate::truststore::TrustStore;
+use crate::verify;
+use lru::LruCache;
+use openssl::pkey::Id;
+use openssl::x509::{X509Ref, X509};
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Counters for the periodic stats line; they survive reloads.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub ldap_searches: AtomicU64,
+    pub ldap_errors: AtomicU64,
+}
+
+pub static STATS: Stats = Stats {
+    cache_hits: AtomicU64::new(0),
+    cache_misses: AtomicU64::new(0),
+    ldap_searches: AtomicU64::new(0),
+    ldap_errors: AtomicU64::new(0),
+};
+
+impl Stats {
+    pub fn line(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "stats: certificate cache hits={} misses={} ldap searches={} ldap errors={}",
+            g(&self.cache_hits),
+            g(&self.cache_misses),
+            g(&self.ldap_searches),
+            g(&self.ldap_errors)
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Local,
+    Ldap,
+}
+
+/// The answer for one recipient.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Found(Arc<X509>),
+    NotFound,
+    /// The directory could not be asked: unknown, not "none".
+    Error(String),
+}
+
+struct Cached {
+    cert: Option<Arc<X509>>,
+    expires: Instant,
+}
+
+pub struct CacheSettings {
+    pub capacity: usize,
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+}
+
+pub struct CertStore {
+    local: HashMap<String, Vec<X509>>,
+    ldap: Option<Ldap>,
+    order: Vec<Source>,
+    cache: Mutex<LruCache<String, Cached>>,
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CertStore({} local addresses, ldap: {:?}, order {:?})",
+            self.local.len(),
+            self.ldap,
+            self.order
+        )
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<X509>, String> {
+    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if data.windows(11).any(|w| w == b"-----BEGIN ") {
+        X509::stack_from_pem(&data)
+            .map_err(|_| format!("cannot parse PEM certificates in {}", path.display()))
+    } else {
+        X509::from_der(&data)
+            .map(|c| vec![c])
+            .map_err(|_| format!("{} is neither PEM nor DER certificate data", path.display()))
+    }
+}
+
+/// Which configured value failed, for the error's line and key.
+pub enum LocalError {
+    Dir(String),
+    Map(String),
+}
+
+/// The local store: every certificate in `dir`, under each of its addresses;
+/// and `map` lines `address path` (for certificates that name another address).
+pub fn load_local(
+    dir: Option<&Path>,
+    map: Option<&Path>,
+) -> Result<HashMap<String, Vec<X509>>, LocalError> {
+    let mut out: HashMap<String, Vec<X509>> = HashMap::new();
+    if let Some(d) = dir {
+        let rd = std::fs::read_dir(d)
+            .map_err(|e| LocalError::Dir(format!("cannot read directory {}: {e}", d.display())))?;
+        let mut files: Vec<_> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for f in files {
+            for c in read_certs(&f).map_err(LocalError::Dir)? {
+                for a in verify::cert_addresses(&c) {
+                    out.entry(a.to_ascii_lowercase())
+                        .or_default()
+                        .push(c.clone());
+                }
+            }
+        }
+    }
+    if let Some(m) = map {
+        let text = std::fs::read_to_string(m)
+            .map_err(|e| LocalError::Map(format!("cannot read {}: {e}", m.display())))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (addr, file) = line.split_once(char::is_whitespace).ok_or_else(|| {
+                LocalError::Map(format!(
+                    "{}:{}: expected 'address file'",
+                    m.display(),
+                    n + 1
+                ))
+            })?;
+            let path = Path::new(file.trim());
+            let path = if path.is_relative() {
+                m.parent().unwrap_or(Path::new("/")).join(path)
+            } else {
+                path.to_path_buf()
+            };
+            let certs = read_certs(&path)
+                .map_err(|e| LocalError::Map(format!("{}:{}: {e}", m.display(), n + 1)))?;
+            out.entry(addr.to_ascii_lowercase())
+                .or_default()
+                .extend(certs);
+        }
+    }
+    Ok(out)
+}
+
+const KU_KEY_ENCIPHERMENT: u32 = 0x20;
+const KU_KEY_AGREEMENT: u32 = 0x08;
+const XKU_SMIME: u32 = 0x4;
+const XKU_ANYEKU: u32 = 0x100;
+const EXFLAG_KUSAGE: u32 = 0x2;
+const EXFLAG_XKUSAGE: u32 = 0x4;
+
+/// Whether a certificate can be encrypted to for `address` (RFC 8550):
+/// valid now, key usage for key transport or agreement, email EKU, names the
+/// address; and chains to the anchors when `trust` is given.
+pub fn usable_for(
+    cert: &X509Ref,
+    address: &str,
+    chain: &[X509],
+    trust: Option<&TrustStore>,
+) -> bool {
+    if !crate::keystore::valid_now(cert) {
+        return false;
+    }
+    let Ok(pk) = cert.public_key() else {
+        return false;
+    };
+    let needed = match pk.id() {
+        Id::RSA => KU_KEY_ENCIPHERMENT,
+        Id::EC => KU_KEY_AGREEMENT,
+        _ => return false,
+    };
+    let (flags, ku, xku) = unsafe {
+        use foreign_types::ForeignTypeRef;
+        let p = cert.as_ptr();
+        (
+            openssl_sys::X509_get_extension_flags(p),
+            openssl_sys::X509_get_key_usage(p),
+            openssl_sys::X509_get_extended_key_usage(p),
+        )
+    };
+    if flags & EXFLAG_KUSAGE != 0 && ku & needed == 0 {
+        return false;
+    }
+    if flags & EXFLAG_XKUSAGE != 0 && xku & (XKU_SMIME | XKU_ANYEKU) == 0 {
+        return false;
+    }
+    if !verify::cert_addresses(cert)
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(address))
+    {
+        return false;
+    }
+    match trust {
+        Some(t) => verify::chain_ok(&t.store, cert, chain),
+        None => true,
+    }
+}
+
+/// The usable candidate that expires last.
+pub fn select(address: &str, candidates: &[X509], trust: Option<&TrustStore>) -> Option<X509> {
+    candidates
+        .iter()
+        .filter(|c| usable_for(c, address, candidates, trust))
+        .max_by(|a, b| {
+            a.not_after()
+                .compare(b.not_after())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .cloned()
+}
+
+impl CertStore {
+    pub fn new(
+        local: HashMap<String, Vec<X509>>,
+        ldap: Option<Ldap>,
+        order: Vec<Source>,
+        cache: CacheSettings,
+    ) -> CertStore {
+        let cap = NonZeroUsize::new(cache.capacity.max(1)).expect("at least 1");
+        CertStore {
+            local,
+            ldap,
+            order,
+            cache: Mutex::new(LruCache::new(cap)),
+            ttl: cache.ttl,
+            negative_ttl: cache.negative_ttl,
+        }
+    }
+
+    /// The certificate to encrypt to for `address`.
+    pub fn find(&self, address: &str, trust: Option<&TrustStore>) -> Lookup {
+        let key = address.to_ascii_lowercase();
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = cache.get(&key) {
+                if c.expires > Instant::now() {
+                    STATS.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    return match &c.cert {
+                        Some(cert) => Lookup::Found(Arc::clone(cert)),
+                        None => Lookup::NotFound,
+                    };
+                }
+            }
+        }
+        STATS.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let mut found = None;
+        for source in &self.order {
+            let candidates = match source {
+                Source::Local => self.local.get(&key).cloned().unwrap_or_default(),
+                Source::Ldap => match &self.ldap {
+                    Some(l) => {
+                        STATS.ldap_searches.fetch_add(1, Ordering::Relaxed);
+                        match l.lookup(address) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                // Not cached: the next message asks again.
+                                STATS.ldap_errors.fetch_add(1, Ordering::Relaxed);
+                                return Lookup::Error(e.to_string());
+                            }
+                        }
+                    }
+                    None => Vec::new(),
+                },
+            };
+            if let Some(c) = select(&key, &candidates, trust) {
+                found = Some(Arc::new(c));
+                break;
+            }
+        }
+        let expires = Instant::now()
+            + if found.is_some() {
+                self.ttl
+            } else {
+                self.negative_ttl
+            };
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
+            key,
+            Cached {
+                cert: found.clone(),
+                expires,
+            },
+        );
+        match found {
+            Some(c) => Lookup::Found(c),
+            None => Lookup::NotFound,
+        }
+    }
+
+    pub fn flush(&self) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    pub fn local_addresses(&self) -> usize {
+        self.local.len()
+    }
+}
