@@ -337,6 +337,8 @@ pub enum RunError {
     Privileges(#[from] crate::privileges::PrivError),
     #[error("libmilter main loop failed")]
     Main,
+    #[error("cannot set up the reload and stats threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// Opens the socket, drops privileges and serves until libmilter stops
@@ -344,7 +346,10 @@ pub enum RunError {
 pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
     let identity = crate::privileges::target(&cfg)?;
     let socket_mode = cfg.socket_mode;
+    let config_path = cfg.path.clone();
     install_config(cfg);
+    // Before libmilter starts its threads, so that they inherit the mask.
+    crate::reload::block_sigusr1().map_err(RunError::Threads)?;
     let conn =
         CString::new(socket.to_libmilter()).map_err(|_| RunError::Socket(socket.to_string()))?;
     let name = CString::new("smime-milter").expect("no NUL");
@@ -387,6 +392,8 @@ pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
         crate::privileges::drop_to(id)?;
         log::info!("running as user {}", id.name);
     }
+    crate::reload::spawn_reload_thread(config_path).map_err(RunError::Threads)?;
+    crate::reload::spawn_stats_thread().map_err(RunError::Threads)?;
     log::info!(
         "smime-milter {} listening on {socket}",
         env!("CARGO_PKG_VERSION")

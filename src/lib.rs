@@ -18,6 +18,7 @@ pub mod outbound;
 pub mod outcome;
 pub mod policy;
 pub mod privileges;
+pub mod reload;
 pub mod session;
 pub mod sign;
 pub mod testmode;

@@ -340,6 +340,80 @@ impl Gpgsm {
         c
     }
 
+    /// Imports a test PKI key (3DES PKCS#12: GnuPG 2.2 cannot read OpenSSL
+    /// 3's AES-protected files), protected in the agent by "test".
+    pub fn import_key(&self, name: &str) {
+        let p12 = self.home.path().join(format!("{name}.p12"));
+        let out = run(Command::new("openssl")
+            .args([
+                "pkcs12",
+                "-export",
+                "-passout",
+                "pass:test",
+                "-keypbe",
+                "PBE-SHA1-3DES",
+                "-certpbe",
+                "PBE-SHA1-3DES",
+                "-macalg",
+                "sha1",
+                "-inkey",
+            ])
+            .arg(pki().path(&format!("{name}.key")))
+            .arg("-in")
+            .arg(pki().path(&format!("{name}.crt")))
+            .arg("-out")
+            .arg(&p12));
+        assert!(
+            out.status.success(),
+            "pkcs12 export: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut c = self.cmd();
+        c.args([
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase-fd",
+            "0",
+            "--import",
+        ])
+        .arg(&p12);
+        let out = pipe(c, b"test\n");
+        assert!(
+            out.status.success(),
+            "gpgsm --import {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Decrypts an EnvelopedData (DER) with an imported key.
+    pub fn decrypt(&self, der: &[u8]) -> Result<Vec<u8>, String> {
+        let input = self.home.path().join("enc.p7m");
+        let output = self.home.path().join("plain");
+        let _ = std::fs::remove_file(&output);
+        std::fs::write(&input, der).unwrap();
+        let mut c = self.cmd();
+        c.args([
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase-fd",
+            "0",
+            "--output",
+        ])
+        .arg(&output)
+        .arg("--decrypt")
+        .arg(&input);
+        let out = pipe(c, b"test\n");
+        if out.status.success() {
+            Ok(std::fs::read(&output).unwrap_or_default())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
     /// Verifies a detached signature (DER) over `content`.
     pub fn verify_detached(&self, signature: &[u8], content: &[u8]) -> Result<String, String> {
         let sig = self.home.path().join("sig.p7s");
@@ -404,6 +478,50 @@ impl Drop for Gpgsm {
             .args(["--kill", "all"])
             .output();
     }
+}
+
+/// Runs a command with `input` on its standard input.
+pub fn pipe(mut cmd: Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let w = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    w.join().unwrap();
+    out
+}
+
+/// `openssl cms -decrypt` with a test PKI key; returns the plaintext entity.
+pub fn openssl_decrypt(message: &[u8], name: &str) -> Result<Vec<u8>, String> {
+    let d = tempdir();
+    let input = d.path().join("msg.eml");
+    std::fs::write(&input, message).unwrap();
+    let out = run(Command::new("openssl")
+        .args(["cms", "-decrypt", "-inform", "SMIME", "-in"])
+        .arg(&input)
+        .arg("-inkey")
+        .arg(pki().path(&format!("{name}.key")))
+        .arg("-recip")
+        .arg(pki().path(&format!("{name}.crt"))));
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The DER inside an application/pkcs7-mime message (base64 body).
+pub fn pkcs7_mime_der(message: &[u8]) -> Vec<u8> {
+    let s = String::from_utf8_lossy(message).replace("\r\n", "\n");
+    let body = &s[s.find("\n\n").expect("header end") + 2..];
+    decode_base64(&body.split_whitespace().collect::<String>())
 }
 
 /// Splits a clear-signed message into (signed content, signature DER), with

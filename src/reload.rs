@@ -1,0 +1,82 @@
+//! SIGUSR1 reloads the configuration, keys and certificate stores without
+//! dropping connections (libmilter itself stops on SIGHUP and SIGTERM, as
+//! OpenDKIM documents); a periodic stats line reports the lookup counters.
+
+use crate::callbacks::{current_config, install_config};
+use crate::config::Config;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Blocks SIGUSR1 in the calling thread; threads created afterwards (all of
+/// libmilter's) inherit the mask, so only the reload thread receives it.
+pub fn block_sigusr1() -> std::io::Result<()> {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+    }
+    Ok(())
+}
+
+/// Reloads from `path`; a broken file leaves the running configuration in force.
+pub fn reload(path: &PathBuf) {
+    match Config::load(path) {
+        Ok(new) => {
+            let old = current_config();
+            if new.socket.is_some() && new.socket != old.socket {
+                log::warn!("reload: a new socket takes effect only after a restart");
+            }
+            crate::logging::set_level(new.log_level);
+            log::info!(
+                "configuration reloaded from {}: {} signing keys, verification {}, encryption {}; certificate cache emptied",
+                path.display(),
+                new.keys.len(),
+                if new.verify.is_some() { "on" } else { "off" },
+                if new.encrypt.is_some() { "on" } else { "off" },
+            );
+            // Messages in flight keep the configuration they started with.
+            install_config(Arc::new(new));
+        }
+        Err(e) => log::error!("reload failed, the previous configuration stays in force: {e}"),
+    }
+}
+
+/// Waits for SIGUSR1 in a thread of its own.
+pub fn spawn_reload_thread(path: PathBuf) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            let rc = unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGUSR1);
+                libc::sigwait(&set, &mut sig)
+            };
+            if rc == 0 && sig == libc::SIGUSR1 {
+                log::info!("SIGUSR1: reloading the configuration");
+                reload(&path);
+            }
+        })?;
+    Ok(())
+}
+
+/// Logs the stats line every `stats_interval` of the configuration in force.
+pub fn spawn_stats_thread() -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("stats".into())
+        .spawn(|| loop {
+            let interval = current_config().stats_interval;
+            if interval.is_zero() {
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                continue;
+            }
+            std::thread::sleep(interval);
+            log::info!("{}", crate::certstore::STATS.line());
+        })?;
+    Ok(())
+}
