@@ -403,7 +403,10 @@ impl Gpgsm {
         .arg("--decrypt")
         .arg(&input);
         let out = pipe(c, b"test\n");
-        if out.status.success() {
+        // gpgsm exits non-zero when it does not know the other recipients'
+        // certificates; the status line says whether this one decrypted.
+        let status = String::from_utf8_lossy(&out.stdout);
+        if status.contains("[GNUPG:] DECRYPTION_OKAY") && !status.contains("DECRYPTION_FAILED") {
             Ok(std::fs::read(&output).unwrap_or_default())
         } else {
             Err(format!(
