@@ -1,5 +1,5 @@
-//! Signing and verification benchmark: prints figures, asserts nothing about
-//! speed.
+//! Signing, encryption and verification benchmark: prints figures, asserts
+//! nothing about speed.
 //!
 //!   cargo bench --bench smime
 //!
@@ -10,17 +10,21 @@
 //!    client playing Postfix (one connection per message, as Postfix does by
 //!    default), with the milter's own CPU time per message.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "../tests/common/milter_client.rs"]
 mod milter_client;
+#[path = "../tests/common/slapd.rs"]
+mod slapd;
+use common::*;
 
 use milter_client::{split_message, MilterClient};
 use smime_milter::config::Config;
 use smime_milter::inbound;
-use smime_milter::keystore::SigningKey;
 use smime_milter::mime::{self, Limits};
 use smime_milter::outbound::{self, Plan};
 use smime_milter::outcome::apply_header_ops;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,19 +60,23 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn main() {
-    let top = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // Ten extra recipient certificates for the encryption figures.
+    std::env::set_var("RECIPIENTS", "10");
+    let pki = common::pki().dir.clone();
     let dir = tempfile::Builder::new()
         .prefix("smime-bench.")
         .tempdir()
         .unwrap();
-    let pki = dir.path().join("pki");
-    let ok = Command::new("bash")
-        .arg(top.join("tests/pki/make-pki.sh"))
-        .arg(&pki)
-        .stdout(Stdio::null())
-        .status()
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    for i in 1..=10 {
+        std::fs::copy(
+            pki.join(format!("rcpt{i}.crt")),
+            certs.join(format!("rcpt{i}.pem")),
+        )
         .unwrap();
-    assert!(ok.success(), "make-pki.sh failed");
+    }
+    let ldap = slapd::Slapd::start(&slapd::test_ldif());
     let sock = dir.path().join("milter.sock");
     let user = if unsafe { libc::geteuid() } == 0 {
         "user = \"nobody\"\n"
@@ -78,10 +86,15 @@ fn main() {
     let cfg_text = format!(
         "socket = \"unix:{}\"\n{user}socket_mode = \"0666\"\nlog_level = \"warning\"\nauthserv_id = \"bench.example\"\n\
          [verify]\ntrust_anchors = \"{}\"\n\
+         [encrypt]\ncerts_dir = \"{}\"\n[[encrypt.policy]]\nrecipient = \"@example.net\"\nmode = \"required\"\n\
+         [ldap]\nuris = [\"{}\"]\nbase_dn = \"{}\"\n\
          [[signing.key]]\nsender = \"alice@example.com\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\
          [[signing.key]]\nsender = \"bob@example.com\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
         sock.display(),
         pki.join("root.crt").display(),
+        certs.display(),
+        ldap.uri(),
+        slapd::BASE_DN,
         pki.join("alice.chain.pem").display(),
         pki.join("alice.key").display(),
         pki.join("bob.chain.pem").display(),
@@ -90,15 +103,14 @@ fn main() {
     let cfg_path = dir.path().join("bench.toml");
     std::fs::write(&cfg_path, &cfg_text).unwrap();
     let cfg = Arc::new(Config::load(&cfg_path).unwrap());
+    let none: Vec<String> = Vec::new();
 
     println!(
-        "smime-milter signing and verification benchmark ({} cores)",
+        "smime-milter benchmark ({} cores)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!();
-    println!(
-        "in process (outbound::sign_message, RSA-2048 and ECDSA P-256, SHA-256, clear-signed):"
-    );
+    println!("in process (the work done at end of message):");
     for size in [4 * 1024, 1024 * 1024] {
         let raw = message(size);
         let (headers, body) = split_message(&raw);
@@ -117,46 +129,38 @@ fn main() {
             .unwrap();
             std::hint::black_box(out);
         });
-        println!(
-            "  {:>7} canonicalise      {:>9.3} ms  ({:>8.0}/s)",
-            label(size),
-            canon * 1e3,
-            1.0 / canon
-        );
+        row(size, "canonicalise", canon);
         for from in ["alice@example.com", "bob@example.com"] {
-            let key: Arc<SigningKey> = match outbound::plan(&cfg, None, &with_from(&headers, from))
-            {
-                Plan::Sign(k) => k,
-                Plan::Done(o) => panic!("no key: {:?}", o.reason),
-            };
+            let work = work_for(&cfg, &with_from(&headers, from), &none);
             let (t, _) = time_per_op(Duration::from_secs(1), || {
-                std::hint::black_box(outbound::sign_message(&cfg, &key, &headers, &body));
+                std::hint::black_box(outbound::process_message(&cfg, &work, &headers, &body));
             });
-            let kind = if from.starts_with("alice") {
-                "sign RSA-2048"
-            } else {
-                "sign P-256   "
-            };
-            println!(
-                "  {:>7} {kind}     {:>9.3} ms  ({:>8.0}/s)",
-                label(size),
-                t * 1e3,
-                1.0 / t
+            row(
+                size,
+                if from.starts_with("alice") {
+                    "sign RSA-2048"
+                } else {
+                    "sign P-256"
+                },
+                t,
             );
         }
-    }
-
-    println!();
-    println!("in process (inbound::verify_message of what alice signed, RSA-2048):");
-    let mut signed_messages = Vec::new();
-    for size in [4 * 1024, 1024 * 1024] {
-        let raw = signed_message(&cfg, &message(size));
-        let (headers, body) = split_message(&raw);
-        let pending = match inbound::plan(&cfg, &headers) {
+        for n in [1usize, 10] {
+            let rcpts: Vec<String> = (1..=n).map(|i| format!("rcpt{i}@example.net")).collect();
+            let work = work_for(&cfg, &headers, &rcpts);
+            assert_eq!(work.encrypt.as_ref().map(Vec::len), Some(n));
+            let (t, _) = time_per_op(Duration::from_secs(1), || {
+                std::hint::black_box(outbound::process_message(&cfg, &work, &headers, &body));
+            });
+            row(size, &format!("sign+encrypt {n:>2} rcpt"), t);
+        }
+        let signed = signed_message(&cfg, &raw);
+        let (sh, sb) = split_message(&signed);
+        let pending = match inbound::plan(&cfg, &sh) {
             inbound::Plan::Verify(p) => p,
             inbound::Plan::Done(o) => panic!("not verified: {:?}", o.reason),
         };
-        let check = inbound::verify_message(&cfg, &pending, &headers, Some(&body), None);
+        let check = inbound::verify_message(&cfg, &pending, &sh, Some(&sb), None);
         assert_eq!(
             check.detail.as_deref(),
             Some("smime=pass signer=alice@example.com")
@@ -165,19 +169,27 @@ fn main() {
             std::hint::black_box(inbound::verify_message(
                 &cfg,
                 &pending,
-                &headers,
-                Some(&body),
+                &sh,
+                Some(&sb),
                 None,
             ));
         });
-        println!(
-            "  {:>7} verify            {:>9.3} ms  ({:>8.0}/s)",
-            label(size),
-            t * 1e3,
-            1.0 / t
-        );
-        signed_messages.push((size, headers, body));
+        row(size, "verify RSA-2048", t);
     }
+
+    let enc = cfg.encrypt.as_ref().unwrap();
+    let (hit, _) = time_per_op(Duration::from_millis(500), || {
+        std::hint::black_box(enc.certs.find("rcpt1@example.net", None));
+    });
+    let (miss, n) = time_per_op(Duration::from_secs(1), || {
+        enc.certs.flush();
+        assert!(matches!(
+            enc.certs.find("carol@example.com", None),
+            smime_milter::certstore::Lookup::Found(_)
+        ));
+    });
+    println!();
+    println!("certificate lookup: cache hit {:.4} ms; LDAP miss (slapd on 127.0.0.1, kept connection) {:.3} ms over {n} lookups", hit * 1e3, miss * 1e3);
 
     // Through the protocol, against the release binary.
     let child = Command::new(env!("CARGO_BIN_EXE_smime-milter"))
@@ -195,22 +207,31 @@ fn main() {
     }
     println!();
     println!("through the milter protocol (unix socket, one connection per message):");
-    println!(" signing (outbound, 127.0.0.1):");
-    for (size, count, conc) in [
-        (4 * 1024, 2000, 1),
-        (4 * 1024, 2000, 4),
-        (1024 * 1024, 100, 1),
-        (1024 * 1024, 100, 4),
-    ] {
-        let raw = message(size);
+    let ten: Vec<String> = (1..=10).map(|i| format!("rcpt{i}@example.net")).collect();
+    let cases: [Case<'_>; 7] = [
+        ("sign", "127.0.0.1", &none, 4096, 2000, false),
+        ("sign", "127.0.0.1", &none, 4096, 2000, true),
+        ("sign", "127.0.0.1", &none, 1 << 20, 100, false),
+        ("sign", "127.0.0.1", &none, 1 << 20, 100, true),
+        ("sign+encrypt 10", "127.0.0.1", &ten, 4096, 500, false),
+        ("verify", "192.0.2.1", &none, 4096, 2000, false),
+        ("verify", "192.0.2.1", &none, 1 << 20, 100, false),
+    ];
+    for (what, ip, rcpts, size, count, parallel) in cases {
+        let raw = if what == "verify" {
+            signed_message(&cfg, &message(size))
+        } else {
+            message(size)
+        };
         let (headers, body) = split_message(&raw);
+        let conc = if parallel { 4 } else { 1 };
         let cpu0 = cpu_seconds(pid);
         let start = Instant::now();
         std::thread::scope(|s| {
             for _ in 0..conc {
                 s.spawn(|| {
                     for i in 0..count / conc {
-                        send_one(&sock, "127.0.0.1", i, &headers, &body);
+                        send_one(&sock, ip, i, rcpts, &headers, &body);
                     }
                 });
             }
@@ -218,40 +239,39 @@ fn main() {
         let wall = start.elapsed().as_secs_f64();
         let cpu = cpu_seconds(pid) - cpu0;
         println!(
-            "  {:>7} x{count:<5} concurrency {conc}: {:>8.0} msg/s   milter CPU {:>7.3} ms/msg",
+            "  {what:<16} {:>7} x{count:<5} concurrency {conc}: {:>8.0} msg/s   milter CPU {:>7.3} ms/msg",
             label(size),
             count as f64 / wall,
             cpu * 1e3 / count as f64
         );
     }
-    println!(" verification (inbound, 192.0.2.1):");
-    for (size, headers, body) in &signed_messages {
-        let (count, conc) = if *size > 4096 { (100, 1) } else { (2000, 1) };
-        let cpu0 = cpu_seconds(pid);
-        let start = Instant::now();
-        for i in 0..count / conc {
-            send_one(&sock, "192.0.2.1", i, headers, body);
-        }
-        let wall = start.elapsed().as_secs_f64();
-        let cpu = cpu_seconds(pid) - cpu0;
-        println!(
-            "  {:>7} x{count:<5} concurrency {conc}: {:>8.0} msg/s   milter CPU {:>7.3} ms/msg",
-            label(*size),
-            count as f64 / wall,
-            cpu * 1e3 / count as f64
-        );
-    }
     stop(&mut child.0);
+    drop(ldap);
+}
+
+/// What, client address, recipients, size, count, four connections at once.
+type Case<'a> = (&'a str, &'a str, &'a [String], usize, usize, bool);
+
+fn row(size: usize, what: &str, t: f64) {
+    println!(
+        "  {:>7} {what:<22} {:>9.3} ms  ({:>8.0}/s)",
+        label(size),
+        t * 1e3,
+        1.0 / t
+    );
+}
+
+fn work_for(cfg: &Config, headers: &[(String, String)], rcpts: &[String]) -> outbound::Work {
+    match outbound::plan(cfg, None, "alice@example.com", rcpts, headers) {
+        Plan::Process(w) => w,
+        Plan::Done(o) => panic!("nothing to do: {:?}", o.reason),
+    }
 }
 
 /// The message as delivered after alice's signature.
 fn signed_message(cfg: &Config, raw: &[u8]) -> Vec<u8> {
     let (headers, body) = split_message(raw);
-    let key = match outbound::plan(cfg, None, &headers) {
-        Plan::Sign(k) => k,
-        Plan::Done(o) => panic!("no key: {:?}", o.reason),
-    };
-    let o = outbound::sign_message(cfg, &key, &headers, &body);
+    let o = outbound::process_message(cfg, &work_for(cfg, &headers, &[]), &headers, &body);
     let mut fields = headers.clone();
     apply_header_ops(&mut fields, &o.changes.headers);
     let mut out = Vec::new();
@@ -263,7 +283,14 @@ fn signed_message(cfg: &Config, raw: &[u8]) -> Vec<u8> {
     out
 }
 
-fn send_one(sock: &Path, ip: &str, i: usize, headers: &[(String, String)], body: &[u8]) {
+fn send_one(
+    sock: &Path,
+    ip: &str,
+    i: usize,
+    rcpts: &[String],
+    headers: &[(String, String)],
+    body: &[u8],
+) {
     let mut c = MilterClient::connect(sock).unwrap();
     c.connect_info(ip).unwrap();
     let r = c
@@ -271,7 +298,11 @@ fn send_one(sock: &Path, ip: &str, i: usize, headers: &[(String, String)], body:
             &format!("B{i}"),
             None,
             "alice@example.com",
-            &["bob@example.net"],
+            &if rcpts.is_empty() {
+                vec!["bob@example.org"]
+            } else {
+                rcpts.iter().map(String::as_str).collect()
+            },
             headers,
             body,
         )

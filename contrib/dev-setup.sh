@@ -1,14 +1,15 @@
 #!/bin/bash
 # Installs the Debian 12 packages smime-milter needs to build and to run its
 # test suite (Postfix, miltertest, gpgsm, ...). Idempotent and quiet; run as
-# root. Debian's Postfix is installed unconfigured and is not started: the
-# tests run throwaway instances of their own.
+# root. Debian's Postfix and slapd are installed unconfigured and are not
+# started: the tests run throwaway instances of their own.
 set -euo pipefail
 
 packages=(
     pkg-config libssl-dev libmilter-dev   # build
     openssl postfix miltertest            # tests: MTA, milter client
     gpgsm gpg-agent libnss3-tools         # independent S/MIME verifiers
+    slapd ldap-utils                      # tests: a real directory
     python3 ca-certificates iproute2
 )
 
@@ -25,6 +26,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "dev-setup: installing ${missing[*]}" >&2
     # Keep the system Postfix unconfigured and stopped.
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
     made_policy=0
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d

@@ -96,8 +96,15 @@ pub fn plan(
             Ok(k) => work.sign = Some(k),
             // Without encryption, the signing failure decides; with it, only
             // a refusal does (an unsigned encrypted message is still wanted).
-            Err(o) if work.encrypt.is_none() || o.verdict != Verdict::Accept => {
-                return Plan::Done(o)
+            Err(mut o) if work.encrypt.is_none() || o.verdict != Verdict::Accept => {
+                o.reason = Some(
+                    o.reason
+                        .into_iter()
+                        .chain(work.notes)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                );
+                return Plan::Done(o);
             }
             Err(o) => work.notes.extend(o.reason),
         }
@@ -152,14 +159,13 @@ fn signing_key(
     Ok(Arc::clone(key))
 }
 
+/// The encryption decision: certificates to encrypt to, or why not.
+type Encryption = (Option<Vec<Arc<X509>>>, Option<String>);
+
 /// Whether to encrypt, and to which certificates (RFC 8551 §3.3): required
 /// for any recipient means every recipient must have a certificate;
 /// opportunistic for all means encrypt when all have one.
-fn encryption(
-    cfg: &Config,
-    sender: &str,
-    rcpts: &[String],
-) -> Result<(Option<Vec<Arc<X509>>>, Option<String>), Outcome> {
+fn encryption(cfg: &Config, sender: &str, rcpts: &[String]) -> Result<Encryption, Outcome> {
     let Some(enc) = &cfg.encrypt else {
         return Ok((None, None));
     };

@@ -23,7 +23,7 @@ pub fn block_sigusr1() -> std::io::Result<()> {
 }
 
 /// Reloads from `path`; a broken file leaves the running configuration in force.
-pub fn reload(path: &PathBuf) {
+pub fn reload(path: &std::path::Path) {
     match Config::load(path) {
         Ok(new) => {
             let old = current_config();

@@ -212,9 +212,14 @@ pub fn write_smime_part(
 
 /// Base64 in lines of 76 characters with CRLF (RFC 2045 §6.8).
 pub fn push_base64_lines(out: &mut Vec<u8>, data: &[u8]) {
-    for chunk in data.chunks(57) {
-        out.extend_from_slice(openssl::base64::encode_block(chunk).as_bytes());
-        out.extend_from_slice(b"\r\n");
+    out.reserve(data.len() / 57 * 78 + 80);
+    // Encode many lines per call: one allocation per 1024 lines, not per line.
+    for block in data.chunks(57 * 1024) {
+        let text = openssl::base64::encode_block(block);
+        for line in text.as_bytes().chunks(76) {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
     }
 }
 

@@ -3,7 +3,10 @@
 //! with openssl and gpgsm and decode to what was sent.
 
 mod common;
+#[path = "common/slapd.rs"]
+mod slapd;
 use common::*;
+use slapd::{test_ldif, Slapd};
 
 fn data(name: &str) -> Vec<u8> {
     std::fs::read(project_dir().join("tests/data").join(name)).unwrap()
@@ -207,5 +210,98 @@ From: Bob <bob@example.com>\nTo: alice@example.com\nSubject: inbound signed\n"
     assert!(
         !text.contains("authentication-results: mx.example.com"),
         "forged header removed, none added:\n{text}"
+    );
+}
+
+#[test]
+fn outbound_mail_to_two_recipients_arrives_encrypted_for_each() {
+    if skip_unless_root() {
+        return;
+    }
+    let ldap = Slapd::start(&test_ldif());
+    let tables = format!(
+        "[encrypt]\ndefault_policy = \"required\"\n[ldap]\nuris = [\"{}\"]\nbase_dn = \"{}\"\n{}",
+        ldap.uri(),
+        slapd::BASE_DN,
+        pki().key_table()
+    );
+    let milter = Milter::start("", &tables);
+    let postfix = Postfix::start(&milter.spec());
+    let rcpts = ["carol@example.com", "alice@example.com"];
+
+    // From someone without a signing key (key_not_found = accept): encrypted only.
+    let plain = String::from_utf8_lossy(&data("multipart-binary.eml")).replace(
+        "From: Alice <alice@example.com>",
+        "From: Zed <zed@unsigned.example>",
+    );
+    let plain = plain.replace(
+        "Subject: multipart with attachments",
+        "Subject: encrypted only",
+    );
+    let reply = postfix.send("zed@unsigned.example", &rcpts, plain.as_bytes());
+    assert!(reply.starts_with("250"), "{reply}\n{}", milter.log());
+    // From alice: signed, then encrypted.
+    let signed = String::from_utf8_lossy(&data("utf8-8bit.eml")).replace(
+        "Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=",
+        "Subject: signed and encrypted",
+    );
+    let reply = postfix.send("alice@example.com", &rcpts, signed.as_bytes());
+    assert!(reply.starts_with("250"), "{reply}\n{}", milter.log());
+
+    let delivered = postfix.delivered(2);
+    let homes: Vec<(&str, Gpgsm)> = ["carol", "alice"]
+        .into_iter()
+        .map(|who| {
+            let g = Gpgsm::new();
+            g.import_key(who);
+            (who, g)
+        })
+        .collect();
+    let enc_only = delivered
+        .iter()
+        .find(|m| subject(m) == "encrypted only")
+        .expect("delivered");
+    let both = delivered
+        .iter()
+        .find(|m| subject(m) == "signed and encrypted")
+        .expect("delivered");
+    for m in [enc_only, both] {
+        let text = String::from_utf8_lossy(m);
+        assert!(
+            text.contains("Content-Type: application/pkcs7-mime; smime-type=enveloped-data"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("See the attached files") && !text.contains("Grüße"),
+            "no plaintext on the wire"
+        );
+    }
+    for (who, gpgsm) in &homes {
+        let a = openssl_decrypt(enc_only, who).unwrap_or_else(|e| panic!("{who}: {e}"));
+        assert_eq!(
+            mime_leaves(&a),
+            mime_leaves(plain.as_bytes()),
+            "{who}: encrypted only"
+        );
+        let b = gpgsm
+            .decrypt(&pkcs7_mime_der(enc_only))
+            .unwrap_or_else(|e| panic!("{who}: gpgsm: {e}"));
+        assert_eq!(a, b, "{who}: openssl and gpgsm agree");
+
+        let inner = openssl_decrypt(both, who).unwrap();
+        let content =
+            openssl_verify(&inner).unwrap_or_else(|e| panic!("{who}: inner signature: {e}"));
+        assert_eq!(
+            mime_leaves(&content),
+            mime_leaves(signed.as_bytes()),
+            "{who}: signed and encrypted"
+        );
+        let inner_gpgsm = gpgsm.decrypt(&pkcs7_mime_der(both)).unwrap();
+        assert_eq!(inner, inner_gpgsm);
+    }
+    let log = milter.wait_log("action=signed+encrypted");
+    assert!(
+        log.contains("action=encrypted") && log.contains("recipients=2"),
+        "{log}"
     );
 }

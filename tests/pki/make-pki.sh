@@ -129,6 +129,11 @@ openssl ca -config ca-inter/ca.cnf -cert inter.crt -keyfile inter.key -gencrl -o
 openssl ca -config ca-root/ca.cnf -cert root.crt -keyfile root.key -gencrl -out crl/root.crl.pem 2>/dev/null
 rm -rf ca-inter ca-root
 
+# Extra recipients for benchmarks: RECIPIENTS=N makes rcpt1..rcptN@example.net.
+for i in $(seq 1 "${RECIPIENTS:-0}"); do
+    ee "rcpt$i" "rcpt$i@example.net" rsa:2048
+done
+
 rm -f ./*.csr ./*.srl
 chmod 600 ./*.key ./*.pass ./*.p12
 chmod 644 ./*.crt ./*.pem crl/*

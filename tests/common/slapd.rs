@@ -1,0 +1,231 @@
+//! A throwaway OpenLDAP server (Debian's slapd) on 127.0.0.1, loaded with an
+//! LDIF, logging every operation so tests can count searches.
+#![allow(dead_code)]
+
+use super::{free_port, run, tempdir};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BASE_DN: &str = "dc=example,dc=com";
+pub const ROOT_DN: &str = "cn=admin,dc=example,dc=com";
+pub const ROOT_PW: &str = "test-secret-pw";
+
+pub struct Slapd {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+    conf: PathBuf,
+    log: PathBuf,
+}
+
+// proxyAddresses as Active Directory has it, for the default filter.
+const SCHEMA: &str = "attributetype ( 1.2.840.113556.1.2.210 NAME 'proxyAddresses'
+  EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch
+  SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 )
+objectclass ( 1.3.6.1.4.1.32473.1.1 NAME 'smimeTestMailUser' AUXILIARY MAY proxyAddresses )
+";
+
+impl Slapd {
+    pub fn start(ldif: &str) -> Slapd {
+        let dir = tempdir();
+        let db = dir.path().join("db");
+        std::fs::create_dir_all(&db).unwrap();
+        std::fs::write(dir.path().join("proxy.schema"), SCHEMA).unwrap();
+        let conf = dir.path().join("slapd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+include {schema}
+pidfile {d}/slapd.pid
+modulepath /usr/lib/ldap
+moduleload back_mdb
+database mdb
+maxsize 10485760
+suffix \"{BASE_DN}\"
+rootdn \"{ROOT_DN}\"
+rootpw {ROOT_PW}
+directory {db}
+access to * by * read
+",
+                schema = dir.path().join("proxy.schema").display(),
+                d = dir.path().display(),
+                db = db.display()
+            ),
+        )
+        .unwrap();
+        let ldif_path = dir.path().join("data.ldif");
+        std::fs::write(&ldif_path, ldif).unwrap();
+        let out = run(Command::new("slapadd")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-l")
+            .arg(&ldif_path));
+        assert!(
+            out.status.success(),
+            "slapadd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = dir.path().join("slapd.log");
+        let mut s = Slapd {
+            dir,
+            port: free_port(),
+            child: None,
+            conf,
+            log,
+        };
+        s.resume();
+        s
+    }
+
+    /// Starts (again) on the same port.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        // -d 256: the stats log (one line per operation) on stderr, in the foreground.
+        let child = Command::new("/usr/sbin/slapd")
+            .arg("-f")
+            .arg(&self.conf)
+            .arg("-h")
+            .arg(format!("ldap://127.0.0.1:{}/", self.port))
+            .args(["-d", "256"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("slapd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "slapd did not listen: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server (by its pid) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            super::stop_child(&mut c);
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Search operations the server has seen.
+    pub fn searches(&self) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(" SRCH base="))
+            .count()
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn b64(data: &[u8]) -> String {
+    openssl_b64(data)
+}
+
+fn openssl_b64(data: &[u8]) -> String {
+    let d = tempdir();
+    let p = d.path().join("in");
+    std::fs::write(&p, data).unwrap();
+    let out = run(Command::new("openssl")
+        .args(["base64", "-A", "-in"])
+        .arg(&p));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// DER of a test PKI certificate.
+pub fn cert_der(name: &str) -> Vec<u8> {
+    let out = run(Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(super::pki().path(&format!("{name}.crt"))));
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// A PKCS#7 certs-only blob (as Exchange's userSMIMECertificate) with the
+/// certificate and the intermediate.
+pub fn certs_only_p7(name: &str) -> Vec<u8> {
+    let out = run(Command::new("openssl")
+        .args(["crl2pkcs7", "-nocrl", "-outform", "DER", "-certfile"])
+        .arg(super::pki().path(&format!("{name}.crt")))
+        .arg("-certfile")
+        .arg(super::pki().path("inter.crt")));
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// The directory the LDAP tests use.
+pub fn test_ldif() -> String {
+    format!(
+        "dn: {BASE_DN}
+objectClass: dcObject
+objectClass: organization
+dc: example
+o: Example
+
+dn: ou=people,{BASE_DN}
+objectClass: organizationalUnit
+ou: people
+
+dn: uid=carol,ou=people,{BASE_DN}
+objectClass: inetOrgPerson
+uid: carol
+cn: Carol
+sn: Carol
+mail: carol@example.com
+userCertificate;binary:: {carol}
+
+dn: uid=bob,ou=people,{BASE_DN}
+objectClass: inetOrgPerson
+objectClass: smimeTestMailUser
+uid: bob
+cn: Bob
+sn: Bob
+mail: bob.primary@example.net
+proxyAddresses: smtp:bob@example.com
+userSMIMECertificate:: {bob}
+
+dn: uid=alice,ou=people,{BASE_DN}
+objectClass: inetOrgPerson
+uid: alice
+cn: Alice
+sn: Alice
+mail: alice@example.com
+userCertificate;binary:: {alice}
+
+dn: uid=nocert,ou=people,{BASE_DN}
+objectClass: inetOrgPerson
+uid: nocert
+cn: No Cert
+sn: Cert
+mail: nocert@example.com
+",
+        carol = b64(&cert_der("carol")),
+        bob = b64(&certs_only_p7("bob")),
+        alice = b64(&cert_der("alice")),
+    )
+}
