@@ -56,11 +56,7 @@ fn required_encryption_decrypts_for_every_recipient_with_openssl_and_gpgsm() {
     // One GnuPG home per recipient, so that each decrypts with its own key.
     let homes: Vec<(&str, Gpgsm)> = ["carol", "alice"]
         .into_iter()
-        .map(|who| {
-            let g = Gpgsm::new();
-            g.import_key(who);
-            (who, g)
-        })
+        .map(|who| (who, Gpgsm::with_key(who)))
         .collect();
     for name in ["plain.eml", "utf8-8bit.eml", "multipart-binary.eml"] {
         let original = data(name);

@@ -251,11 +251,7 @@ fn outbound_mail_to_two_recipients_arrives_encrypted_for_each() {
     let delivered = postfix.delivered(2);
     let homes: Vec<(&str, Gpgsm)> = ["carol", "alice"]
         .into_iter()
-        .map(|who| {
-            let g = Gpgsm::new();
-            g.import_key(who);
-            (who, g)
-        })
+        .map(|who| (who, Gpgsm::with_key(who)))
         .collect();
     let enc_only = delivered
         .iter()

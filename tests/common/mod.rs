@@ -340,6 +340,13 @@ impl Gpgsm {
         c
     }
 
+    /// A home holding one test PKI key, to decrypt as that recipient.
+    pub fn with_key(name: &str) -> Gpgsm {
+        let g = Gpgsm::new();
+        g.import_key(name);
+        g
+    }
+
     /// Imports a test PKI key (3DES PKCS#12: GnuPG 2.2 cannot read OpenSSL
     /// 3's AES-protected files), protected in the agent by "test".
     pub fn import_key(&self, name: &str) {
