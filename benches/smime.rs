@@ -201,7 +201,7 @@ fn main() {
     let pid = child.id();
     let mut child = scopeguard(child);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         assert!(Instant::now() < deadline, "milter did not start");
         std::thread::sleep(Duration::from_millis(10));
     }

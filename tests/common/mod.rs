@@ -166,13 +166,15 @@ impl Milter {
             stderr,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !m.socket_path.exists() {
+        // The socket file appears at bind(), before listen(): wait for the
+        // line logged once the milter is listening.
+        while !m.log().contains(" listening on ") {
             if let Ok(Some(st)) = m.child.try_wait() {
                 panic!("smime-milter exited with {st}: {}", m.log());
             }
             assert!(
                 Instant::now() < deadline,
-                "smime-milter did not create its socket: {}",
+                "smime-milter did not start listening: {}",
                 m.log()
             );
             std::thread::sleep(Duration::from_millis(20));
