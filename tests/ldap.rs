@@ -257,3 +257,75 @@ fn the_cache_answers_repeated_lookups_and_expires() {
     assert!(log.contains("stats: certificate cache hits="), "{log}");
     assert!(log.contains("E1: outbound action=tempfail"), "{log}");
 }
+
+#[test]
+fn ldaps_and_starttls_check_the_server_certificate() {
+    let ldap = Slapd::start_tls(&test_ldif());
+    let d = tempdir();
+    let ca = format!("ca_file = \"{}\"", pki().path("root.crt").display());
+    for (uris, extra) in [
+        (vec![ldap.ldaps_uri()], ca.clone()),
+        (vec![ldap.uri()], format!("{ca}\nstarttls = true")),
+    ] {
+        let cfg = config(
+            d.path(),
+            &ldap_section(&uris, &extra),
+            "default_policy = \"required\"",
+        );
+        let r = test_mode(
+            &cfg,
+            &["--outbound", "--rcpt", "carol@example.com"],
+            &data("plain.eml"),
+        );
+        assert_eq!(r.code, 0, "{uris:?} {extra}: {}", r.stderr);
+        openssl_decrypt(&r.stdout, "carol").unwrap();
+    }
+    // A CA that did not issue the server certificate: no connection, tempfail.
+    let wrong = format!("ca_file = \"{}\"", pki().path("rogue-root.crt").display());
+    let cfg = config(
+        d.path(),
+        &ldap_section(&[ldap.ldaps_uri()], &wrong),
+        "default_policy = \"required\"",
+    );
+    let r = test_mode(
+        &cfg,
+        &["--outbound", "--rcpt", "carol@example.com"],
+        &data("plain.eml"),
+    );
+    assert_eq!(r.code, 75, "{}", r.stderr);
+    assert!(r.stdout.is_empty());
+}
+
+#[test]
+fn refuse_at_rcpt_through_the_milter_protocol() {
+    let ldap = Slapd::start(&test_ldif());
+    let tables = format!(
+        "[signing]\nenabled = false\n[encrypt]\ndefault_policy = \"required\"\nrefuse_at_rcpt = true\n{}",
+        ldap_section(&[ldap.uri()], "")
+    );
+    let m = Milter::start("", &tables);
+    let mut c = MilterClient::connect(&m.socket_path).unwrap();
+    c.connect_info("127.0.0.1").unwrap();
+    let (headers, body) = split_message(b"From: alice@example.com\r\nSubject: r\r\n\r\nhello\r\n");
+    let r = c
+        .message(
+            "RR1",
+            None,
+            "alice@example.com",
+            &["nocert@example.com"],
+            &headers,
+            &body,
+        )
+        .unwrap();
+    assert!(
+        matches!(&r.reply, Reply::Code(t) if t.starts_with("550 5.7.1")),
+        "{:?}",
+        r.reply
+    );
+    c.quit();
+    let log = m.wait_log("recipient refused");
+    assert!(
+        log.contains("recipient refused: <nocert@example.com> has no S/MIME certificate"),
+        "{log}"
+    );
+}

@@ -14,6 +14,8 @@ pub const ROOT_PW: &str = "test-secret-pw";
 pub struct Slapd {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// ldaps:// port, when started with TLS.
+    pub tls_port: Option<u16>,
     child: Option<Child>,
     conf: PathBuf,
     log: PathBuf,
@@ -28,6 +30,16 @@ objectclass ( 1.3.6.1.4.1.32473.1.1 NAME 'smimeTestMailUser' AUXILIARY MAY proxy
 
 impl Slapd {
     pub fn start(ldif: &str) -> Slapd {
+        Self::start_with(ldif, false)
+    }
+
+    /// With TLS: StartTLS on ldap:// and a second listener for ldaps://,
+    /// with the test PKI's server certificate for 127.0.0.1.
+    pub fn start_tls(ldif: &str) -> Slapd {
+        Self::start_with(ldif, true)
+    }
+
+    fn start_with(ldif: &str, tls: bool) -> Slapd {
         let dir = tempdir();
         let db = dir.path().join("db");
         std::fs::create_dir_all(&db).unwrap();
@@ -43,7 +55,7 @@ include {schema}
 pidfile {d}/slapd.pid
 modulepath /usr/lib/ldap
 moduleload back_mdb
-database mdb
+{tls}database mdb
 maxsize 10485760
 suffix \"{BASE_DN}\"
 rootdn \"{ROOT_DN}\"
@@ -53,7 +65,8 @@ access to * by * read
 ",
                 schema = dir.path().join("proxy.schema").display(),
                 d = dir.path().display(),
-                db = db.display()
+                db = db.display(),
+                tls = if tls { tls_conf() } else { String::new() },
             ),
         )
         .unwrap();
@@ -73,6 +86,7 @@ access to * by * read
         let mut s = Slapd {
             dir,
             port: free_port(),
+            tls_port: tls.then(free_port),
             child: None,
             conf,
             log,
@@ -90,11 +104,15 @@ access to * by * read
             .open(&self.log)
             .unwrap();
         // -d 256: the stats log (one line per operation) on stderr, in the foreground.
+        let mut urls = format!("ldap://127.0.0.1:{}/", self.port);
+        if let Some(p) = self.tls_port {
+            urls.push_str(&format!(" ldaps://127.0.0.1:{p}/"));
+        }
         let child = Command::new("/usr/sbin/slapd")
             .arg("-f")
             .arg(&self.conf)
             .arg("-h")
-            .arg(format!("ldap://127.0.0.1:{}/", self.port))
+            .arg(urls)
             .args(["-d", "256"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -120,6 +138,13 @@ access to * by * read
         }
     }
 
+    pub fn ldaps_uri(&self) -> String {
+        format!(
+            "ldaps://127.0.0.1:{}",
+            self.tls_port.expect("started with TLS")
+        )
+    }
+
     pub fn uri(&self) -> String {
         format!("ldap://127.0.0.1:{}", self.port)
     }
@@ -141,6 +166,16 @@ impl Drop for Slapd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn tls_conf() -> String {
+    let p = |n: &str| super::pki().path(n).display().to_string();
+    format!(
+        "TLSCACertificateFile {}\nTLSCertificateFile {}\nTLSCertificateKeyFile {}\n",
+        p("root.crt"),
+        p("ldap-server.chain.pem"),
+        p("ldap-server.key")
+    )
 }
 
 fn b64(data: &[u8]) -> String {

@@ -129,6 +129,13 @@ openssl ca -config ca-inter/ca.cnf -cert inter.crt -keyfile inter.key -gencrl -o
 openssl ca -config ca-root/ca.cnf -cert root.crt -keyfile root.key -gencrl -out crl/root.crl.pem 2>/dev/null
 rm -rf ca-inter ca-root
 
+# A TLS server certificate for the test LDAP server on 127.0.0.1.
+openssl req -new -newkey rsa:2048 -nodes -keyout ldap-server.key -out ldap-server.csr -subj "$(subj localhost)" 2>/dev/null
+printf 'basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1, DNS:localhost\n' > ldap-server.ext
+openssl x509 -req -in ldap-server.csr -CA inter.crt -CAkey inter.key -CAcreateserial -out ldap-server.crt \
+    -days $days -sha256 -extfile ldap-server.ext 2>/dev/null
+cat ldap-server.crt inter.crt > ldap-server.chain.pem
+
 # Extra recipients for benchmarks: RECIPIENTS=N makes rcpt1..rcptN@example.net.
 for i in $(seq 1 "${RECIPIENTS:-0}"); do
     ee "rcpt$i" "rcpt$i@example.net" rsa:2048
