@@ -160,7 +160,7 @@ fn main() {
             inbound::Plan::Verify(p) => p,
             inbound::Plan::Done(o) => panic!("not verified: {:?}", o.reason),
         };
-        let check = inbound::verify_message(&cfg, &pending, &sh, Some(&sb), None);
+        let check = inbound::verify_message(&cfg, &pending, &sh, Some(&sb), &[], None);
         assert_eq!(
             check.detail.as_deref(),
             Some("smime=pass signer=alice@example.com")
@@ -170,7 +170,7 @@ fn main() {
                 &cfg,
                 &pending,
                 &sh,
-                Some(&sb),
+                Some(&sb), &[],
                 None,
             ));
         });

@@ -151,6 +151,7 @@ mod tests {
             part: "1".into(),
             serial: Some("1E".into()),
             issuer: Some("CN=NSS Test CA (RSA),O=BOGUS NSS".into()),
+            signer: None,
         };
         assert_eq!(
             header_value("mx.example.com", &v),
@@ -168,6 +169,7 @@ mod tests {
             part: "1".into(),
             serial: None,
             issuer: Some("only issuer".into()),
+            signer: None,
         };
         let h = header_value("mx", &v);
         assert_eq!(h, "mx; smime=fail (bad smime=pass x) body.smime-part=1");

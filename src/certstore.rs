@@ -47,20 +47,29 @@ impl Stats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Local,
+    Harvested,
     Ldap,
+}
+
+/// A certificate to encrypt to, with the ciphers its owner announced.
+#[derive(Debug)]
+pub struct RecipientCert {
+    pub cert: X509,
+    /// From harvested SMIMECapabilities; empty when unknown.
+    pub ciphers: Vec<crate::encrypt::Cipher>,
 }
 
 /// The answer for one recipient.
 #[derive(Debug, Clone)]
 pub enum Lookup {
-    Found(Arc<X509>),
+    Found(Arc<RecipientCert>),
     NotFound,
     /// The directory could not be asked: unknown, not "none".
     Error(String),
 }
 
 struct Cached {
-    cert: Option<Arc<X509>>,
+    cert: Option<Arc<RecipientCert>>,
     expires: Instant,
 }
 
@@ -72,6 +81,7 @@ pub struct CacheSettings {
 
 pub struct CertStore {
     local: HashMap<String, Vec<X509>>,
+    harvest_dir: Option<std::path::PathBuf>,
     ldap: Option<Ldap>,
     order: Vec<Source>,
     cache: Mutex<LruCache<String, Cached>>,
@@ -236,6 +246,7 @@ pub fn select(address: &str, candidates: &[X509], trust: Option<&TrustStore>) ->
 impl CertStore {
     pub fn new(
         local: HashMap<String, Vec<X509>>,
+        harvest_dir: Option<std::path::PathBuf>,
         ldap: Option<Ldap>,
         order: Vec<Source>,
         cache: CacheSettings,
@@ -243,6 +254,7 @@ impl CertStore {
         let cap = NonZeroUsize::new(cache.capacity.max(1)).expect("at least 1");
         CertStore {
             local,
+            harvest_dir,
             ldap,
             order,
             cache: Mutex::new(LruCache::new(cap)),
@@ -269,8 +281,16 @@ impl CertStore {
         STATS.cache_misses.fetch_add(1, Ordering::Relaxed);
         let mut found = None;
         for source in &self.order {
+            let mut ciphers = Vec::new();
             let candidates = match source {
                 Source::Local => self.local.get(&key).cloned().unwrap_or_default(),
+                Source::Harvested => match self.harvest_dir.as_deref().and_then(|d| crate::harvest::load(d, &key)) {
+                    Some((certs, caps)) => {
+                        ciphers = caps.map(|c| crate::harvest::announced_ciphers(&c)).unwrap_or_default();
+                        certs
+                    }
+                    None => Vec::new(),
+                },
                 Source::Ldap => match &self.ldap {
                     Some(l) => {
                         STATS.ldap_searches.fetch_add(1, Ordering::Relaxed);
@@ -286,8 +306,8 @@ impl CertStore {
                     None => Vec::new(),
                 },
             };
-            if let Some(c) = select(&key, &candidates, trust) {
-                found = Some(Arc::new(c));
+            if let Some(cert) = select(&key, &candidates, trust) {
+                found = Some(Arc::new(RecipientCert { cert, ciphers }));
                 break;
             }
         }
@@ -308,6 +328,15 @@ impl CertStore {
             Some(c) => Lookup::Found(c),
             None => Lookup::NotFound,
         }
+    }
+
+    /// Drops one address from the cache (after harvesting a certificate for it).
+    pub fn forget(&self, address: &str) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).pop(&address.to_ascii_lowercase());
+    }
+
+    pub fn harvest_dir(&self) -> Option<&Path> {
+        self.harvest_dir.as_deref()
     }
 
     pub fn flush(&self) {

@@ -365,6 +365,10 @@ struct RawConfig {
     verify: RawVerify,
     #[serde(default)]
     encrypt: RawEncrypt,
+    #[serde(default)]
+    decrypt: RawDecrypt,
+    #[serde(default)]
+    harvest: RawHarvest,
     ldap: Option<Spanned<RawLdap>>,
     #[serde(default)]
     cache: RawCache,
@@ -413,6 +417,21 @@ struct RawVerify {
     #[serde(default, deserialize_with = "seconds_de")]
     max_date_skew: Option<Seconds>,
 }
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDecrypt {
+    enabled: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHarvest {
+    enabled: Option<bool>,
+    dir: Option<Spanned<PathBuf>>,
+}
+
+pub const DEFAULT_HARVEST_DIR: &str = "/var/lib/smime-milter/harvested";
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -466,6 +485,7 @@ struct RawCache {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawActions {
+    decrypt_failed: Option<FailAction>,
     lookup_error: Option<FailAction>,
     bad_signature: Option<FailAction>,
     key_not_found: Option<FailAction>,
@@ -478,6 +498,9 @@ struct RawActions {
 /// Failure actions, one per failure class.
 #[derive(Debug, Clone)]
 pub struct Actions {
+    /// Inbound: a message to one of our keys does not decrypt (damaged,
+    /// wrong tag, bad padding); accept delivers it unchanged with a header.
+    pub decrypt_failed: FailAction,
     /// A recipient certificate lookup failed (directory down): never plaintext
     /// for a required recipient, whatever this says.
     pub lookup_error: FailAction,
@@ -557,6 +580,10 @@ pub struct Config {
     pub verify: Option<Verification>,
     /// `None` when no encryption policy is configured.
     pub encrypt: Option<Encryption>,
+    /// Inbound decryption with the key table's keys.
+    pub decrypt: bool,
+    /// Where harvested certificates are kept; `None` when harvesting is off.
+    pub harvest_dir: Option<PathBuf>,
     /// How often the stats line is logged; zero: never.
     pub stats_interval: std::time::Duration,
     /// SMTP AUTH login -> From addresses or `@domain`s it may sign as (lower case).
@@ -598,6 +625,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "verify.allow_sha1",
     "verify.max_date_skew",
     "stats_interval",
+    "decrypt.enabled",
+    "harvest.enabled",
+    "harvest.dir",
     "encrypt.cipher",
     "encrypt.default_policy",
     "encrypt.missing_cert",
@@ -622,6 +652,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "cache.ttl",
     "cache.negative_ttl",
     "senders",
+    "actions.decrypt_failed",
     "actions.lookup_error",
     "actions.bad_signature",
     "actions.key_not_found",
@@ -793,12 +824,24 @@ impl Config {
             None
         };
 
+        let harvest_dir = match (raw.harvest.enabled.unwrap_or(true), raw.harvest.dir) {
+            (false, _) => None,
+            (true, Some(d)) => {
+                if !d.get_ref().is_dir() {
+                    return Err(loc.error(d.span(), format!("{} is not a directory", d.get_ref().display())));
+                }
+                Some(d.into_inner())
+            }
+            // The default place is used when it exists (the packages create it).
+            (true, None) => Some(PathBuf::from(DEFAULT_HARVEST_DIR)).filter(|d| d.is_dir()),
+        };
         let encrypt = load_encryption(
             &loc,
             raw.encrypt,
             raw.ldap,
             raw.cache,
             verify.as_ref(),
+            harvest_dir.clone(),
             allow_insecure,
         )?;
 
@@ -822,6 +865,8 @@ impl Config {
             authserv_id,
             verify,
             encrypt,
+            decrypt: raw.decrypt.enabled.unwrap_or(false),
+            harvest_dir,
             stats_interval: std::time::Duration::from_secs(
                 raw.stats_interval.map_or(3600, |s| s.0),
             ),
@@ -833,6 +878,7 @@ impl Config {
             },
             senders,
             actions: Actions {
+                decrypt_failed: a.decrypt_failed.unwrap_or(FailAction::Accept),
                 lookup_error: a.lookup_error.unwrap_or(FailAction::Tempfail),
                 bad_signature: a.bad_signature.unwrap_or(FailAction::Accept),
                 key_not_found: a.key_not_found.unwrap_or(FailAction::Accept),
@@ -857,6 +903,7 @@ fn load_encryption(
     ldap: Option<Spanned<RawLdap>>,
     cache: RawCache,
     verify: Option<&Verification>,
+    harvest_dir: Option<PathBuf>,
     allow_insecure: bool,
 ) -> Result<Option<Encryption>, ConfigError> {
     let default_mode = e.default_policy.unwrap_or(EncryptMode::Never);
@@ -956,6 +1003,9 @@ fn load_encryption(
     let order = match &e.lookup_order {
         None => {
             let mut o = vec![Source::Local];
+            if harvest_dir.is_some() {
+                o.push(Source::Harvested);
+            }
             if ldap.is_some() {
                 o.push(Source::Ldap);
             }
@@ -966,6 +1016,7 @@ fn load_encryption(
             for s in list.get_ref() {
                 o.push(match s.as_str() {
                     "local" => Source::Local,
+                    "harvested" => Source::Harvested,
                     "ldap" if ldap.is_some() => Source::Ldap,
                     "ldap" => {
                         return Err(loc.error(
@@ -986,6 +1037,7 @@ fn load_encryption(
     };
     let certs = CertStore::new(
         local,
+        harvest_dir,
         ldap,
         order,
         CacheSettings {

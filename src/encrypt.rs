@@ -2,6 +2,7 @@
 //! AuthEnvelopedData (GCM, RFC 5083/5084) of the MIME entity for every
 //! recipient certificate, as application/pkcs7-mime.
 
+use crate::certstore::RecipientCert;
 use crate::sign::{push_base64_lines, Wrapped};
 use openssl::cms::{CMSOptions, CmsContentInfo};
 use openssl::error::ErrorStack;
@@ -53,13 +54,13 @@ pub struct EncryptError(#[from] ErrorStack);
 
 /// Encrypts a canonical MIME entity to the recipients' certificates.
 pub fn encrypt_entity(
-    recipients: &[Arc<X509>],
+    recipients: &[Arc<RecipientCert>],
     entity: &[u8],
     cipher: Cipher,
 ) -> Result<Wrapped, EncryptError> {
     let mut certs = Stack::<X509>::new()?;
-    for c in recipients {
-        certs.push(X509::clone(c))?;
+    for r in recipients {
+        certs.push(r.cert.clone())?;
     }
     let cms = CmsContentInfo::encrypt(&certs, entity, cipher.symm(), CMSOptions::BINARY)?;
     let der = cms.to_der()?;

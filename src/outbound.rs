@@ -3,7 +3,7 @@
 //! functions of the configuration and the bytes.
 
 use crate::address;
-use crate::certstore::Lookup;
+use crate::certstore::{Lookup, RecipientCert};
 use crate::config::{Config, EncryptMode, FailAction};
 use crate::encrypt;
 use crate::keystore::{self, SigningKey};
@@ -11,7 +11,6 @@ use crate::mime::{self, ContentType, Limits};
 use crate::outcome::{Changes, HeaderOp, Outcome, Verdict};
 use crate::policy;
 use crate::sign;
-use openssl::x509::X509;
 use std::sync::Arc;
 
 /// What to do once the body has arrived.
@@ -28,7 +27,7 @@ pub enum Plan {
 pub struct Work {
     pub sign: Option<Arc<SigningKey>>,
     /// One certificate per recipient.
-    pub encrypt: Option<Vec<Arc<X509>>>,
+    pub encrypt: Option<Vec<Arc<RecipientCert>>>,
     /// Why a step is skipped (for the summary line).
     pub notes: Vec<String>,
 }
@@ -160,7 +159,7 @@ fn signing_key(
 }
 
 /// The encryption decision: certificates to encrypt to, or why not.
-type Encryption = (Option<Vec<Arc<X509>>>, Option<String>);
+type Encryption = (Option<Vec<Arc<RecipientCert>>>, Option<String>);
 
 /// Whether to encrypt, and to which certificates (RFC 8551 §3.3): required
 /// for any recipient means every recipient must have a certificate;
@@ -362,7 +361,10 @@ pub fn process_message(
                 Some(s) => s.to_entity(),
                 None => entity,
             };
-            match encrypt::encrypt_entity(certs, &inner, enc.cipher) {
+            // What the recipients announced (harvested) may lower the cipher.
+            let announced: Vec<Vec<encrypt::Cipher>> = certs.iter().map(|c| c.ciphers.clone()).collect();
+            let cipher = crate::harvest::choose_cipher(enc.cipher, &announced);
+            match encrypt::encrypt_entity(certs, &inner, cipher) {
                 Ok(w) => {
                     detail.push(format!("recipients={}", certs.len()));
                     w

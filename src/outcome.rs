@@ -111,6 +111,29 @@ impl Outcome {
     }
 }
 
+/// Deletes every Content-* field of the message (last first within a name)
+/// and adds the new ones: the body becomes another MIME entity.
+pub fn replace_content_fields(headers: &[(String, String)], new: &[(String, String)]) -> Vec<HeaderOp> {
+    let is_content = |n: &str| n.len() > 8 && n[..8].eq_ignore_ascii_case("content-");
+    let mut ops = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for (n, _) in headers.iter().filter(|(n, _)| is_content(n)) {
+        if !names.iter().any(|x| x.eq_ignore_ascii_case(n)) {
+            names.push(n.clone());
+        }
+    }
+    for name in names {
+        let count = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(&name)).count();
+        for index in (1..=count).rev() {
+            ops.push(HeaderOp::Change { name: name.clone(), index, value: None });
+        }
+    }
+    for (n, v) in new {
+        ops.push(HeaderOp::Add { name: n.clone(), value: v.clone() });
+    }
+    ops
+}
+
 /// Applies header operations to a list of (name, value) fields the way an MTA
 /// does; used by the test mode to show what would be delivered.
 pub fn apply_header_ops(fields: &mut Vec<(String, String)>, ops: &[HeaderOp]) {

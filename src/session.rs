@@ -198,7 +198,7 @@ impl Session {
             return oversized(m);
         }
         // Only removing forged headers needs no body.
-        if !m.oversized && !matches!(&m.pending, Some(Pending::Verify(p)) if !p.signed) {
+        if !m.oversized && !matches!(&m.pending, Some(Pending::Verify(p)) if !p.needs_body) {
             m.body.extend_from_slice(chunk);
         }
         Step::Continue
@@ -215,7 +215,7 @@ impl Session {
             }
             Some(Pending::Verify(p)) => {
                 let body = (!m.oversized).then_some(&m.body[..]);
-                inbound::verify_message(&m.cfg, &p, &m.headers, body, None)
+                inbound::verify_message(&m.cfg, &p, &m.headers, body, &m.recipients, None)
             }
             None => Outcome::unchanged(m.direction.as_str()),
         }

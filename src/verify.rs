@@ -46,8 +46,18 @@ impl fmt::Display for SmimeResult {
     }
 }
 
+/// The signer of a verified layer, kept for harvesting.
+#[derive(Debug, Clone)]
+pub struct SignerCert {
+    pub cert: X509,
+    /// The other certificates the message carried (its chain).
+    pub chain: Vec<X509>,
+    /// The signed SMIMECapabilities attribute, DER, if present.
+    pub caps: Option<Vec<u8>>,
+}
+
 /// The verdict on one signed layer, with what the header reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Verdict {
     pub result: SmimeResult,
     /// Short reason, shown as the header comment.
@@ -59,11 +69,13 @@ pub struct Verdict {
     /// Serial number (hex) and issuer (RFC 4514) of the signer certificate.
     pub serial: Option<String>,
     pub issuer: Option<String>,
+    pub signer: Option<SignerCert>,
 }
 
 impl Verdict {
-    fn error(result: SmimeResult, part: &str, reason: impl Into<String>) -> Verdict {
+    pub fn error(result: SmimeResult, part: &str, reason: impl Into<String>) -> Verdict {
         Verdict {
+            signer: None,
             result,
             reason: Some(reason.into()),
             identifier: None,
@@ -187,8 +199,27 @@ pub fn verify_entity(
     }
 }
 
-/// Decodes a signature part: base64 in any line length, or raw DER.
-fn decode_body(cte: Option<&str>, body: &[u8]) -> Result<Vec<u8>, &'static str> {
+/// The content a signed entity carries, without judging the signature (to
+/// see what it wraps): the first part of a multipart/signed, the eContent of
+/// an opaque signature.
+pub fn signed_content(ct: &ContentType, cte: Option<&str>, body: &[u8]) -> Option<Vec<u8>> {
+    match signed_form(ct)? {
+        SignedForm::Clear => {
+            let mp = mime::split_multipart(body, ct.param("boundary")?).ok()?;
+            mp.parts.first().map(|p| canonical(p).into_owned())
+        }
+        SignedForm::Opaque => {
+            let mut cms = CmsContentInfo::from_der(&decode_body(cte, body).ok()?).ok()?;
+            let mut out = Vec::new();
+            let flags = CMSOptions::NOSIGS | CMSOptions::NO_SIGNER_CERT_VERIFY | CMSOptions::NO_CONTENT_VERIFY | CMSOptions::BINARY;
+            cms.verify(None, None, None, Some(&mut out), flags).ok()?;
+            Some(out)
+        }
+    }
+}
+
+/// Decodes a body: base64 in any line length, or raw.
+pub fn decode_body(cte: Option<&str>, body: &[u8]) -> Result<Vec<u8>, &'static str> {
     let is_b64 = cte.is_some_and(|c| c.trim().eq_ignore_ascii_case("base64"));
     if !is_b64 {
         return Ok(body.to_vec());
@@ -328,6 +359,7 @@ struct SignerInfo {
     cert: Option<X509>,
     digest: Nid,
     signing_time: Option<i64>,
+    caps: Option<Vec<u8>>,
 }
 
 fn signer_infos(cms: &CmsContentInfo) -> Vec<SignerInfo> {
@@ -365,10 +397,28 @@ fn signer_infos(cms: &CmsContentInfo) -> Vec<SignerInfo> {
                 cert,
                 digest,
                 signing_time: signing_time(si),
+                caps: smime_capabilities(si),
             });
         }
     }
     out
+}
+
+/// The SMIMECapabilities signed attribute (RFC 8551 §2.5.2), DER contents.
+unsafe fn smime_capabilities(si: *const c_void) -> Option<Vec<u8>> {
+    let loc = CMS_signed_get_attr_by_NID(si, Nid::SMIMECAPABILITIES.as_raw(), -1);
+    if loc < 0 {
+        return None;
+    }
+    let attr = CMS_signed_get_attr(si, loc);
+    let t = if attr.is_null() { std::ptr::null_mut() } else { X509_ATTRIBUTE_get0_type(attr, 0) };
+    if t.is_null() || (*t).type_ != openssl_sys::V_ASN1_SEQUENCE {
+        return None;
+    }
+    let seq = (*t).value.sequence;
+    let len = openssl_sys::ASN1_STRING_length(seq);
+    let data = openssl_sys::ASN1_STRING_get0_data(seq);
+    (!data.is_null() && len > 0).then(|| std::slice::from_raw_parts(data, len as usize).to_vec())
 }
 
 unsafe fn signing_time(si: *const c_void) -> Option<i64> {
@@ -533,6 +583,11 @@ fn evaluate_signer(ctx: &Context<'_>, si: &SignerInfo, certs: &[X509], part: &st
         part: part.to_string(),
         serial: serial_hex(cert),
         issuer: Some(rfc4514(cert.issuer_name())),
+        signer: Some(SignerCert {
+            cert: cert.clone(),
+            chain: certs.iter().filter(|c| c.to_der().ok() != cert.to_der().ok()).cloned().collect(),
+            caps: si.caps.clone(),
+        }),
     };
     let mut set = |result: SmimeResult, reason: String| {
         v.result = result;
