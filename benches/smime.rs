@@ -170,7 +170,8 @@ fn main() {
                 &cfg,
                 &pending,
                 &sh,
-                Some(&sb), &[],
+                Some(&sb),
+                &[],
                 None,
             ));
         });

@@ -284,9 +284,15 @@ impl CertStore {
             let mut ciphers = Vec::new();
             let candidates = match source {
                 Source::Local => self.local.get(&key).cloned().unwrap_or_default(),
-                Source::Harvested => match self.harvest_dir.as_deref().and_then(|d| crate::harvest::load(d, &key)) {
+                Source::Harvested => match self
+                    .harvest_dir
+                    .as_deref()
+                    .and_then(|d| crate::harvest::load(d, &key))
+                {
                     Some((certs, caps)) => {
-                        ciphers = caps.map(|c| crate::harvest::announced_ciphers(&c)).unwrap_or_default();
+                        ciphers = caps
+                            .map(|c| crate::harvest::announced_ciphers(&c))
+                            .unwrap_or_default();
                         certs
                     }
                     None => Vec::new(),
@@ -330,9 +336,52 @@ impl CertStore {
         }
     }
 
+    /// Every candidate for an address from every source, unfiltered and
+    /// uncached (for the admin command). LDAP errors are returned as such.
+    pub fn candidates(&self, address: &str) -> Vec<(Source, Result<X509, String>)> {
+        let key = address.to_ascii_lowercase();
+        let mut out = Vec::new();
+        for c in self.local.get(&key).into_iter().flatten() {
+            out.push((Source::Local, Ok(c.clone())));
+        }
+        if let Some((certs, _)) = self
+            .harvest_dir
+            .as_deref()
+            .and_then(|d| crate::harvest::load(d, &key))
+        {
+            out.extend(
+                certs
+                    .into_iter()
+                    .take(1)
+                    .map(|c| (Source::Harvested, Ok(c))),
+            );
+        }
+        if let Some(l) = &self.ldap {
+            match l.lookup(address) {
+                Ok(certs) => out.extend(certs.into_iter().map(|c| (Source::Ldap, Ok(c)))),
+                Err(e) => out.push((Source::Ldap, Err(e.to_string()))),
+            }
+        }
+        out
+    }
+
+    /// The local store's addresses and certificates.
+    pub fn local_entries(&self) -> Vec<(String, X509)> {
+        let mut v: Vec<(String, X509)> = self
+            .local
+            .iter()
+            .flat_map(|(a, cs)| cs.iter().map(move |c| (a.clone(), c.clone())))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// Drops one address from the cache (after harvesting a certificate for it).
     pub fn forget(&self, address: &str) {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).pop(&address.to_ascii_lowercase());
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop(&address.to_ascii_lowercase());
     }
 
     pub fn harvest_dir(&self) -> Option<&Path> {

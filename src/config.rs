@@ -828,7 +828,10 @@ impl Config {
             (false, _) => None,
             (true, Some(d)) => {
                 if !d.get_ref().is_dir() {
-                    return Err(loc.error(d.span(), format!("{} is not a directory", d.get_ref().display())));
+                    return Err(loc.error(
+                        d.span(),
+                        format!("{} is not a directory", d.get_ref().display()),
+                    ));
                 }
                 Some(d.into_inner())
             }

@@ -24,6 +24,61 @@ pub enum Decryption {
 
 extern "C" {
     fn CMS_get0_type(cms: *const openssl_sys::CMS_ContentInfo) -> *const openssl_sys::ASN1_OBJECT;
+    fn CMS_get0_RecipientInfos(
+        cms: *mut openssl_sys::CMS_ContentInfo,
+    ) -> *mut openssl_sys::OPENSSL_STACK;
+    fn CMS_RecipientInfo_type(ri: *mut std::ffi::c_void) -> std::ffi::c_int;
+    fn CMS_RecipientInfo_ktri_cert_cmp(
+        ri: *mut std::ffi::c_void,
+        cert: *mut openssl_sys::X509,
+    ) -> std::ffi::c_int;
+    fn CMS_RecipientInfo_kari_get0_reks(
+        ri: *mut std::ffi::c_void,
+    ) -> *mut openssl_sys::OPENSSL_STACK;
+    fn CMS_RecipientEncryptedKey_cert_cmp(
+        rek: *mut std::ffi::c_void,
+        cert: *mut openssl_sys::X509,
+    ) -> std::ffi::c_int;
+}
+
+const CMS_RECIPINFO_TRANS: std::ffi::c_int = 0;
+const CMS_RECIPINFO_AGREE: std::ffi::c_int = 1;
+
+/// Whether a RecipientInfo names this certificate: key transport by issuer
+/// and serial or by subjectKeyIdentifier, or key agreement (EC) likewise.
+fn addressed_to(cms: &CmsContentInfo, cert: &openssl::x509::X509) -> bool {
+    use foreign_types::ForeignType;
+    unsafe {
+        let ris = CMS_get0_RecipientInfos(cms.as_ptr());
+        if ris.is_null() {
+            return false;
+        }
+        for i in 0..openssl_sys::OPENSSL_sk_num(ris) {
+            let ri = openssl_sys::OPENSSL_sk_value(ris, i);
+            match CMS_RecipientInfo_type(ri) {
+                CMS_RECIPINFO_TRANS if CMS_RecipientInfo_ktri_cert_cmp(ri, cert.as_ptr()) == 0 => {
+                    return true
+                }
+                CMS_RECIPINFO_AGREE => {
+                    let reks = CMS_RecipientInfo_kari_get0_reks(ri);
+                    if reks.is_null() {
+                        continue;
+                    }
+                    for j in 0..openssl_sys::OPENSSL_sk_num(reks) {
+                        if CMS_RecipientEncryptedKey_cert_cmp(
+                            openssl_sys::OPENSSL_sk_value(reks, j),
+                            cert.as_ptr(),
+                        ) == 0
+                        {
+                            return true;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    false
 }
 
 /// NID_id_smime_ct_authEnvelopedData (RFC 5083).
@@ -52,20 +107,28 @@ pub fn decrypt(der: &[u8], keys: &[Arc<SigningKey>]) -> Decryption {
         Some(n) if n.as_raw() == NID_AUTH_ENVELOPED => "authEnveloped-data",
         _ => return Decryption::Failed("not enveloped data".into()),
     };
-    for key in keys {
-        match cms.decrypt(&key.pkey, &key.cert) {
-            Ok(plaintext) => return Decryption::Decrypted { plaintext, key: key.name.clone(), kind },
-            Err(e) => {
-                let reasons: Vec<String> = e.errors().iter().filter_map(|x| x.reason().map(str::to_string)).collect();
-                if reasons.iter().any(|r| r.contains("no matching recipient")) {
-                    continue;
-                }
-                // The key matched a RecipientInfo but the content did not
-                // decrypt: a wrong tag, bad padding, a damaged key transport.
-                let why = if reasons.is_empty() { "decryption failed".to_string() } else { reasons.join(", ") };
-                return Decryption::Failed(why);
-            }
+    let Some(key) = keys.iter().find(|k| addressed_to(&cms, &k.cert)) else {
+        return Decryption::NotForUs;
+    };
+    match cms.decrypt(&key.pkey, &key.cert) {
+        Ok(plaintext) => Decryption::Decrypted {
+            plaintext,
+            key: key.name.clone(),
+            kind,
+        },
+        Err(e) => {
+            // Addressed to us, but the content does not decrypt: a wrong tag,
+            // bad padding, a damaged key transport.
+            let reasons: Vec<String> = e
+                .errors()
+                .iter()
+                .filter_map(|x| x.reason().map(str::to_string))
+                .collect();
+            Decryption::Failed(if reasons.is_empty() {
+                "content does not decrypt".to_string()
+            } else {
+                reasons.join(", ")
+            })
         }
     }
-    Decryption::NotForUs
 }

@@ -84,7 +84,9 @@ pub fn store(dir: &Path, signer: &SignerCert) -> std::io::Result<Vec<String>> {
 
 /// Every stored address with its certificate.
 pub fn list(dir: &Path) -> Vec<(String, X509)> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut out: Vec<(String, X509)> = rd
         .flatten()
         .map(|e| e.path())
@@ -132,10 +134,18 @@ pub fn remove(dir: &Path, address: &str) -> std::io::Result<bool> {
 }
 
 // DER of the algorithm OIDs in an SMIMECapabilities sequence.
-const OID_AES128_CBC: &[u8] = &[0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x02];
-const OID_AES256_CBC: &[u8] = &[0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2a];
-const OID_AES128_GCM: &[u8] = &[0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x06];
-const OID_AES256_GCM: &[u8] = &[0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2e];
+const OID_AES128_CBC: &[u8] = &[
+    0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x02,
+];
+const OID_AES256_CBC: &[u8] = &[
+    0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2a,
+];
+const OID_AES128_GCM: &[u8] = &[
+    0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x06,
+];
+const OID_AES256_GCM: &[u8] = &[
+    0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2e,
+];
 
 /// The ciphers a capabilities list announces, in the sender's order of
 /// preference (RFC 8551 §2.5.2).
@@ -161,10 +171,15 @@ pub fn choose_cipher(configured: Cipher, recipients_caps: &[Vec<Cipher>]) -> Cip
     if known.is_empty() || known.iter().all(|c| c.contains(&configured)) {
         return configured;
     }
-    [Cipher::Aes256Gcm, Cipher::Aes256Cbc, Cipher::Aes128Gcm, Cipher::Aes128Cbc]
-        .into_iter()
-        .find(|c| known.iter().all(|k| k.contains(c)))
-        .unwrap_or(configured)
+    [
+        Cipher::Aes256Gcm,
+        Cipher::Aes256Cbc,
+        Cipher::Aes128Gcm,
+        Cipher::Aes128Cbc,
+    ]
+    .into_iter()
+    .find(|c| known.iter().all(|k| k.contains(c)))
+    .unwrap_or(configured)
 }
 
 #[cfg(test)]
@@ -174,8 +189,14 @@ mod tests {
     #[test]
     fn file_names_cannot_escape_the_directory() {
         let d = Path::new("/h");
-        assert_eq!(file_for(d, "Alice@Example.com"), Path::new("/h/alice@example.com.pem"));
-        assert_eq!(file_for(d, "../../etc/passwd@x"), Path::new("/h/%2e.%2f..%2fetc%2fpasswd@x.pem"));
+        assert_eq!(
+            file_for(d, "Alice@Example.com"),
+            Path::new("/h/alice@example.com.pem")
+        );
+        assert_eq!(
+            file_for(d, "../../etc/passwd@x"),
+            Path::new("/h/%2e.%2f..%2fetc%2fpasswd@x.pem")
+        );
         assert_eq!(percent_decode("a%2fb%40c"), "a/b@c");
     }
 
@@ -186,12 +207,36 @@ mod tests {
         caps.extend_from_slice(OID_AES128_CBC);
         caps.extend_from_slice(&[0x30, 0x0b]);
         caps.extend_from_slice(OID_AES256_CBC);
-        assert_eq!(announced_ciphers(&caps), vec![Cipher::Aes128Cbc, Cipher::Aes256Cbc]);
+        assert_eq!(
+            announced_ciphers(&caps),
+            vec![Cipher::Aes128Cbc, Cipher::Aes256Cbc]
+        );
         let cbc_only = announced_ciphers(&caps);
-        assert_eq!(choose_cipher(Cipher::Aes256Gcm, &[cbc_only.clone()]), Cipher::Aes256Cbc);
-        assert_eq!(choose_cipher(Cipher::Aes256Cbc, &[cbc_only.clone(), vec![]]), Cipher::Aes256Cbc);
-        assert_eq!(choose_cipher(Cipher::Aes256Gcm, &[vec![]]), Cipher::Aes256Gcm);
-        assert_eq!(choose_cipher(Cipher::Aes256Gcm, &[vec![Cipher::Aes256Gcm, Cipher::Aes128Cbc]]), Cipher::Aes256Gcm);
-        assert_eq!(choose_cipher(Cipher::Aes256Cbc, &[vec![Cipher::Aes128Cbc], vec![Cipher::Aes256Cbc]]), Cipher::Aes256Cbc);
+        assert_eq!(
+            choose_cipher(Cipher::Aes256Gcm, std::slice::from_ref(&cbc_only)),
+            Cipher::Aes256Cbc
+        );
+        assert_eq!(
+            choose_cipher(Cipher::Aes256Cbc, &[cbc_only.clone(), vec![]]),
+            Cipher::Aes256Cbc
+        );
+        assert_eq!(
+            choose_cipher(Cipher::Aes256Gcm, &[vec![]]),
+            Cipher::Aes256Gcm
+        );
+        assert_eq!(
+            choose_cipher(
+                Cipher::Aes256Gcm,
+                &[vec![Cipher::Aes256Gcm, Cipher::Aes128Cbc]]
+            ),
+            Cipher::Aes256Gcm
+        );
+        assert_eq!(
+            choose_cipher(
+                Cipher::Aes256Cbc,
+                &[vec![Cipher::Aes128Cbc], vec![Cipher::Aes256Cbc]]
+            ),
+            Cipher::Aes256Cbc
+        );
     }
 }

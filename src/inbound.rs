@@ -28,7 +28,10 @@ pub struct Pending {
 }
 
 fn first<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 fn content_type(headers: &[(String, String)]) -> Option<ContentType> {
@@ -38,12 +41,19 @@ fn content_type(headers: &[(String, String)]) -> Option<ContentType> {
 /// application/pkcs7-mime that is (or, as a `.p7m` without smime-type, may
 /// be) enveloped or authEnveloped data.
 fn may_be_enveloped(ct: &ContentType) -> bool {
-    if !matches!(ct.mime_type.as_str(), "application/pkcs7-mime" | "application/x-pkcs7-mime") {
+    if !matches!(
+        ct.mime_type.as_str(),
+        "application/pkcs7-mime" | "application/x-pkcs7-mime"
+    ) {
         return false;
     }
     match ct.param("smime-type").map(str::to_ascii_lowercase) {
         Some(t) => t == "enveloped-data" || t == "authenveloped-data",
-        None => ct.param("name").unwrap_or("").to_ascii_lowercase().ends_with(".p7m"),
+        None => ct
+            .param("name")
+            .unwrap_or("")
+            .to_ascii_lowercase()
+            .ends_with(".p7m"),
     }
 }
 
@@ -60,7 +70,11 @@ fn decryption_on(cfg: &Config) -> bool {
 }
 
 /// Deletions of the fields named `name` for which `ours` holds, last first.
-fn deletions(headers: &[(String, String)], name: &str, ours: impl Fn(&str) -> bool) -> Vec<HeaderOp> {
+fn deletions(
+    headers: &[(String, String)],
+    name: &str,
+    ours: impl Fn(&str) -> bool,
+) -> Vec<HeaderOp> {
     let idx: Vec<usize> = headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -68,29 +82,44 @@ fn deletions(headers: &[(String, String)], name: &str, ours: impl Fn(&str) -> bo
         .filter(|(_, (_, v))| ours(&mime::unfold(v)))
         .map(|(i, _)| i + 1)
         .collect();
-    idx.into_iter().rev().map(|index| HeaderOp::Change { name: name.into(), index, value: None }).collect()
+    idx.into_iter()
+        .rev()
+        .map(|index| HeaderOp::Change {
+            name: name.into(),
+            index,
+            value: None,
+        })
+        .collect()
 }
 
 /// Decides at end of headers.
 pub fn plan(cfg: &Config, headers: &[(String, String)]) -> Plan {
     let decrypt_on = decryption_on(cfg);
     if cfg.verify.is_none() && !decrypt_on {
-        return Plan::Done(Outcome::unchanged("inbound, verification and decryption off"));
+        return Plan::Done(Outcome::unchanged(
+            "inbound, verification and decryption off",
+        ));
     }
     let mut removals = Vec::new();
     if cfg.verify.is_some() {
-        removals.extend(deletions(headers, AR, |v| auth_results::claims_our_id(v, &cfg.authserv_id)));
+        removals.extend(deletions(headers, AR, |v| {
+            auth_results::claims_our_id(v, &cfg.authserv_id)
+        }));
     }
     if decrypt_on {
         removals.extend(deletions(headers, DECRYPTED, |_| true));
     }
     let needs_body = content_type(headers).is_some_and(|ct| {
-        verify::signed_form(&ct).is_some() || (decrypt_on && (may_be_enveloped(&ct) || ct.is_multipart()))
+        verify::signed_form(&ct).is_some()
+            || (decrypt_on && (may_be_enveloped(&ct) || ct.is_multipart()))
     });
     if !needs_body && removals.is_empty() {
         return Plan::Done(Outcome::unchanged("not signed"));
     }
-    Plan::Verify(Pending { removals, needs_body })
+    Plan::Verify(Pending {
+        removals,
+        needs_body,
+    })
 }
 
 /// The EnvelopedData that is the whole message: the body itself, or the
@@ -102,7 +131,9 @@ fn whole_body_encryption(ct: &ContentType, cte: Option<&str>, body: &[u8]) -> Op
             return None;
         }
         let der = verify::decode_body(cte, body).ok()?;
-        decrypt::cms_type(&der).filter(|n| decrypt::is_enveloped(*n)).map(|_| der)
+        decrypt::cms_type(&der)
+            .filter(|n| decrypt::is_enveloped(*n))
+            .map(|_| der)
     };
     if let Some(der) = der_if_enveloped(ct, cte, body) {
         return Some(der);
@@ -112,18 +143,28 @@ fn whole_body_encryption(ct: &ContentType, cte: Option<&str>, body: &[u8]) -> Op
     let (h, b) = mime::split_entity(&content);
     let fields = mime::parse_fields(h);
     let inner = mime::field_value(&fields, "Content-Type").and_then(|v| ContentType::parse(&v))?;
-    der_if_enveloped(&inner, mime::field_value(&fields, "Content-Transfer-Encoding").as_deref(), b)
+    der_if_enveloped(
+        &inner,
+        mime::field_value(&fields, "Content-Transfer-Encoding").as_deref(),
+        b,
+    )
 }
 
 /// A multipart that carries an encrypted part beside plaintext ones: never
 /// decrypted (EFAIL), but said so.
 fn has_encrypted_part(ct: &ContentType, body: &[u8]) -> bool {
-    let Some(boundary) = ct.param("boundary") else { return false };
-    let Ok(mp) = mime::split_multipart(body, boundary) else { return false };
+    let Some(boundary) = ct.param("boundary") else {
+        return false;
+    };
+    let Ok(mp) = mime::split_multipart(body, boundary) else {
+        return false;
+    };
     mp.parts.iter().any(|p| {
         let (h, _) = mime::split_entity(p);
         let fields = mime::parse_fields(h);
-        mime::field_value(&fields, "Content-Type").and_then(|v| ContentType::parse(&v)).is_some_and(|c| may_be_enveloped(&c))
+        mime::field_value(&fields, "Content-Type")
+            .and_then(|v| ContentType::parse(&v))
+            .is_some_and(|c| may_be_enveloped(&c))
     })
 }
 
@@ -136,16 +177,39 @@ struct Verified {
     bad: bool,
 }
 
-fn verify_and_report(cfg: &Config, headers: &[(String, String)], ct: &ContentType, cte: Option<&str>, body: &[u8], now: Option<i64>, decrypted: bool) -> Verified {
-    let mut r = Verified { ops: Vec::new(), detail: None, notes: Vec::new(), bad: false };
+fn verify_and_report(
+    cfg: &Config,
+    headers: &[(String, String)],
+    ct: &ContentType,
+    cte: Option<&str>,
+    body: &[u8],
+    now: Option<i64>,
+    decrypted: bool,
+) -> Verified {
+    let mut r = Verified {
+        ops: Vec::new(),
+        detail: None,
+        notes: Vec::new(),
+        bad: false,
+    };
     let Some(ver) = &cfg.verify else { return r };
-    let froms: Vec<&str> = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("From")).map(|(_, v)| v.as_str()).collect();
+    let froms: Vec<&str> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("From"))
+        .map(|(_, v)| v.as_str())
+        .collect();
     let from = match froms.as_slice() {
         [one] => address::single_address(&mime::unfold(one)),
         _ => None,
     };
     let date = first(headers, "Date").and_then(|d| verify::parse_date(&mime::unfold(d)));
-    let ctx = verify::Context { trust: &ver.trust, settings: &ver.settings, from: from.as_deref(), date, now };
+    let ctx = verify::Context {
+        trust: &ver.trust,
+        settings: &ver.settings,
+        from: from.as_deref(),
+        date,
+        now,
+    };
     let Some(mut v) = verify::verify_entity(&ctx, ct, cte, body, "1", 0) else {
         r.notes.push("not signed".into());
         return r;
@@ -165,7 +229,9 @@ fn verify_and_report(cfg: &Config, headers: &[(String, String)], ct: &ContentTyp
                     detail.push_str(&format!(" harvested={}", addrs.join(",")));
                 }
                 Ok(_) => {}
-                Err(e) => r.notes.push(format!("cannot harvest into {}: {e}", dir.display())),
+                Err(e) => r
+                    .notes
+                    .push(format!("cannot harvest into {}: {e}", dir.display())),
             }
         }
     }
@@ -177,12 +243,22 @@ fn verify_and_report(cfg: &Config, headers: &[(String, String)], ct: &ContentTyp
     }
     r.notes.extend(v.reason.clone());
     r.bad = matches!(v.result, SmimeResult::Fail | SmimeResult::Permerror);
-    r.ops.push(HeaderOp::Insert { index: 0, name: AR.into(), value: auth_results::header_value(&cfg.authserv_id, &v) });
+    r.ops.push(HeaderOp::Insert {
+        index: 0,
+        name: AR.into(),
+        value: auth_results::header_value(&cfg.authserv_id, &v),
+    });
     r.detail = Some(detail);
     r
 }
 
-fn outcome(action: &'static str, ops: Vec<HeaderOp>, body: Option<Vec<u8>>, detail: Option<String>, notes: Vec<String>) -> Outcome {
+fn outcome(
+    action: &'static str,
+    ops: Vec<HeaderOp>,
+    body: Option<Vec<u8>>,
+    detail: Option<String>,
+    notes: Vec<String>,
+) -> Outcome {
     let reason = notes.join(", ");
     Outcome {
         verdict: Verdict::Accept,
@@ -195,11 +271,21 @@ fn outcome(action: &'static str, ops: Vec<HeaderOp>, body: Option<Vec<u8>>, deta
 
 /// At end of message. `body` is `None` when the message was too large to
 /// keep; `rcpts` are the envelope recipients (whose keys may decrypt).
-pub fn verify_message(cfg: &Config, p: &Pending, headers: &[(String, String)], body: Option<&[u8]>, rcpts: &[String], now: Option<i64>) -> Outcome {
+pub fn verify_message(
+    cfg: &Config,
+    p: &Pending,
+    headers: &[(String, String)],
+    body: Option<&[u8]>,
+    rcpts: &[String],
+    now: Option<i64>,
+) -> Outcome {
     let mut ops = p.removals.clone();
     let mut notes = Vec::new();
     for name in [AR, DECRYPTED] {
-        let n = ops.iter().filter(|o| matches!(o, HeaderOp::Change { name: x, .. } if x == name)).count();
+        let n = ops
+            .iter()
+            .filter(|o| matches!(o, HeaderOp::Change { name: x, .. } if x == name))
+            .count();
         if n > 0 {
             notes.push(format!("removed {n} forged {name}"));
         }
@@ -209,13 +295,24 @@ pub fn verify_message(cfg: &Config, p: &Pending, headers: &[(String, String)], b
 
     let Some(body) = body else {
         // Signed, but beyond max_message_size: say so rather than guess.
-        if cfg.verify.is_some() && ct.as_ref().is_some_and(|c| verify::signed_form(c).is_some()) {
+        if cfg.verify.is_some()
+            && ct
+                .as_ref()
+                .is_some_and(|c| verify::signed_form(c).is_some())
+        {
             let v = verify::Verdict::error(
                 SmimeResult::Neutral,
                 "1",
-                format!("message larger than {} bytes not verified", cfg.max_message_size),
+                format!(
+                    "message larger than {} bytes not verified",
+                    cfg.max_message_size
+                ),
             );
-            ops.push(HeaderOp::Insert { index: 0, name: AR.into(), value: auth_results::header_value(&cfg.authserv_id, &v) });
+            ops.push(HeaderOp::Insert {
+                index: 0,
+                name: AR.into(),
+                value: auth_results::header_value(&cfg.authserv_id, &v),
+            });
             return outcome("verified", ops, None, Some("smime=neutral".into()), notes);
         }
         return outcome("unchanged", ops, None, None, notes);
@@ -228,9 +325,20 @@ pub fn verify_message(cfg: &Config, p: &Pending, headers: &[(String, String)], b
     if let Some(der) = whole_body_encryption(&ct, cte.as_deref(), body) {
         return decrypt_message(cfg, ops, notes, &der, headers, rcpts, now);
     }
-    if decryption_on(cfg) && ct.is_multipart() && verify::signed_form(&ct).is_none() && has_encrypted_part(&ct, body) {
-        let value = format!("no (encrypted part mixed with plaintext parts, not decrypted); by={}", cfg.authserv_id);
-        ops.push(HeaderOp::Insert { index: 0, name: DECRYPTED.into(), value });
+    if decryption_on(cfg)
+        && ct.is_multipart()
+        && verify::signed_form(&ct).is_none()
+        && has_encrypted_part(&ct, body)
+    {
+        let value = format!(
+            "no (encrypted part mixed with plaintext parts, not decrypted); by={}",
+            cfg.authserv_id
+        );
+        ops.push(HeaderOp::Insert {
+            index: 0,
+            name: DECRYPTED.into(),
+            value,
+        });
         notes.push("encrypted part mixed with plaintext: not decrypted".into());
         return outcome("unchanged", ops, None, None, notes);
     }
@@ -242,14 +350,26 @@ pub fn verify_message(cfg: &Config, p: &Pending, headers: &[(String, String)], b
         o.detail = v.detail;
         return o;
     }
-    let action = if v.detail.is_some() { "verified" } else { "unchanged" };
+    let action = if v.detail.is_some() {
+        "verified"
+    } else {
+        "unchanged"
+    };
     ops.extend(v.ops);
     outcome(action, ops, None, v.detail, notes)
 }
 
 /// Decrypts a message that is one EnvelopedData, with the keys of its
 /// recipients; the plaintext entity replaces the body and Content-* fields.
-fn decrypt_message(cfg: &Config, mut ops: Vec<HeaderOp>, mut notes: Vec<String>, der: &[u8], headers: &[(String, String)], rcpts: &[String], now: Option<i64>) -> Outcome {
+fn decrypt_message(
+    cfg: &Config,
+    mut ops: Vec<HeaderOp>,
+    mut notes: Vec<String>,
+    der: &[u8],
+    headers: &[(String, String)],
+    rcpts: &[String],
+    now: Option<i64>,
+) -> Outcome {
     if !decryption_on(cfg) {
         notes.push("encrypted; decryption off".into());
         return outcome("unchanged", ops, None, None, notes);
@@ -272,12 +392,24 @@ fn decrypt_message(cfg: &Config, mut ops: Vec<HeaderOp>, mut notes: Vec<String>,
             if cfg.actions.decrypt_failed != FailAction::Accept {
                 return Outcome::failure(cfg.actions.decrypt_failed, reason);
             }
-            let value = format!("failed ({}); by={}", why.replace(['(', ')'], ""), cfg.authserv_id);
-            ops.push(HeaderOp::Insert { index: 0, name: DECRYPTED.into(), value });
+            let value = format!(
+                "failed ({}); by={}",
+                why.replace(['(', ')'], ""),
+                cfg.authserv_id
+            );
+            ops.push(HeaderOp::Insert {
+                index: 0,
+                name: DECRYPTED.into(),
+                value,
+            });
             notes.push(reason);
             outcome("unchanged", ops, None, None, notes)
         }
-        Decryption::Decrypted { plaintext, key, kind } => {
+        Decryption::Decrypted {
+            plaintext,
+            key,
+            kind,
+        } => {
             let (h, b) = mime::split_entity(&plaintext);
             let fields = mime::parse_fields(h);
             let mut body = Vec::with_capacity(b.len() + b.len() / 16);
@@ -288,12 +420,22 @@ fn decrypt_message(cfg: &Config, mut ops: Vec<HeaderOp>, mut notes: Vec<String>,
                 .map(|f| (f.name.to_string(), f.unfolded()))
                 .collect();
             ops.extend(crate::outcome::replace_content_fields(headers, &new_fields));
-            let inner_ct = mime::field_value(&fields, "Content-Type").and_then(|v| ContentType::parse(&v)).unwrap_or(ContentType {
-                mime_type: "text/plain".into(),
-                params: vec![],
-            });
+            let inner_ct = mime::field_value(&fields, "Content-Type")
+                .and_then(|v| ContentType::parse(&v))
+                .unwrap_or(ContentType {
+                    mime_type: "text/plain".into(),
+                    params: vec![],
+                });
             let inner_cte = mime::field_value(&fields, "Content-Transfer-Encoding");
-            let v = verify_and_report(cfg, headers, &inner_ct, inner_cte.as_deref(), &body, now, true);
+            let v = verify_and_report(
+                cfg,
+                headers,
+                &inner_ct,
+                inner_cte.as_deref(),
+                &body,
+                now,
+                true,
+            );
             notes.extend(v.notes);
             if v.bad && cfg.actions.bad_signature != FailAction::Accept {
                 let mut o = Outcome::failure(cfg.actions.bad_signature, notes.join(", "));
@@ -301,7 +443,11 @@ fn decrypt_message(cfg: &Config, mut ops: Vec<HeaderOp>, mut notes: Vec<String>,
                 return o;
             }
             ops.extend(v.ops);
-            ops.push(HeaderOp::Insert { index: 0, name: DECRYPTED.into(), value: format!("yes; by={}; key={key}; type={kind}", cfg.authserv_id) });
+            ops.push(HeaderOp::Insert {
+                index: 0,
+                name: DECRYPTED.into(),
+                value: format!("yes; by={}; key={key}; type={kind}", cfg.authserv_id),
+            });
             let detail = Some(match v.detail {
                 Some(d) => format!("key={key} {d}"),
                 None => format!("key={key}"),

@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod address;
+pub mod admin;
 pub mod auth_results;
 pub mod callbacks;
 pub mod certstore;

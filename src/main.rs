@@ -18,6 +18,7 @@ const USAGE: &str = "\
 usage: smime-milter [-c FILE] [-f] [--socket SPEC] [--check-config]
        smime-milter test [-c FILE] (--outbound | --inbound) [--sender ADDR]
                          [--rcpt ADDR]... [--client-ip IP] [--auth-user LOGIN] [FILE]
+       smime-milter certs [-c FILE] list | show ADDRESS | remove ADDRESS
 
   -c, --config FILE   configuration file (default /etc/smime-milter/smime-milter.toml)
   -f, --foreground    log to stderr instead of syslog
@@ -26,7 +27,10 @@ usage: smime-milter [-c FILE] [-f] [--socket SPEC] [--check-config]
   -V, --version       print the version
 
 test: process one message (FILE or stdin) as the milter would and print the
-message as delivered; exit 0 accepted, 75 tempfail, 69 reject.";
+message as delivered; exit 0 accepted, 75 tempfail, 69 reject.
+certs: list the stored recipient certificates (static and harvested), show
+every certificate for an address (LDAP included) and which one encryption
+uses, or remove a harvested one.";
 
 fn usage_error(msg: &str) -> ExitCode {
     eprintln!("smime-milter: {msg}\n{USAGE}");
@@ -37,6 +41,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("test") {
         return test_command(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("certs") {
+        return certs_command(&args[1..]);
     }
     let mut config_path = PathBuf::from(DEFAULT_CONFIG_PATH);
     let (mut foreground, mut check, mut socket) = (false, false, None::<String>);
@@ -126,6 +133,37 @@ fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         log::error!("panic: {info}");
     }));
+}
+
+fn certs_command(args: &[String]) -> ExitCode {
+    let mut config_path = PathBuf::from(DEFAULT_CONFIG_PATH);
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-c" | "--config" => match it.next() {
+                Some(p) => config_path = p.into(),
+                None => return usage_error("-c needs a file"),
+            },
+            _ => rest.push(a.clone()),
+        }
+    }
+    logging::init(true, log::LevelFilter::Warn);
+    let cfg = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("smime-milter: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    match smime_milter::admin::run(&cfg, &rest, &mut out, &mut err) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("smime-milter: {e}");
+            ExitCode::from(EX_SOFTWARE)
+        }
+    }
 }
 
 fn test_command(args: &[String]) -> ExitCode {

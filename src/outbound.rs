@@ -362,7 +362,8 @@ pub fn process_message(
                 None => entity,
             };
             // What the recipients announced (harvested) may lower the cipher.
-            let announced: Vec<Vec<encrypt::Cipher>> = certs.iter().map(|c| c.ciphers.clone()).collect();
+            let announced: Vec<Vec<encrypt::Cipher>> =
+                certs.iter().map(|c| c.ciphers.clone()).collect();
             let cipher = crate::harvest::choose_cipher(enc.cipher, &announced);
             match encrypt::encrypt_entity(certs, &inner, cipher) {
                 Ok(w) => {

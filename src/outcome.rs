@@ -113,7 +113,10 @@ impl Outcome {
 
 /// Deletes every Content-* field of the message (last first within a name)
 /// and adds the new ones: the body becomes another MIME entity.
-pub fn replace_content_fields(headers: &[(String, String)], new: &[(String, String)]) -> Vec<HeaderOp> {
+pub fn replace_content_fields(
+    headers: &[(String, String)],
+    new: &[(String, String)],
+) -> Vec<HeaderOp> {
     let is_content = |n: &str| n.len() > 8 && n[..8].eq_ignore_ascii_case("content-");
     let mut ops = Vec::new();
     let mut names: Vec<String> = Vec::new();
@@ -123,13 +126,23 @@ pub fn replace_content_fields(headers: &[(String, String)], new: &[(String, Stri
         }
     }
     for name in names {
-        let count = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(&name)).count();
+        let count = headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
+            .count();
         for index in (1..=count).rev() {
-            ops.push(HeaderOp::Change { name: name.clone(), index, value: None });
+            ops.push(HeaderOp::Change {
+                name: name.clone(),
+                index,
+                value: None,
+            });
         }
     }
     for (n, v) in new {
-        ops.push(HeaderOp::Add { name: n.clone(), value: v.clone() });
+        ops.push(HeaderOp::Add {
+            name: n.clone(),
+            value: v.clone(),
+        });
     }
     ops
 }

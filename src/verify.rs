@@ -211,7 +211,10 @@ pub fn signed_content(ct: &ContentType, cte: Option<&str>, body: &[u8]) -> Optio
         SignedForm::Opaque => {
             let mut cms = CmsContentInfo::from_der(&decode_body(cte, body).ok()?).ok()?;
             let mut out = Vec::new();
-            let flags = CMSOptions::NOSIGS | CMSOptions::NO_SIGNER_CERT_VERIFY | CMSOptions::NO_CONTENT_VERIFY | CMSOptions::BINARY;
+            let flags = CMSOptions::NOSIGS
+                | CMSOptions::NO_SIGNER_CERT_VERIFY
+                | CMSOptions::NO_CONTENT_VERIFY
+                | CMSOptions::BINARY;
             cms.verify(None, None, None, Some(&mut out), flags).ok()?;
             Some(out)
         }
@@ -411,7 +414,11 @@ unsafe fn smime_capabilities(si: *const c_void) -> Option<Vec<u8>> {
         return None;
     }
     let attr = CMS_signed_get_attr(si, loc);
-    let t = if attr.is_null() { std::ptr::null_mut() } else { X509_ATTRIBUTE_get0_type(attr, 0) };
+    let t = if attr.is_null() {
+        std::ptr::null_mut()
+    } else {
+        X509_ATTRIBUTE_get0_type(attr, 0)
+    };
     if t.is_null() || (*t).type_ != openssl_sys::V_ASN1_SEQUENCE {
         return None;
     }
@@ -585,7 +592,11 @@ fn evaluate_signer(ctx: &Context<'_>, si: &SignerInfo, certs: &[X509], part: &st
         issuer: Some(rfc4514(cert.issuer_name())),
         signer: Some(SignerCert {
             cert: cert.clone(),
-            chain: certs.iter().filter(|c| c.to_der().ok() != cert.to_der().ok()).cloned().collect(),
+            chain: certs
+                .iter()
+                .filter(|c| c.to_der().ok() != cert.to_der().ok())
+                .cloned()
+                .collect(),
             caps: si.caps.clone(),
         }),
     };

@@ -394,6 +394,35 @@ impl Gpgsm {
         );
     }
 
+    /// Encrypts `data` to a test PKI certificate (DER EnvelopedData).
+    pub fn encrypt_to(&self, name: &str, data: &[u8]) -> Vec<u8> {
+        let out = self
+            .cmd()
+            .arg("--import")
+            .arg(pki().path(&format!("{name}.crt")))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "gpgsm --import {name}.crt");
+        let input = self.home.path().join("plain.in");
+        let output = self.home.path().join("enc.out");
+        let _ = std::fs::remove_file(&output);
+        std::fs::write(&input, data).unwrap();
+        let addr = super_address(name);
+        let out = self
+            .cmd()
+            .args(["--encrypt", "-r", &addr, "--output"])
+            .arg(&output)
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gpgsm --encrypt: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(&output).unwrap()
+    }
+
     /// Decrypts an EnvelopedData (DER) with an imported key.
     pub fn decrypt(&self, der: &[u8]) -> Result<Vec<u8>, String> {
         let input = self.home.path().join("enc.p7m");
@@ -490,6 +519,19 @@ impl Drop for Gpgsm {
             .args(["--kill", "all"])
             .output();
     }
+}
+
+/// The address in a test PKI certificate.
+pub fn super_address(name: &str) -> String {
+    let out = run(Command::new("openssl")
+        .args(["x509", "-noout", "-email", "-in"])
+        .arg(pki().path(&format!("{name}.crt"))));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// Runs a command with `input` on its standard input.
