@@ -301,3 +301,163 @@ fn outbound_mail_to_two_recipients_arrives_encrypted_for_each() {
         "{log}"
     );
 }
+
+/// DER EnvelopedData of `data` for a test PKI certificate, by openssl.
+fn openssl_encrypt(to: &str, data: &[u8], cipher: &str) -> Vec<u8> {
+    let d = tempdir();
+    std::fs::write(d.path().join("in"), data).unwrap();
+    let out = run(std::process::Command::new("openssl")
+        .args([
+            "cms", "-encrypt", "-binary", "-outform", "DER", cipher, "-in",
+        ])
+        .arg(d.path().join("in"))
+        .arg(pki().path(&format!("{to}.crt"))));
+    assert!(out.status.success());
+    out.stdout
+}
+
+fn pkcs7_message(from: &str, subject: &str, der: &[u8], smime_type: &str) -> Vec<u8> {
+    let d = tempdir();
+    std::fs::write(d.path().join("der"), der).unwrap();
+    let b64 = run(std::process::Command::new("base64").arg(d.path().join("der"))).stdout;
+    let mut m = format!(
+        "From: {from}\nTo: carol@example.com\nSubject: {subject}\nMIME-Version: 1.0\n\
+         Content-Type: application/pkcs7-mime; smime-type={smime_type}; name=smime.p7m\nContent-Transfer-Encoding: base64\n\n"
+    )
+    .into_bytes();
+    m.extend_from_slice(&b64);
+    m
+}
+
+#[test]
+fn inbound_encrypted_mail_arrives_decrypted_and_replies_are_encrypted_to_harvested_certificates() {
+    if skip_unless_root() {
+        return;
+    }
+    let harvest = tempdir();
+    set_mode(harvest.path(), 0o777); // written by the milter's user
+    let top = "internal_hosts = [\"127.0.0.2\"]\nauthserv_id = \"mx.example.com\"\n";
+    let tables = format!(
+        "[decrypt]\nenabled = true\n[harvest]\ndir = \"{}\"\n[encrypt]\ndefault_policy = \"opportunistic\"\n[verify]\ntrust_anchors = \"{}\"\n{}",
+        harvest.path().display(),
+        pki().path("root.crt").display(),
+        pki().key_table()
+    );
+    let milter = Milter::start(top, &tables);
+    let postfix = Postfix::start(&milter.spec());
+    let entity = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nFor Carol only.\r\n";
+
+    // From outside (127.0.0.1): encrypted by openssl with three ciphers and by gpgsm.
+    let gpgsm = Gpgsm::new();
+    let cases = [
+        (
+            "openssl aes-128-cbc",
+            pkcs7_message(
+                "x@example.net",
+                "openssl aes-128-cbc",
+                &openssl_encrypt("carol", entity, "-aes-128-cbc"),
+                "enveloped-data",
+            ),
+        ),
+        (
+            "openssl aes-256-cbc",
+            pkcs7_message(
+                "x@example.net",
+                "openssl aes-256-cbc",
+                &openssl_encrypt("carol", entity, "-aes-256-cbc"),
+                "enveloped-data",
+            ),
+        ),
+        (
+            "openssl aes-256-gcm",
+            pkcs7_message(
+                "x@example.net",
+                "openssl aes-256-gcm",
+                &openssl_encrypt("carol", entity, "-aes-256-gcm"),
+                "authEnveloped-data",
+            ),
+        ),
+        (
+            "gpgsm",
+            pkcs7_message(
+                "x@example.net",
+                "gpgsm",
+                &gpgsm.encrypt_to("carol", entity),
+                "enveloped-data",
+            ),
+        ),
+    ];
+    for (name, m) in &cases {
+        let reply = postfix.send("x@example.net", &["carol@example.com"], m);
+        assert!(reply.starts_with("250"), "{name}: {reply}");
+    }
+    // Dave (a new correspondent) signs, then encrypts to carol.
+    let d = tempdir();
+    std::fs::write(d.path().join("e"), entity).unwrap();
+    let signed = run(std::process::Command::new("openssl")
+        .args(["cms", "-sign", "-md", "sha384", "-signer"])
+        .arg(pki().path("dave.crt"))
+        .arg("-inkey")
+        .arg(pki().path("dave.key"))
+        .arg("-certfile")
+        .arg(pki().path("inter.crt"))
+        .arg("-in")
+        .arg(d.path().join("e")))
+    .stdout;
+    let m = pkcs7_message(
+        "Dave <dave@example.net>",
+        "signed then encrypted",
+        &openssl_encrypt("carol", &signed, "-aes-256-cbc"),
+        "enveloped-data",
+    );
+    assert!(postfix
+        .send("dave@example.net", &["carol@example.com"], &m)
+        .starts_with("250"));
+
+    let delivered = postfix.delivered(cases.len() + 1);
+    for (name, _) in &cases {
+        let msg = delivered.iter().find(|m| subject(m) == *name).unwrap();
+        let text = String::from_utf8_lossy(msg).replace("\r\n", "\n");
+        assert!(
+            text.contains("X-SMIME-Decrypted: yes; by=mx.example.com; key=carol@example.com"),
+            "{name}:\n{text}"
+        );
+        assert!(
+            text.contains("Content-Type: text/plain; charset=us-ascii\n")
+                && text.contains("\n\nFor Carol only.\n"),
+            "{name}:\n{text}"
+        );
+        assert!(!text.contains("pkcs7-mime"), "{name}");
+    }
+    let msg = delivered
+        .iter()
+        .find(|m| subject(m) == "signed then encrypted")
+        .unwrap();
+    let text = String::from_utf8_lossy(msg);
+    assert!(text.contains("Authentication-Results: mx.example.com; smime=pass (decrypted at gateway) body.smime-identifier=dave@example.net"), "{text}");
+    openssl_verify(msg).expect("the delivered signed entity verifies");
+    assert!(
+        harvest.path().join("dave@example.net.pem").exists(),
+        "{}",
+        milter.log()
+    );
+
+    // From inside (127.0.0.2), to dave: encrypted to the harvested certificate,
+    // by the same running milter.
+    let reply = postfix.send_from(
+        "127.0.0.2".parse().unwrap(),
+        "alice@example.com",
+        &["dave@example.net"],
+        &data("plain.eml"),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivered = postfix.delivered(cases.len() + 2);
+    let reply_msg = delivered
+        .iter()
+        .find(|m| subject(m) == "plain text")
+        .expect("reply delivered");
+    let inner =
+        openssl_decrypt(reply_msg, "dave").unwrap_or_else(|e| panic!("{e}\n{}", milter.log()));
+    let content = openssl_verify(&inner).unwrap();
+    assert_eq!(mime_leaves(&content), mime_leaves(&data("plain.eml")));
+}

@@ -816,6 +816,17 @@ postlog   unix-dgram n - n - 1 postlogd
         smtp_send(self.smtpd_port, from, to, message)
     }
 
+    /// Sends from another loopback address (127.0.0.2, ...).
+    pub fn send_from(
+        &self,
+        source: std::net::Ipv4Addr,
+        from: &str,
+        to: &[&str],
+        message: &[u8],
+    ) -> String {
+        smtp_send_from(source, self.smtpd_port, from, to, message)
+    }
+
     /// Waits until `n` messages have reached the sink; returns them without
     /// smtp-sink's own X-* lines.
     pub fn delivered(&self, n: usize) -> Vec<Vec<u8>> {
@@ -911,7 +922,54 @@ impl Drop for Postfix {
 
 /// A minimal SMTP client: one message, dot-stuffed, CRLF line ends.
 pub fn smtp_send(port: u16, from: &str, to: &[&str], message: &[u8]) -> String {
-    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect smtpd");
+    smtp_send_via(
+        TcpStream::connect(("127.0.0.1", port)).expect("connect smtpd"),
+        from,
+        to,
+        message,
+    )
+}
+
+/// The same from another loopback source address (Postfix then reports
+/// that address to the milter, which decides the direction by it).
+pub fn smtp_send_from(
+    source: std::net::Ipv4Addr,
+    port: u16,
+    from: &str,
+    to: &[&str],
+    message: &[u8],
+) -> String {
+    use std::os::fd::FromRawFd;
+    let sa = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let stream = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let local = sa(source, 0);
+        let remote = sa(std::net::Ipv4Addr::LOCALHOST, port);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, &local as *const _ as *const libc::sockaddr, len),
+            0,
+            "bind {source}"
+        );
+        assert_eq!(
+            libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len),
+            0,
+            "connect smtpd"
+        );
+        TcpStream::from_raw_fd(fd)
+    };
+    smtp_send_via(stream, from, to, message)
+}
+
+fn smtp_send_via(stream: TcpStream, from: &str, to: &[&str], message: &[u8]) -> String {
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
