@@ -10,6 +10,7 @@ packages=(
     openssl postfix miltertest            # tests: MTA, milter client
     gpgsm gpg-agent libnss3-tools         # independent S/MIME verifiers
     slapd ldap-utils                      # tests: a real directory
+    softhsm2 libengine-pkcs11-openssl opensc   # PKCS#11 keys: token, engine, pkcs11-tool
     python3 ca-certificates iproute2
 )
 

@@ -361,6 +361,7 @@ struct RawConfig {
     authserv_id: Option<Spanned<String>>,
     #[serde(default)]
     signing: RawSigning,
+    pkcs11: Option<RawPkcs11>,
     #[serde(default)]
     verify: RawVerify,
     #[serde(default)]
@@ -391,6 +392,7 @@ struct RawSigning {
     format: Option<SignFormat>,
     digest: Option<Digest>,
     include_chain: Option<bool>,
+    rsa_padding: Option<Spanned<String>>,
     #[serde(default)]
     key: Vec<Spanned<RawKey>>,
 }
@@ -524,6 +526,27 @@ pub struct Signing {
     pub format: SignFormat,
     pub digest: Digest,
     pub include_chain: bool,
+    /// RSA keys sign with RSASSA-PSS instead of PKCS#1 v1.5.
+    pub rsa_pss: bool,
+}
+
+impl Signing {
+    pub fn options(&self) -> crate::sign::SignOptions {
+        crate::sign::SignOptions {
+            digest: self.digest,
+            include_chain: self.include_chain,
+            rsa_pss: self.rsa_pss,
+        }
+    }
+}
+
+/// The PKCS#11 token holding keys (`pkcs11:` URIs in the key table).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPkcs11 {
+    module: Spanned<PathBuf>,
+    pin_file: Option<Spanned<PathBuf>>,
+    pin_env: Option<Spanned<String>>,
 }
 
 /// Inbound verification: the trust store and the checks' settings.
@@ -612,6 +635,10 @@ pub const KNOWN_KEYS: &[&str] = &[
     "signing.format",
     "signing.digest",
     "signing.include_chain",
+    "signing.rsa_padding",
+    "pkcs11.module",
+    "pkcs11.pin_file",
+    "pkcs11.pin_env",
     "signing.key.sender",
     "signing.key.certificate",
     "signing.key.private_key",
@@ -761,9 +788,15 @@ impl Config {
         }
 
         let allow_insecure = raw.allow_insecure_key_files.unwrap_or(false);
-        let keys = KeyStore::load(&raw.signing.key, allow_insecure).map_err(|e| match e {
-            KeyStoreError::At { span, what } => loc.error(span, what),
-        })?;
+        let token = match &raw.pkcs11 {
+            None => None,
+            Some(p) => Some(std::sync::Arc::new(open_token(&loc, p, allow_insecure)?)),
+        };
+        let keys = KeyStore::load(token.as_ref(), &raw.signing.key, allow_insecure).map_err(
+            |e| match e {
+                KeyStoreError::At { span, what } => loc.error(span, what),
+            },
+        )?;
 
         let authserv_id = match &raw.authserv_id {
             Some(id) => {
@@ -878,6 +911,22 @@ impl Config {
                 format: raw.signing.format.unwrap_or(SignFormat::Clear),
                 digest: raw.signing.digest.unwrap_or(Digest::Sha256),
                 include_chain: raw.signing.include_chain.unwrap_or(true),
+                rsa_pss: match raw
+                    .signing
+                    .rsa_padding
+                    .as_ref()
+                    .map(|s| s.get_ref().as_str())
+                {
+                    None | Some("pkcs1") => false,
+                    Some("pss") => true,
+                    Some(other) => {
+                        let span = raw.signing.rsa_padding.as_ref().map_or(0..0, |s| s.span());
+                        return Err(loc.error(
+                            span,
+                            format!("invalid rsa_padding '{other}' (expected pkcs1 or pss)"),
+                        ));
+                    }
+                },
             },
             senders,
             actions: Actions {
@@ -1058,6 +1107,38 @@ fn load_encryption(
         require_trusted,
         certs,
     }))
+}
+
+/// Opens the token: the module loaded, logged in with the PIN from its file
+/// (0600) or environment variable. The PIN is never printed.
+fn open_token(
+    loc: &Locator<'_>,
+    p: &RawPkcs11,
+    allow_insecure: bool,
+) -> Result<crate::pkcs11::Token, ConfigError> {
+    let pin = match (&p.pin_file, &p.pin_env) {
+        (Some(f), None) => {
+            let raw = crate::keystore::read_secret(f.get_ref(), allow_insecure)
+                .map_err(|w| loc.error(f.span(), w))?;
+            String::from_utf8_lossy(&raw)
+                .trim_end_matches(['\r', '\n'])
+                .to_string()
+        }
+        (None, Some(v)) => std::env::var(v.get_ref()).map_err(|_| {
+            loc.error(
+                v.span(),
+                format!("environment variable {} is not set", v.get_ref()),
+            )
+        })?,
+        _ => {
+            return Err(loc.error(
+                p.module.span(),
+                "[pkcs11] needs exactly one of pin_file and pin_env",
+            ))
+        }
+    };
+    crate::pkcs11::Token::open(p.module.get_ref(), crate::pkcs11::Pin::new(pin))
+        .map_err(|e| loc.error(p.module.span(), e.to_string()))
 }
 
 /// The host name, the default authserv-id.

@@ -110,7 +110,7 @@ pub fn decrypt(der: &[u8], keys: &[Arc<SigningKey>]) -> Decryption {
     let Some(key) = keys.iter().find(|k| addressed_to(&cms, &k.cert)) else {
         return Decryption::NotForUs;
     };
-    match cms.decrypt(&key.pkey, &key.cert) {
+    match key.with_key(|pkey| cms.decrypt(pkey, &key.cert)) {
         Ok(plaintext) => Decryption::Decrypted {
             plaintext,
             key: key.name.clone(),

@@ -1,10 +1,14 @@
-//! Signing keys from files: a table mapping a sender address or `@domain` to a
-//! certificate chain and private key. Everything is parsed once, at load.
+//! The key table: a sender address or `@domain` mapped to a certificate chain
+//! and a private key, from files (PEM, PKCS#12) or a PKCS#11 token
+//! (`pkcs11:` URIs). Everything is loaded once, at start and reload. The
+//! same keys decrypt inbound mail for those addresses.
 
 use crate::config::RawKey;
+use crate::pkcs11::{self, Token};
+use openssl::error::ErrorStack;
 use openssl::nid::Nid;
 use openssl::pkcs12::Pkcs12;
-use openssl::pkey::{Id, PKey, Private};
+use openssl::pkey::{Id, PKey, PKeyRef, Private};
 use openssl::x509::X509;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -18,7 +22,14 @@ pub struct SigningKey {
     pub name: String,
     pub cert: X509,
     pub chain: Vec<X509>,
-    pub pkey: PKey<Private>,
+    key: KeyRef,
+}
+
+/// Where the private key is.
+enum KeyRef {
+    File(PKey<Private>),
+    /// In a token, by URI; the token holds the handle (so it can restart).
+    Token(Arc<Token>, String),
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -29,6 +40,50 @@ impl std::fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
+    pub fn new(name: String, cert: X509, chain: Vec<X509>, pkey: PKey<Private>) -> SigningKey {
+        SigningKey {
+            name,
+            cert,
+            chain,
+            key: KeyRef::File(pkey),
+        }
+    }
+
+    pub fn in_token(&self) -> bool {
+        matches!(self.key, KeyRef::Token(..))
+    }
+
+    /// Runs `op` with the private key. A token key that fails (or is not
+    /// available) gets the token's slots listed again and the key reloaded,
+    /// and `op` is tried once more (a hardware token put back into its
+    /// reader is found again). Failing that, the caller's failure action
+    /// applies (tempfail by default).
+    pub fn with_key<T, E: From<ErrorStack>>(
+        &self,
+        op: impl Fn(&PKeyRef<Private>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let (token, uri) = match &self.key {
+            KeyRef::File(k) => return op(k),
+            KeyRef::Token(t, u) => (t, u),
+        };
+        let first = token.with_key(uri, |k| op(k));
+        if let Some(Ok(v)) = first {
+            return Ok(v);
+        }
+        match token.reopen() {
+            Ok(()) => {
+                log::warn!("token key for '{}' failed; listed the token's slots again and reloaded the keys", self.name);
+                token
+                    .with_key(uri, |k| op(k))
+                    .unwrap_or_else(|| Err(ErrorStack::get().into()))
+            }
+            Err(e) => {
+                log::error!("token key for '{}' unusable: {e}", self.name);
+                first.unwrap_or_else(|| Err(ErrorStack::get().into()))
+            }
+        }
+    }
+
     /// A short description for logs: the entry and the certificate serial.
     pub fn label(&self) -> String {
         let serial = self
@@ -61,6 +116,7 @@ fn at<T>(s: &Spanned<T>, what: impl Into<String>) -> KeyStoreError {
 
 impl KeyStore {
     pub(crate) fn load(
+        token: Option<&Arc<Token>>,
         entries: &[Spanned<RawKey>],
         allow_insecure: bool,
     ) -> Result<Self, KeyStoreError> {
@@ -77,7 +133,7 @@ impl KeyStore {
             if keys.contains_key(&name) {
                 return Err(at(&raw.sender, format!("duplicate key entry for '{name}'")));
             }
-            let key = load_entry(entry, name.clone(), allow_insecure)?;
+            let key = load_entry(token, entry, name.clone(), allow_insecure)?;
             keys.insert(name, Arc::new(key));
         }
         Ok(KeyStore { keys })
@@ -137,12 +193,70 @@ fn read_file(path: &Spanned<std::path::PathBuf>) -> Result<Vec<u8>, KeyStoreErro
     std::fs::read(p).map_err(|e| at(path, format!("cannot read {}: {e}", p.display())))
 }
 
+/// A key (and certificate) addressed by `pkcs11:` URIs.
+fn load_token_entry(
+    token: Option<&Arc<Token>>,
+    raw: &RawKey,
+    name: String,
+) -> Result<SigningKey, KeyStoreError> {
+    let key_uri = raw.private_key.as_ref().expect("checked by the caller");
+    let Some(token) = token else {
+        return Err(at(
+            key_uri,
+            "a pkcs11: URI needs a [pkcs11] section (module and PIN)",
+        ));
+    };
+    let Some(cert_ref) = &raw.certificate else {
+        return Err(at(
+            &raw.sender,
+            format!("key entry '{name}' needs a certificate (file or pkcs11: URI)"),
+        ));
+    };
+    let uri = key_uri.get_ref().display().to_string();
+    let pkey = token
+        .load_key(&uri)
+        .map_err(|e| at(key_uri, e.to_string()))?;
+    let cert_s = cert_ref.get_ref().display().to_string();
+    let (cert, chain) = if pkcs11::is_uri(&cert_s) {
+        (
+            token
+                .load_cert(&cert_s)
+                .map_err(|e| at(cert_ref, e.to_string()))?,
+            Vec::new(),
+        )
+    } else {
+        let pem = read_file(cert_ref)?;
+        let mut certs = X509::stack_from_pem(&pem).map_err(|_| {
+            at(
+                cert_ref,
+                format!("cannot parse PEM certificates in {cert_s}"),
+            )
+        })?;
+        if certs.is_empty() {
+            return Err(at(cert_ref, format!("no certificate in {cert_s}")));
+        }
+        let cert = certs.remove(0);
+        (cert, certs)
+    };
+    let mut key = finish_entry(cert_ref, name, cert, chain, pkey)?;
+    key.key = KeyRef::Token(Arc::clone(token), uri);
+    Ok(key)
+}
+
 fn load_entry(
+    token: Option<&Arc<Token>>,
     entry: &Spanned<RawKey>,
     name: String,
     allow_insecure: bool,
 ) -> Result<SigningKey, KeyStoreError> {
     let raw = entry.get_ref();
+    if raw
+        .private_key
+        .as_ref()
+        .is_some_and(|k| pkcs11::is_uri(&k.get_ref().display().to_string()))
+    {
+        return load_token_entry(token, raw, name);
+    }
     let passphrase = match &raw.passphrase_file {
         Some(p) => {
             let bytes = read_secret_file(p, allow_insecure)?;
@@ -238,6 +352,17 @@ fn load_entry(
         .as_ref()
         .or(raw.pkcs12.as_ref())
         .expect("checked above");
+    finish_entry(where_, name, cert, chain, pkey)
+}
+
+/// Checks the key and that it belongs to the certificate; drops the root.
+fn finish_entry(
+    where_: &Spanned<std::path::PathBuf>,
+    name: String,
+    cert: X509,
+    chain: Vec<X509>,
+    pkey: PKey<Private>,
+) -> Result<SigningKey, KeyStoreError> {
     check_key(&pkey).map_err(|what| at(where_, what))?;
     let matches = cert
         .public_key()
@@ -251,12 +376,7 @@ fn load_entry(
     }
     // The root is left out of what we send: recipients must have it already.
     let chain = chain.into_iter().filter(|c| !is_self_signed(c)).collect();
-    let key = SigningKey {
-        name,
-        cert,
-        chain,
-        pkey,
-    };
+    let key = SigningKey::new(name, cert, chain, pkey);
     if let Some(days) = days_left(&key.cert) {
         if days < 0 {
             log::warn!("signing certificate for '{}' has expired", key.name);

@@ -23,6 +23,7 @@ pub mod logging;
 pub mod mime;
 pub mod outbound;
 pub mod outcome;
+pub mod pkcs11;
 pub mod policy;
 pub mod privileges;
 pub mod reload;

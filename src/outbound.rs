@@ -339,19 +339,15 @@ pub fn process_message(
     }
     let mut detail = Vec::new();
     let signed = match &work.sign {
-        Some(key) => match sign::sign_entity(
-            key,
-            &entity,
-            cfg.signing.format,
-            cfg.signing.digest,
-            cfg.signing.include_chain,
-        ) {
-            Ok(s) => {
-                detail.push(format!("key={}", key.label()));
-                Some(s)
+        Some(key) => {
+            match sign::sign_entity(key, &entity, cfg.signing.format, &cfg.signing.options()) {
+                Ok(s) => {
+                    detail.push(format!("key={}", key.label()));
+                    Some(s)
+                }
+                Err(e) => return Outcome::failure(cfg.actions.internal_error, e.to_string()),
             }
-            Err(e) => return Outcome::failure(cfg.actions.internal_error, e.to_string()),
-        },
+        }
         None => None,
     };
     let wrapped = match (&work.encrypt, cfg.encrypt.as_ref()) {

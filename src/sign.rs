@@ -4,7 +4,7 @@
 
 use crate::config::{Digest, SignFormat};
 use crate::keystore::SigningKey;
-use foreign_types::ForeignType;
+use foreign_types::{ForeignType, ForeignTypeRef};
 use openssl::cms::{CMSOptions, CmsContentInfo};
 use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
@@ -22,6 +22,7 @@ extern "C" {
         md: *const openssl_sys::EVP_MD,
         flags: c_uint,
     ) -> *mut std::ffi::c_void;
+    fn CMS_SignerInfo_get0_pkey_ctx(si: *mut std::ffi::c_void) -> *mut openssl_sys::EVP_PKEY_CTX;
     fn CMS_final(
         cms: *mut openssl_sys::CMS_ContentInfo,
         data: *mut openssl_sys::BIO,
@@ -42,16 +43,41 @@ fn message_digest(d: Digest) -> MessageDigest {
     }
 }
 
+/// How to sign, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct SignOptions {
+    pub digest: Digest,
+    pub include_chain: bool,
+    /// RSASSA-PSS (salt as long as the digest) instead of PKCS#1 v1.5.
+    pub rsa_pss: bool,
+}
+
+const RSA_PKCS1_PSS_PADDING: c_int = 6;
+const RSA_PSS_SALTLEN_DIGEST: c_int = -1;
+
 /// DER SignedData over `content`, which must already be in canonical form.
 /// Signed attributes: contentType, messageDigest, signingTime and
-/// SMIMECapabilities (OpenSSL adds the last two by default).
+/// SMIMECapabilities (OpenSSL adds the last two by default). A key in a
+/// token that fails is reopened and tried once more.
 pub fn cms_sign(
     key: &SigningKey,
     content: &[u8],
-    digest: Digest,
+    opts: &SignOptions,
     detached: bool,
-    include_chain: bool,
 ) -> Result<Vec<u8>, SignError> {
+    key.with_key(|pkey| cms_sign_with(key, pkey, content, opts, detached))
+}
+
+fn cms_sign_with(
+    key: &SigningKey,
+    pkey: &openssl::pkey::PKeyRef<openssl::pkey::Private>,
+    content: &[u8],
+    opts: &SignOptions,
+    detached: bool,
+) -> Result<Vec<u8>, SignError> {
+    let digest = effective_digest(key, opts.digest);
+    let include_chain = opts.include_chain;
+    let pss = opts.rsa_pss && matches!(pkey.id(), openssl::pkey::Id::RSA);
     // BINARY: the content is canonical already; OpenSSL must not translate it.
     let mut flags = CMSOptions::BINARY | CMSOptions::PARTIAL;
     if detached {
@@ -66,15 +92,30 @@ pub fn cms_sign(
     let cms =
         CmsContentInfo::sign::<openssl::pkey::Private>(None, None, Some(&certs), None, flags)?;
     unsafe {
+        // KEY_PARAM: the signer's key context stays open for the padding.
+        let signer_flags = if pss {
+            flags | CMSOptions::KEY_PARAM
+        } else {
+            flags
+        };
         let si = CMS_add1_signer(
             cms.as_ptr(),
             key.cert.as_ptr(),
-            key.pkey.as_ptr(),
+            pkey.as_ptr(),
             message_digest(digest).as_ptr(),
-            flags.bits(),
+            signer_flags.bits(),
         );
         if si.is_null() {
             return Err(ErrorStack::get().into());
+        }
+        if pss {
+            let pctx = CMS_SignerInfo_get0_pkey_ctx(si);
+            if pctx.is_null()
+                || openssl_sys::EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) <= 0
+                || openssl_sys::EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) <= 0
+            {
+                return Err(ErrorStack::get().into());
+            }
         }
         // A read-only memory BIO over the content: no copy.
         let len = c_int::try_from(content.len()).map_err(|_| ErrorStack::get())?;
@@ -123,8 +164,11 @@ impl Wrapped {
 /// The digest to sign with: the configured one, raised to the strength of an
 /// ECDSA key's curve (RFC 5480 §4; GnuPG refuses SHA-256 with P-384).
 pub fn effective_digest(key: &SigningKey, configured: Digest) -> Digest {
-    let curve_bits = match key.pkey.id() {
-        openssl::pkey::Id::EC => key.pkey.bits(),
+    let Ok(pkey) = key.cert.public_key() else {
+        return configured;
+    };
+    let curve_bits = match pkey.id() {
+        openssl::pkey::Id::EC => pkey.bits(),
         _ => 0,
     };
     match configured {
@@ -138,13 +182,12 @@ pub fn sign_entity(
     key: &SigningKey,
     entity: &[u8],
     format: SignFormat,
-    digest: Digest,
-    include_chain: bool,
+    opts: &SignOptions,
 ) -> Result<Wrapped, SignError> {
-    let digest = effective_digest(key, digest);
+    let digest = effective_digest(key, opts.digest);
     match format {
         SignFormat::Clear => {
-            let sig = cms_sign(key, entity, digest, true, include_chain)?;
+            let sig = cms_sign(key, entity, opts, true)?;
             let boundary = unique_boundary(entity);
             let mut body = Vec::with_capacity(entity.len() + sig.len() * 4 / 3 + 512);
             body.extend_from_slice(b"This is an S/MIME signed message\r\n\r\n--");
@@ -175,7 +218,7 @@ pub fn sign_entity(
             })
         }
         SignFormat::Opaque => {
-            let der = cms_sign(key, entity, digest, false, include_chain)?;
+            let der = cms_sign(key, entity, opts, false)?;
             let mut body = Vec::with_capacity(der.len() * 4 / 3 + 64);
             push_base64_lines(&mut body, &der);
             Ok(Wrapped {
