@@ -22,8 +22,7 @@ fn pin_file(dir: &Path, pin: &str) -> PathBuf {
 
 /// Runs the test mode with SOFTHSM2_CONF pointing at this token.
 fn test_mode_hsm(hsm: &SoftHsm, cfg: &Path, args: &[&str], input: &[u8]) -> TestRun {
-    std::env::set_var("SOFTHSM2_CONF", hsm.conf());
-    test_mode(cfg, args, input)
+    test_mode_env(cfg, args, input, &[("SOFTHSM2_CONF", &hsm.conf())])
 }
 
 #[test]
@@ -178,9 +177,12 @@ fn token_keys_decrypt_pkcs1_and_oaep_key_transport() {
 fn wrong_pin_missing_token_and_missing_module_are_clear_start_errors() {
     let hsm = SoftHsm::new();
     let d = tempdir();
-    std::env::set_var("SOFTHSM2_CONF", hsm.conf());
     let check = |cfg: &Path| {
-        let out = run(Command::new(bin()).arg("--check-config").arg("-c").arg(cfg));
+        let out = run(Command::new(bin())
+            .env("SOFTHSM2_CONF", hsm.conf())
+            .arg("--check-config")
+            .arg("-c")
+            .arg(cfg));
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -254,9 +256,7 @@ fn a_token_that_disappears_gives_tempfail_and_the_pin_stays_secret() {
     let hsm = SoftHsm::new();
     let d = tempdir();
     let pin = pin_file(d.path(), PIN);
-    std::env::set_var("SOFTHSM2_CONF", hsm.conf());
-    // The milter reads SOFTHSM2_CONF from its environment (the test's).
-    let m = Milter::start("", &hsm.tables(&pin, ""));
+    let m = Milter::start_env("", &hsm.tables(&pin, ""), &[("SOFTHSM2_CONF", &hsm.conf())]);
     assert!(matches!(
         sign_via(&m, "T1"),
         Reply::Continue | Reply::Accept
@@ -293,8 +293,7 @@ fn concurrent_signing_with_token_keys() {
     let hsm = SoftHsm::new();
     let d = tempdir();
     let pin = pin_file(d.path(), PIN);
-    std::env::set_var("SOFTHSM2_CONF", hsm.conf());
-    let m = Milter::start("", &hsm.tables(&pin, ""));
+    let m = Milter::start_env("", &hsm.tables(&pin, ""), &[("SOFTHSM2_CONF", &hsm.conf())]);
     let threads: Vec<_> = (0..6)
         .map(|t| {
             let path = m.socket_path.clone();

@@ -138,6 +138,12 @@ pub struct Milter {
 impl Milter {
     /// Starts `smime-milter -f` on a unix socket in a fresh directory.
     pub fn start(top: &str, tables: &str) -> Milter {
+        Self::start_env(top, tables, &[])
+    }
+
+    /// The same, with extra environment variables for the milter (tests run
+    /// in parallel threads, so none changes the test process's environment).
+    pub fn start_env(top: &str, tables: &str, env: &[(&str, &Path)]) -> Milter {
         let dir = tempdir();
         let socket_path = dir.path().join("milter.sock");
         let user = if is_root() {
@@ -152,6 +158,7 @@ impl Milter {
         );
         let stderr = dir.path().join("milter.log");
         let child = Command::new(bin())
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .args(["-f", "-c"])
             .arg(&cfg)
             .stdin(Stdio::null())
@@ -239,7 +246,12 @@ pub struct TestRun {
 }
 
 pub fn test_mode(cfg: &Path, args: &[&str], input: &[u8]) -> TestRun {
+    test_mode_env(cfg, args, input, &[])
+}
+
+pub fn test_mode_env(cfg: &Path, args: &[&str], input: &[u8], env: &[(&str, &Path)]) -> TestRun {
     let mut child = Command::new(bin())
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .arg("test")
         .arg("-c")
         .arg(cfg)
