@@ -15,6 +15,9 @@ use std::sync::{Arc, RwLock};
 
 static CONFIG: RwLock<Option<Arc<Config>>> = RwLock::new(None);
 
+/// Connections being served, so that a stop waits for them.
+static ACTIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The configuration new messages use.
 pub fn current_config() -> Arc<Config> {
     CONFIG
@@ -178,7 +181,11 @@ unsafe extern "C" fn on_connect(
     guard(ctx, "connect", |c| {
         let ip = sockaddr_ip(addr);
         match c.data.replace(Session::new(ip)) {
-            Ok(_) => sys::SMFIS_CONTINUE,
+            Ok(None) => {
+                ACTIVE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                sys::SMFIS_CONTINUE
+            }
+            Ok(Some(_)) => sys::SMFIS_CONTINUE,
             Err(_) => tempfail(c),
         }
     })
@@ -320,7 +327,9 @@ unsafe extern "C" fn on_abort(ctx: *mut sys::SMFICTX) -> sys::sfsistat {
 
 unsafe extern "C" fn on_close(ctx: *mut sys::SMFICTX) -> sys::sfsistat {
     guard(ctx, "close", |c| {
-        let _ = c.data.take();
+        if let Ok(Some(_)) = c.data.take() {
+            ACTIVE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
         sys::SMFIS_CONTINUE
     })
 }
@@ -337,6 +346,8 @@ pub enum RunError {
     Privileges(#[from] crate::privileges::PrivError),
     #[error("libmilter main loop failed")]
     Main,
+    #[error("cannot write the PID file {path}: {err}")]
+    PidFile { path: String, err: std::io::Error },
     #[error("cannot set up the reload and stats threads: {0}")]
     Threads(std::io::Error),
 }
@@ -347,6 +358,7 @@ pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
     let identity = crate::privileges::target(&cfg)?;
     let socket_mode = cfg.socket_mode;
     let config_path = cfg.path.clone();
+    let pid_file = cfg.pid_file.clone();
     install_config(cfg);
     // Before libmilter starts its threads, so that they inherit the mask.
     crate::reload::block_sigusr1().map_err(RunError::Threads)?;
@@ -398,7 +410,30 @@ pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
         "smime-milter {} listening on {socket}",
         env!("CARGO_PKG_VERSION")
     );
-    if unsafe { sys::smfi_main() } != sys::MI_SUCCESS {
+    if let Some(pid_file) = &pid_file {
+        std::fs::write(pid_file, format!("{}\n", std::process::id())).map_err(|err| {
+            RunError::PidFile {
+                path: pid_file.display().to_string(),
+                err,
+            }
+        })?;
+    }
+    let main = unsafe { sys::smfi_main() };
+    // libmilter stopped listening (SIGTERM, SIGHUP); let the messages in
+    // flight finish before the process ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut active = ACTIVE.load(std::sync::atomic::Ordering::SeqCst);
+    if active > 0 {
+        log::info!("stopping: waiting for {active} connection(s) to finish");
+    }
+    while active > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        active = ACTIVE.load(std::sync::atomic::Ordering::SeqCst);
+    }
+    if let Some(pid_file) = &pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
+    if main != sys::MI_SUCCESS {
         return Err(RunError::Main);
     }
     log::info!("smime-milter stopped");

@@ -350,6 +350,7 @@ struct RawConfig {
     user: Option<Spanned<String>>,
     group: Option<Spanned<String>>,
     run_as_root: Option<bool>,
+    pid_file: Option<PathBuf>,
     log_level: Option<Spanned<String>>,
     internal_hosts: Option<Vec<Net>>,
     #[serde(default, deserialize_with = "opt_size_de")]
@@ -590,6 +591,8 @@ pub struct Config {
     pub user: Option<String>,
     pub group: Option<String>,
     pub run_as_root: bool,
+    /// Written once the milter runs (as `user`), removed at exit.
+    pub pid_file: Option<PathBuf>,
     pub log_level: log::LevelFilter,
     pub internal_hosts: Vec<IpNet>,
     pub max_message_size: u64,
@@ -623,6 +626,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "user",
     "group",
     "run_as_root",
+    "pid_file",
     "log_level",
     "internal_hosts",
     "max_message_size",
@@ -889,6 +893,7 @@ impl Config {
             user: raw.user.map(|u| u.into_inner()),
             group: raw.group.map(|g| g.into_inner()),
             run_as_root: raw.run_as_root.unwrap_or(false),
+            pid_file: raw.pid_file,
             log_level,
             internal_hosts: raw
                 .internal_hosts
