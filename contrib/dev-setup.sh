@@ -11,6 +11,7 @@ packages=(
     gpgsm gpg-agent libnss3-tools         # independent S/MIME verifiers
     slapd ldap-utils                      # tests: a real directory
     softhsm2 libengine-pkcs11-openssl opensc   # PKCS#11 keys: token, engine, pkcs11-tool
+    debhelper dpkg-dev build-essential rpm      # packages: build the .deb, parse the spec
     python3 ca-certificates iproute2
 )
 
