@@ -12,6 +12,7 @@ packages=(
     slapd ldap-utils                      # tests: a real directory
     softhsm2 libengine-pkcs11-openssl opensc   # PKCS#11 keys: token, engine, pkcs11-tool
     debhelper dpkg-dev build-essential rpm      # packages: build the .deb, parse the spec
+    m4                                          # Sendmail configuration for its test
     python3 ca-certificates iproute2
 )
 
@@ -46,6 +47,21 @@ if [ ${#missing[@]} -gt 0 ]; then
         echo "dev-setup: apt-get failed (rc=$rc)" >&2
         exit 1
     fi
+fi
+
+# Sendmail for its end-to-end test: it cannot be installed beside Postfix
+# (both are the MTA), so its Debian packages are unpacked into a cache
+# directory and run from there.
+sendmail_root=/var/cache/smime-milter-tests/sendmail
+if [ ! -x "$sendmail_root/root/usr/libexec/sendmail/sendmail" ] && [ "$(id -u)" -eq 0 ]; then
+    mkdir -p "$sendmail_root"
+    (
+        cd "$sendmail_root"
+        apt-get download -qq sendmail-bin sendmail-cf >/tmp/smime-milter-apt.log 2>&1 ||
+            { apt-get update -qq && apt-get download -qq sendmail-bin sendmail-cf; } >>/tmp/smime-milter-apt.log 2>&1
+        for deb in sendmail-bin_*.deb sendmail-cf_*.deb; do dpkg-deb -x "$deb" root; done
+        rm -f ./*.deb
+    ) || { tail -5 /tmp/smime-milter-apt.log >&2; echo "dev-setup: cannot fetch Sendmail" >&2; exit 1; }
 fi
 
 if ! command -v cargo >/dev/null; then
