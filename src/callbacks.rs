@@ -15,9 +15,6 @@ use std::sync::{Arc, RwLock};
 
 static CONFIG: RwLock<Option<Arc<Config>>> = RwLock::new(None);
 
-/// Connections being served, so that a stop waits for them.
-static ACTIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 /// The configuration new messages use.
 pub fn current_config() -> Arc<Config> {
     CONFIG
@@ -181,11 +178,7 @@ unsafe extern "C" fn on_connect(
     guard(ctx, "connect", |c| {
         let ip = sockaddr_ip(addr);
         match c.data.replace(Session::new(ip)) {
-            Ok(None) => {
-                ACTIVE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                sys::SMFIS_CONTINUE
-            }
-            Ok(Some(_)) => sys::SMFIS_CONTINUE,
+            Ok(_) => sys::SMFIS_CONTINUE,
             Err(_) => tempfail(c),
         }
     })
@@ -327,9 +320,7 @@ unsafe extern "C" fn on_abort(ctx: *mut sys::SMFICTX) -> sys::sfsistat {
 
 unsafe extern "C" fn on_close(ctx: *mut sys::SMFICTX) -> sys::sfsistat {
     guard(ctx, "close", |c| {
-        if let Ok(Some(_)) = c.data.take() {
-            ACTIVE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        }
+        let _ = c.data.take();
         sys::SMFIS_CONTINUE
     })
 }
@@ -361,7 +352,7 @@ pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
     let pid_file = cfg.pid_file.clone();
     install_config(cfg);
     // Before libmilter starts its threads, so that they inherit the mask.
-    crate::reload::block_sigusr1().map_err(RunError::Threads)?;
+    crate::reload::block_signals().map_err(RunError::Threads)?;
     let conn =
         CString::new(socket.to_libmilter()).map_err(|_| RunError::Socket(socket.to_string()))?;
     let name = CString::new("smime-milter").expect("no NUL");
@@ -419,16 +410,17 @@ pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
         })?;
     }
     let main = unsafe { sys::smfi_main() };
-    // libmilter stopped listening (SIGTERM, SIGHUP); let the messages in
-    // flight finish before the process ends.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut active = ACTIVE.load(std::sync::atomic::Ordering::SeqCst);
+    // libmilter stopped (SIGTERM, SIGHUP). A message whose end it still
+    // delivers to us is finished; one it dropped mid-way the MTA defers
+    // (milter_default_action = tempfail). Wait a little for the former.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut active = crate::session::in_flight();
     if active > 0 {
-        log::info!("stopping: waiting for {active} connection(s) to finish");
+        log::info!("stopping: waiting for {active} message(s) in flight");
     }
     while active > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
-        active = ACTIVE.load(std::sync::atomic::Ordering::SeqCst);
+        active = crate::session::in_flight();
     }
     if let Some(pid_file) = &pid_file {
         let _ = std::fs::remove_file(pid_file);

@@ -7,13 +7,18 @@ use crate::config::Config;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Blocks SIGUSR1 in the calling thread; threads created afterwards (all of
-/// libmilter's) inherit the mask, so only the reload thread receives it.
-pub fn block_sigusr1() -> std::io::Result<()> {
+/// Blocks SIGUSR1, SIGTERM, SIGHUP and SIGINT in the calling thread;
+/// threads created afterwards inherit the mask, so SIGUSR1 reaches only the
+/// reload thread and the others only libmilter's signal thread (which stops
+/// the milter gracefully). Left unblocked in one of our threads, SIGTERM
+/// would kill the process outright.
+pub fn block_signals() -> std::io::Result<()> {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGUSR1);
+        for sig in [libc::SIGUSR1, libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
+            libc::sigaddset(&mut set, sig);
+        }
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
             return Err(std::io::Error::from_raw_os_error(rc));

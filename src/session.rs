@@ -43,6 +43,14 @@ impl Message {
     }
 }
 
+/// Messages between MAIL FROM and their end, over all connections: a stop
+/// waits for them.
+static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// A client connection; holds at most one message at a time.
 pub struct Session {
     pub client_ip: Option<IpAddr>,
@@ -80,6 +88,9 @@ impl Session {
         let direction = self
             .direction_override
             .unwrap_or_else(|| policy::direction(&cfg, self.client_ip, auth_login.as_deref()));
+        if self.message.is_none() {
+            IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         self.message = Some(Message {
             cfg,
             queue_id: None,
@@ -223,7 +234,16 @@ impl Session {
 
     /// The message ended (accepted, aborted, or the connection closed).
     pub fn reset(&mut self) {
-        self.message = None;
+        if self.message.take().is_some() {
+            IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Session {
+    // A connection that closes in the middle of a message.
+    fn drop(&mut self) {
+        self.reset();
     }
 }
 

@@ -332,3 +332,82 @@ fn inbound_message_over_the_size_limit_flows_with_a_neutral_result() {
     );
     assert!(r.new_body().is_none(), "body untouched");
 }
+
+/// A key table of the test PKI entries `names`, with copies of the keys the
+/// milter's user can read after dropping root (a reload reads them as that user).
+fn owned_key_table(dir: &std::path::Path, names: &[&str]) -> String {
+    let mut t = String::new();
+    for n in names {
+        let cert = dir.join(format!("{n}.pem"));
+        let key = dir.join(format!("{n}.key"));
+        std::fs::copy(pki().path(&format!("{n}.chain.pem")), &cert).unwrap();
+        std::fs::copy(pki().path(&format!("{n}.key")), &key).unwrap();
+        set_mode(&key, 0o600);
+        if is_root() {
+            run(std::process::Command::new("chown").arg("nobody").arg(&key));
+        }
+        t.push_str(&format!(
+            "[[signing.key]]\nsender = \"{n}@example.com\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ));
+    }
+    t
+}
+
+fn signs(m: &Milter, qid: &str, from: &str) -> bool {
+    let mut c = MilterClient::connect(&m.socket_path).unwrap();
+    c.connect_info("127.0.0.1").unwrap();
+    let raw = format!("From: {from}\r\nSubject: reload\r\n\r\nhi\r\n");
+    let (headers, body) = split_message(raw.as_bytes());
+    let r = c
+        .message(qid, None, from, &["x@example.net"], &headers, &body)
+        .unwrap();
+    c.quit();
+    r.new_body().is_some()
+}
+
+#[test]
+fn sigusr1_reloads_the_key_table_and_a_broken_config_keeps_the_old_one() {
+    let keys = tempdir();
+    let m = Milter::start("", &owned_key_table(keys.path(), &["alice"]));
+    assert!(signs(&m, "R1", "alice@example.com"));
+    assert!(!signs(&m, "R2", "bob@example.com"), "bob has no key yet");
+
+    // Add bob's key and reload.
+    let cfg = m.dir.path().join("smime-milter.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{text}\n{}", owned_key_table(keys.path(), &["bob"])),
+    )
+    .unwrap();
+    unsafe { libc::kill(m.pid() as i32, libc::SIGUSR1) };
+    let log = m.wait_log("configuration reloaded");
+    assert!(
+        log.contains("configuration reloaded") && log.contains("2 signing keys"),
+        "{log}"
+    );
+    assert!(
+        signs(&m, "R3", "bob@example.com"),
+        "the next message uses the new table"
+    );
+
+    // A broken file: logged, and the running configuration stays.
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}\nthis is = not = toml\n",
+            std::fs::read_to_string(&cfg).unwrap()
+        ),
+    )
+    .unwrap();
+    unsafe { libc::kill(m.pid() as i32, libc::SIGUSR1) };
+    let log = m.wait_log("reload failed");
+    assert!(
+        log.contains("reload failed, the previous configuration stays in force"),
+        "{log}"
+    );
+    assert!(signs(&m, "R4", "bob@example.com"));
+    assert!(signs(&m, "R5", "alice@example.com"));
+}

@@ -461,3 +461,69 @@ fn inbound_encrypted_mail_arrives_decrypted_and_replies_are_encrypted_to_harvest
     let content = openssl_verify(&inner).unwrap();
     assert_eq!(mime_leaves(&content), mime_leaves(&data("plain.eml")));
 }
+
+/// SIGTERM stops libmilter at once: messages then in flight are deferred by
+/// Postfix (milter_default_action = tempfail), the rest were signed.
+#[test]
+fn sigterm_under_load_loses_no_message() {
+    if skip_unless_root() {
+        return;
+    }
+    let milter = Milter::start("", &pki().key_table());
+    let postfix = Postfix::start(&milter.spec());
+    let port = postfix.smtpd_port;
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let sent = sent.clone();
+            std::thread::spawn(move || {
+                let mut replies = Vec::new();
+                for i in 0..15 {
+                    let msg = format!("From: alice@example.com\nTo: bob@example.net\nSubject: load {t}-{i}\n\nmessage {t}-{i}\n");
+                    replies.push((format!("load {t}-{i}"), smtp_send(port, "alice@example.com", &["bob@example.net"], msg.as_bytes())));
+                    sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                replies
+            })
+        })
+        .collect();
+    while sent.load(std::sync::atomic::Ordering::SeqCst) < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    unsafe { libc::kill(milter.pid() as i32, libc::SIGTERM) };
+    let replies: Vec<(String, String)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let accepted: Vec<&String> = replies
+        .iter()
+        .filter(|(_, r)| r.starts_with("250"))
+        .map(|(s, _)| s)
+        .collect();
+    let deferred = replies.iter().filter(|(_, r)| r.starts_with('4')).count();
+    assert_eq!(
+        accepted.len() + deferred,
+        60,
+        "every message was accepted or deferred: {replies:?}"
+    );
+    assert!(
+        !accepted.is_empty() && deferred > 0,
+        "the stop happened mid-load ({} accepted)",
+        accepted.len()
+    );
+
+    // Everything accepted is delivered, and signed.
+    let delivered = postfix.delivered(accepted.len());
+    assert_eq!(delivered.len(), accepted.len());
+    for m in &delivered {
+        assert!(
+            String::from_utf8_lossy(m).contains("multipart/signed"),
+            "delivered unsigned:\n{}",
+            String::from_utf8_lossy(m)
+        );
+    }
+    openssl_verify(&delivered[0]).unwrap();
+    assert_eq!(postfix.queued(), 0);
+    let log = milter.wait_log("smime-milter stopped");
+    assert!(log.contains("smime-milter stopped"), "{log}");
+}
