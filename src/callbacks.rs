@@ -30,10 +30,13 @@ pub fn install_config(cfg: Arc<Config>) {
 
 type Ctx = Context<Session>;
 
-/// Runs a callback body; a panic becomes the internal-error action.
+/// Runs a callback body; a panic becomes the internal-error action. In a
+/// step the MTA expects no reply to (`no_reply`, an SMFIP_NR_* flag), the
+/// action is kept for the next step that has one.
 fn guard(
     ctx: *mut sys::SMFICTX,
     stage: &str,
+    no_reply: u64,
     f: impl FnOnce(&mut Ctx) -> sys::sfsistat,
 ) -> sys::sfsistat {
     if ctx.is_null() {
@@ -50,10 +53,18 @@ fn guard(
                 .unwrap_or_else(|| "unknown panic".into());
             let qid = queue_id(&c).unwrap_or_else(|| "NOQUEUE".into());
             log::error!("{qid}: internal error: panic in {stage} callback: {what}");
+            let action = current_config().actions.internal_error;
             if let Some(s) = c.data.borrow_mut() {
+                if s.no_reply & no_reply != 0 && s.message.is_some() {
+                    s.defer(crate::outcome::Outcome::failure(
+                        action,
+                        format!("panic in {stage} callback"),
+                    ));
+                    return sys::SMFIS_NOREPLY;
+                }
                 s.reset();
             }
-            match current_config().actions.internal_error {
+            match action {
                 FailAction::Accept => sys::SMFIS_ACCEPT,
                 _ => tempfail(&c),
             }
@@ -110,6 +121,21 @@ fn finish(c: &mut Ctx, outcome: Outcome) -> sys::sfsistat {
         Verdict::Tempfail(_) => tempfail(c),
         Verdict::Reject(_) => reject(c),
     }
+}
+
+/// A step the MTA sends without waiting for our answer (negotiated
+/// SMFIP_NR_*): an early decision is kept for the next step that has a reply.
+fn step_no_reply(c: &mut Ctx, st: Step, flag: u64) -> sys::sfsistat {
+    let no_reply = c.data.borrow_mut().is_some_and(|s| s.no_reply & flag != 0);
+    if !no_reply {
+        return step(c, st);
+    }
+    if let Step::Done(o) = st {
+        if let Some(s) = c.data.borrow_mut() {
+            s.defer(o);
+        }
+    }
+    sys::SMFIS_NOREPLY
 }
 
 fn step(c: &mut Ctx, step: Step) -> sys::sfsistat {
@@ -175,8 +201,13 @@ unsafe extern "C" fn on_connect(
     _host: *mut c_char,
     addr: *mut libc::sockaddr,
 ) -> sys::sfsistat {
-    guard(ctx, "connect", |c| {
+    guard(ctx, "connect", 0, |c| {
         let ip = sockaddr_ip(addr);
+        // The session may exist already, made at negotiation.
+        if let Some(s) = c.data.borrow_mut() {
+            s.client_ip = ip;
+            return sys::SMFIS_CONTINUE;
+        }
         match c.data.replace(Session::new(ip)) {
             Ok(_) => sys::SMFIS_CONTINUE,
             Err(_) => tempfail(c),
@@ -184,8 +215,50 @@ unsafe extern "C" fn on_connect(
     })
 }
 
+/// The steps we need no reply for, so that the MTA need not wait after each
+/// header line and body chunk (a round trip each), and the ones we do not
+/// use at all.
+const WANTED_PROTOCOL: std::ffi::c_ulong = sys::SMFIP_NOHELO
+    | sys::SMFIP_NOUNKNOWN
+    | sys::SMFIP_NODATA
+    | sys::SMFIP_NR_HDR
+    | sys::SMFIP_NR_MAIL
+    | sys::SMFIP_NR_BODY;
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn on_negotiate(
+    ctx: *mut sys::SMFICTX,
+    f0: std::ffi::c_ulong,
+    f1: std::ffi::c_ulong,
+    _f2: std::ffi::c_ulong,
+    _f3: std::ffi::c_ulong,
+    pf0: *mut std::ffi::c_ulong,
+    pf1: *mut std::ffi::c_ulong,
+    pf2: *mut std::ffi::c_ulong,
+    pf3: *mut std::ffi::c_ulong,
+) -> sys::sfsistat {
+    guard(ctx, "negotiate", 0, |c| {
+        let actions = sys::SMFIF_ADDHDRS | sys::SMFIF_CHGHDRS | sys::SMFIF_CHGBODY;
+        if f0 & actions != actions {
+            log::error!("the MTA does not offer the header and body changes smime-milter needs");
+            return sys::SMFIS_REJECT;
+        }
+        let steps = f1 & WANTED_PROTOCOL;
+        *pf0 = actions;
+        *pf1 = steps;
+        *pf2 = 0;
+        *pf3 = 0;
+        let mut s = Session::new(None);
+        s.no_reply = steps;
+        match c.data.replace(s) {
+            Ok(_) => sys::SMFIS_CONTINUE,
+            Err(_) => sys::SMFIS_REJECT,
+        }
+    })
+}
+
 unsafe extern "C" fn on_mail(ctx: *mut sys::SMFICTX, argv: *mut *mut c_char) -> sys::sfsistat {
-    guard(ctx, "mail", |c| {
+    guard(ctx, "mail", sys::SMFIP_NR_MAIL as u64, |c| {
         let sender = if argv.is_null() {
             String::new()
         } else {
@@ -202,12 +275,16 @@ unsafe extern "C" fn on_mail(ctx: *mut sys::SMFICTX, argv: *mut *mut c_char) -> 
             return sys::SMFIS_CONTINUE;
         };
         s.mail(cfg, &sender, login.as_deref());
-        sys::SMFIS_CONTINUE
+        if s.no_reply & sys::SMFIP_NR_MAIL as u64 != 0 {
+            sys::SMFIS_NOREPLY
+        } else {
+            sys::SMFIS_CONTINUE
+        }
     })
 }
 
 unsafe extern "C" fn on_rcpt(ctx: *mut sys::SMFICTX, argv: *mut *mut c_char) -> sys::sfsistat {
-    guard(ctx, "rcpt", |c| {
+    guard(ctx, "rcpt", 0, |c| {
         let rcpt = if argv.is_null() {
             String::new()
         } else {
@@ -226,18 +303,18 @@ unsafe extern "C" fn on_header(
     name: *mut c_char,
     value: *mut c_char,
 ) -> sys::sfsistat {
-    guard(ctx, "header", |c| {
+    guard(ctx, "header", sys::SMFIP_NR_HDR as u64, |c| {
         let (name, value) = (cstr(name), cstr(value));
         let st = match c.data.borrow_mut() {
             Some(s) => s.header(&name, &value),
             None => Step::Continue,
         };
-        step(c, st)
+        step_no_reply(c, st, sys::SMFIP_NR_HDR as u64)
     })
 }
 
 unsafe extern "C" fn on_eoh(ctx: *mut sys::SMFICTX) -> sys::sfsistat {
-    guard(ctx, "eoh", |c| {
+    guard(ctx, "eoh", 0, |c| {
         let qid = queue_id(c);
         let st = match c.data.borrow_mut() {
             Some(s) => {
@@ -257,7 +334,7 @@ unsafe extern "C" fn on_body(
     data: *mut c_uchar,
     len: libc::size_t,
 ) -> sys::sfsistat {
-    guard(ctx, "body", |c| {
+    guard(ctx, "body", sys::SMFIP_NR_BODY as u64, |c| {
         let chunk = if data.is_null() {
             &[][..]
         } else {
@@ -267,12 +344,12 @@ unsafe extern "C" fn on_body(
             Some(s) => s.body(chunk),
             None => Step::Continue,
         };
-        step(c, st)
+        step_no_reply(c, st, sys::SMFIP_NR_BODY as u64)
     })
 }
 
 unsafe extern "C" fn on_eom(ctx: *mut sys::SMFICTX) -> sys::sfsistat {
-    guard(ctx, "eom", |c| {
+    guard(ctx, "eom", 0, |c| {
         let Some(s) = c.data.borrow_mut() else {
             return sys::SMFIS_CONTINUE;
         };
@@ -310,7 +387,7 @@ fn apply_changes(c: &Ctx, o: &Outcome) -> Result<(), milter::Error> {
 }
 
 unsafe extern "C" fn on_abort(ctx: *mut sys::SMFICTX) -> sys::sfsistat {
-    guard(ctx, "abort", |c| {
+    guard(ctx, "abort", 0, |c| {
         if let Some(s) = c.data.borrow_mut() {
             s.reset();
         }
@@ -319,7 +396,7 @@ unsafe extern "C" fn on_abort(ctx: *mut sys::SMFICTX) -> sys::sfsistat {
 }
 
 unsafe extern "C" fn on_close(ctx: *mut sys::SMFICTX) -> sys::sfsistat {
-    guard(ctx, "close", |c| {
+    guard(ctx, "close", 0, |c| {
         let _ = c.data.take();
         sys::SMFIS_CONTINUE
     })
@@ -372,7 +449,7 @@ pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
         xxfi_close: Some(on_close),
         xxfi_unknown: None,
         xxfi_data: None,
-        xxfi_negotiate: None,
+        xxfi_negotiate: Some(on_negotiate),
     };
     unsafe {
         if sys::smfi_setconn(conn.as_ptr() as *mut c_char) != sys::MI_SUCCESS {

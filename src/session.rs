@@ -28,6 +28,9 @@ pub struct Message {
     pending: Option<Pending>,
     /// The body went over max_message_size and was dropped.
     oversized: bool,
+    /// Decided while the MTA expected no reply (negotiated no-reply steps):
+    /// given at end of message.
+    deferred: Option<Outcome>,
     pub started: Instant,
 }
 
@@ -54,6 +57,8 @@ pub fn in_flight() -> usize {
 /// A client connection; holds at most one message at a time.
 pub struct Session {
     pub client_ip: Option<IpAddr>,
+    /// Protocol steps the MTA agreed not to wait for a reply to (SMFIP_NR_*).
+    pub no_reply: u64,
     /// Forces the direction (test mode); otherwise decided per message.
     pub direction_override: Option<Direction>,
     pub message: Option<Message>,
@@ -76,8 +81,20 @@ impl Session {
     pub fn new(client_ip: Option<IpAddr>) -> Session {
         Session {
             client_ip,
+            no_reply: 0,
             direction_override: None,
             message: None,
+        }
+    }
+
+    /// Keeps an outcome decided where the MTA expects no reply, for the end
+    /// of the message.
+    pub fn defer(&mut self, o: Outcome) {
+        if let Some(m) = self.message.as_mut() {
+            if m.deferred.is_none() {
+                m.deferred = Some(o);
+            }
+            m.body = Vec::new();
         }
     }
 
@@ -103,6 +120,7 @@ impl Session {
             direction,
             pending: None,
             oversized: false,
+            deferred: None,
             started: Instant::now(),
         });
     }
@@ -159,7 +177,9 @@ impl Session {
         if m.size > m.cfg.max_message_size {
             return oversized(m);
         }
-        m.headers.push((name.to_string(), value.to_string()));
+        if m.deferred.is_none() {
+            m.headers.push((name.to_string(), value.to_string()));
+        }
         Step::Continue
     }
 
@@ -169,6 +189,10 @@ impl Session {
         let Some(m) = self.message.as_mut() else {
             return Step::Continue;
         };
+        // Decided during the headers, which the MTA sent without waiting.
+        if let Some(o) = m.deferred.take() {
+            return Step::Done(o);
+        }
         let pending = match m.direction {
             Direction::Inbound => match inbound::plan(&m.cfg, &m.headers) {
                 inbound::Plan::Verify(p) => Pending::Verify(p),
@@ -220,6 +244,9 @@ impl Session {
         let Some(m) = self.message.as_mut() else {
             return Outcome::unchanged("no message state");
         };
+        if let Some(o) = m.deferred.take() {
+            return o;
+        }
         match m.pending.take() {
             Some(Pending::Process(work)) => {
                 outbound::process_message(&m.cfg, &work, &m.headers, &m.body)
