@@ -258,7 +258,7 @@ unsafe extern "C" fn on_negotiate(
 }
 
 unsafe extern "C" fn on_mail(ctx: *mut sys::SMFICTX, argv: *mut *mut c_char) -> sys::sfsistat {
-    guard(ctx, "mail", sys::SMFIP_NR_MAIL as u64, |c| {
+    guard(ctx, "mail", sys::SMFIP_NR_MAIL, |c| {
         let sender = if argv.is_null() {
             String::new()
         } else {
@@ -275,7 +275,7 @@ unsafe extern "C" fn on_mail(ctx: *mut sys::SMFICTX, argv: *mut *mut c_char) -> 
             return sys::SMFIS_CONTINUE;
         };
         s.mail(cfg, &sender, login.as_deref());
-        if s.no_reply & sys::SMFIP_NR_MAIL as u64 != 0 {
+        if s.no_reply & sys::SMFIP_NR_MAIL != 0 {
             sys::SMFIS_NOREPLY
         } else {
             sys::SMFIS_CONTINUE
@@ -303,13 +303,13 @@ unsafe extern "C" fn on_header(
     name: *mut c_char,
     value: *mut c_char,
 ) -> sys::sfsistat {
-    guard(ctx, "header", sys::SMFIP_NR_HDR as u64, |c| {
+    guard(ctx, "header", sys::SMFIP_NR_HDR, |c| {
         let (name, value) = (cstr(name), cstr(value));
         let st = match c.data.borrow_mut() {
             Some(s) => s.header(&name, &value),
             None => Step::Continue,
         };
-        step_no_reply(c, st, sys::SMFIP_NR_HDR as u64)
+        step_no_reply(c, st, sys::SMFIP_NR_HDR)
     })
 }
 
@@ -334,7 +334,7 @@ unsafe extern "C" fn on_body(
     data: *mut c_uchar,
     len: libc::size_t,
 ) -> sys::sfsistat {
-    guard(ctx, "body", sys::SMFIP_NR_BODY as u64, |c| {
+    guard(ctx, "body", sys::SMFIP_NR_BODY, |c| {
         let chunk = if data.is_null() {
             &[][..]
         } else {
@@ -344,7 +344,7 @@ unsafe extern "C" fn on_body(
             Some(s) => s.body(chunk),
             None => Step::Continue,
         };
-        step_no_reply(c, st, sys::SMFIP_NR_BODY as u64)
+        step_no_reply(c, st, sys::SMFIP_NR_BODY)
     })
 }
 
