@@ -101,18 +101,6 @@ impl std::fmt::Debug for CertStore {
     }
 }
 
-fn read_certs(path: &Path) -> Result<Vec<X509>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if data.windows(11).any(|w| w == b"-----BEGIN ") {
-        X509::stack_from_pem(&data)
-            .map_err(|_| format!("cannot parse PEM certificates in {}", path.display()))
-    } else {
-        X509::from_der(&data)
-            .map(|c| vec![c])
-            .map_err(|_| format!("{} is neither PEM nor DER certificate data", path.display()))
-    }
-}
-
 /// Which configured value failed, for the error's line and key.
 pub enum LocalError {
     Dir(String),
@@ -136,7 +124,7 @@ pub fn load_local(
             .collect();
         files.sort();
         for f in files {
-            for c in read_certs(&f).map_err(LocalError::Dir)? {
+            for c in crate::truststore::certs_in(&f).map_err(LocalError::Dir)? {
                 for a in verify::cert_addresses(&c) {
                     out.entry(a.to_ascii_lowercase())
                         .or_default()
@@ -166,7 +154,7 @@ pub fn load_local(
             } else {
                 path.to_path_buf()
             };
-            let certs = read_certs(&path)
+            let certs = crate::truststore::certs_in(&path)
                 .map_err(|e| LocalError::Map(format!("{}:{}: {e}", m.display(), n + 1)))?;
             out.entry(addr.to_ascii_lowercase())
                 .or_default()

@@ -252,20 +252,24 @@ where
     s.parse().map_err(de::Error::custom)
 }
 
-fn seconds_de<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Seconds>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(u64),
-        Str(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Int(n) => Ok(Some(Seconds(n))),
-        Raw::Str(s) => s.parse().map(Some).map_err(de::Error::custom),
+impl From<u64> for Seconds {
+    fn from(n: u64) -> Self {
+        Seconds(n)
     }
 }
 
-fn size_de<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+impl From<u64> for ByteSize {
+    fn from(n: u64) -> Self {
+        ByteSize(n)
+    }
+}
+
+/// A quantity written as a plain integer or as a string with a unit suffix.
+fn quantity_de<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = String> + From<u64>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -273,8 +277,8 @@ fn size_de<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
         Str(String),
     }
     match Raw::deserialize(d)? {
-        Raw::Int(n) => Ok(ByteSize(n)),
-        Raw::Str(s) => s.parse().map_err(de::Error::custom),
+        Raw::Int(n) => Ok(Some(T::from(n))),
+        Raw::Str(s) => s.parse().map(Some).map_err(de::Error::custom),
     }
 }
 
@@ -353,7 +357,7 @@ struct RawConfig {
     pid_file: Option<PathBuf>,
     log_level: Option<Spanned<String>>,
     internal_hosts: Option<Vec<Net>>,
-    #[serde(default, deserialize_with = "opt_size_de")]
+    #[serde(default, deserialize_with = "quantity_de")]
     max_message_size: Option<ByteSize>,
     max_mime_depth: Option<usize>,
     max_recipients: Option<usize>,
@@ -374,16 +378,12 @@ struct RawConfig {
     ldap: Option<Spanned<RawLdap>>,
     #[serde(default)]
     cache: RawCache,
-    #[serde(default, deserialize_with = "seconds_de")]
+    #[serde(default, deserialize_with = "quantity_de")]
     stats_interval: Option<Seconds>,
     #[serde(default)]
     senders: HashMap<String, Vec<String>>,
     #[serde(default)]
     actions: RawActions,
-}
-
-fn opt_size_de<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
-    size_de(d).map(Some)
 }
 
 #[derive(Deserialize, Default)]
@@ -417,7 +417,7 @@ struct RawVerify {
     crl_dir: Option<Spanned<PathBuf>>,
     min_rsa_bits: Option<u32>,
     allow_sha1: Option<bool>,
-    #[serde(default, deserialize_with = "seconds_de")]
+    #[serde(default, deserialize_with = "quantity_de")]
     max_date_skew: Option<Seconds>,
 }
 
@@ -469,9 +469,9 @@ struct RawLdap {
     bind_password_file: Option<Spanned<PathBuf>>,
     base_dn: String,
     filter: Option<Spanned<String>>,
-    #[serde(default, deserialize_with = "seconds_de")]
+    #[serde(default, deserialize_with = "quantity_de")]
     connect_timeout: Option<Seconds>,
-    #[serde(default, deserialize_with = "seconds_de")]
+    #[serde(default, deserialize_with = "quantity_de")]
     search_timeout: Option<Seconds>,
 }
 
@@ -479,9 +479,9 @@ struct RawLdap {
 #[serde(deny_unknown_fields)]
 struct RawCache {
     capacity: Option<usize>,
-    #[serde(default, deserialize_with = "seconds_de")]
+    #[serde(default, deserialize_with = "quantity_de")]
     ttl: Option<Seconds>,
-    #[serde(default, deserialize_with = "seconds_de")]
+    #[serde(default, deserialize_with = "quantity_de")]
     negative_ttl: Option<Seconds>,
 }
 

@@ -32,7 +32,7 @@ impl std::fmt::Debug for TrustStore {
 }
 
 /// Certificates in a file: PEM (one or more) or a single DER certificate.
-fn certs_in(path: &Path) -> Result<Vec<X509>, String> {
+pub(crate) fn certs_in(path: &Path) -> Result<Vec<X509>, String> {
     let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if data.windows(11).any(|w| w == b"-----BEGIN ") {
         X509::stack_from_pem(&data)

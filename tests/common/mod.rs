@@ -250,24 +250,13 @@ pub fn test_mode(cfg: &Path, args: &[&str], input: &[u8]) -> TestRun {
 }
 
 pub fn test_mode_env(cfg: &Path, args: &[&str], input: &[u8], env: &[(&str, &Path)]) -> TestRun {
-    let mut child = Command::new(bin())
-        .envs(env.iter().map(|(k, v)| (*k, *v)))
+    let mut cmd = Command::new(bin());
+    cmd.envs(env.iter().map(|(k, v)| (*k, *v)))
         .arg("test")
         .arg("-c")
         .arg(cfg)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn test mode");
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().expect("wait");
-    writer.join().unwrap();
+        .args(args);
+    let out = pipe(cmd, input);
     TestRun {
         code: out.status.code().unwrap_or(-1),
         stdout: out.stdout,
