@@ -17,7 +17,7 @@ pub fn authserv_id(value: &str) -> Option<String> {
             let mut depth = 0usize;
             while i < b.len() {
                 match b[i] {
-                    b'\\' => i += 1,
+                    b'\\' => i = (i + 1).min(b.len() - 1),
                     b'(' => depth += 1,
                     b')' => {
                         depth -= 1;
@@ -137,6 +137,8 @@ mod tests {
             "mx.example.com.evil; smime=pass",
             "; smime=pass",
             "",
+            "(\\",
+            "(a\\",
         ] {
             assert!(!claims_our_id(v, "mx.example.com"), "{v:?}");
         }

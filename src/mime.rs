@@ -230,7 +230,7 @@ impl ParamParser<'_> {
                     while let Some(c) = self.peek() {
                         self.i += 1;
                         match c {
-                            b'\\' => self.i += 1,
+                            b'\\' => self.i = (self.i + 1).min(self.s.len()),
                             b'(' => depth += 1,
                             b')' => {
                                 depth -= 1;
@@ -489,6 +489,8 @@ pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Multipart<'
         } else {
             pos.saturating_sub(1)
         };
+        // Two delimiter lines in a row: an empty part, not a negative one.
+        let before = before.max(delims.last().map_or(0, |d| d.2));
         delims.push((before, pos, after + line_end, is_close));
         if is_close {
             break;
@@ -581,6 +583,9 @@ mod tests {
         assert_eq!(ct.param("protocol"), Some("application/x-pkcs7-signature"));
         assert_eq!(ct.param("boundary"), Some("a=b"));
         assert!(ContentType::parse("garbage").is_none());
+        // An escape at the very end of a comment.
+        assert!(ContentType::parse("text/plain; (\\").is_some());
+        assert!(ContentType::parse("text/plain (\\").is_some());
         assert!(ContentType::parse("").is_none());
     }
 
@@ -605,6 +610,11 @@ mod tests {
             split_multipart(b"nothing here", "b").unwrap_err(),
             MimeError::BoundaryNotFound("b".into())
         );
+        // Delimiters back to back give empty parts, not a panic.
+        let m = split_multipart(b"--b\r\n--b\r\n--b--\r\n", "b").unwrap();
+        assert_eq!(m.parts, vec![&b""[..], &b""[..]]);
+        let m = split_multipart(b"--b\n--b--", "b").unwrap();
+        assert_eq!(m.parts, vec![&b""[..]]);
     }
 
     fn seven(header: &[u8], body: &[u8]) -> Result<Vec<u8>, MimeError> {
