@@ -96,6 +96,11 @@ pub fn is_enveloped(nid: Nid) -> bool {
     nid == Nid::PKCS7_ENVELOPED || nid.as_raw() == NID_AUTH_ENVELOPED
 }
 
+/// Whether the EnvelopedData has a RecipientInfo for this certificate.
+pub fn is_addressed(der: &[u8], cert: &openssl::x509::X509) -> bool {
+    CmsContentInfo::from_der(der).is_ok_and(|cms| addressed_to(&cms, cert))
+}
+
 /// Tries each key; OpenSSL matches the RecipientInfos against the key's
 /// certificate (issuer and serial, or subjectKeyIdentifier).
 pub fn decrypt(der: &[u8], keys: &[Arc<SigningKey>]) -> Decryption {

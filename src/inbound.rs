@@ -382,6 +382,24 @@ fn decrypt_message(
             }
         }
     }
+    // The plaintext goes to every envelope recipient: decrypt only when each
+    // of them could have decrypted it (no one reads another's mail by
+    // adding himself as a recipient).
+    let every_recipient = !rcpts.is_empty()
+        && rcpts.iter().all(|r| {
+            cfg.keys
+                .find(r)
+                .is_some_and(|k| decrypt::is_addressed(der, &k.cert))
+        });
+    if !every_recipient {
+        let any = keys.iter().any(|k| decrypt::is_addressed(der, &k.cert));
+        notes.push(if any {
+            "not decrypted: not every recipient holds a key it is encrypted to".into()
+        } else {
+            "encrypted to keys we do not hold".into()
+        });
+        return outcome("unchanged", ops, None, None, notes);
+    }
     match decrypt::decrypt(der, &keys) {
         Decryption::NotForUs => {
             notes.push("encrypted to keys we do not hold".into());

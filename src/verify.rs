@@ -350,6 +350,9 @@ extern "C" {
     ) -> *mut openssl_sys::X509_VERIFY_PARAM;
 }
 
+const MAX_SIGNERS: i32 = 8;
+const MAX_CERTS: i32 = 64;
+
 fn content_type_nid(cms: &CmsContentInfo) -> Option<Nid> {
     let obj = unsafe { CMS_get0_type(cms.as_ptr()) };
     if obj.is_null() {
@@ -465,6 +468,29 @@ fn check_signed(
     out: Option<&mut Vec<u8>>,
     part: &str,
 ) -> Verdict {
+    // Bounded work: a mail signature has one signer and a short chain.
+    let (signers, certs) = unsafe {
+        let sis = CMS_get0_SignerInfos(cms.as_ptr());
+        let n = if sis.is_null() {
+            0
+        } else {
+            openssl_sys::OPENSSL_sk_num(sis)
+        };
+        let sk = CMS_get1_certs(cms.as_ptr());
+        let c = if sk.is_null() {
+            0
+        } else {
+            Stack::<X509>::from_ptr(sk).len() as i32
+        };
+        (n, c)
+    };
+    if signers > MAX_SIGNERS || certs > MAX_CERTS {
+        return Verdict::error(
+            SmimeResult::Permerror,
+            part,
+            format!("{signers} signers and {certs} certificates exceed the limits"),
+        );
+    }
     // The certificate checks are ours, with reasons; OpenSSL checks the
     // signature and the digest of exactly these bytes.
     let flags = CMSOptions::NO_SIGNER_CERT_VERIFY | CMSOptions::BINARY;

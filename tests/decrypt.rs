@@ -474,3 +474,37 @@ fn thunderbird_encrypted_samples_get_the_expected_results() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn plaintext_never_reaches_a_recipient_the_message_was_not_encrypted_to() {
+    let d = tempdir();
+    let harvest = tempdir();
+    let cfg = config(d.path(), harvest.path(), "");
+    // Encrypted to carol only; alice (whose key we hold too) is added as a recipient.
+    let input = enveloped_message(
+        &openssl_encrypt("carol", ENTITY.as_bytes(), "-aes-256-cbc"),
+        "enveloped-data",
+        "replay",
+    );
+    let r = test_mode(
+        &cfg,
+        &[
+            "--inbound",
+            "--rcpt",
+            "carol@example.com",
+            "--rcpt",
+            "alice@example.com",
+        ],
+        &input,
+    );
+    assert_eq!(r.code, 0);
+    assert!(
+        !String::from_utf8_lossy(&r.stdout).contains("secret plan"),
+        "not decrypted for alice"
+    );
+    assert!(
+        r.stderr.contains("not every recipient holds a key"),
+        "{}",
+        r.stderr
+    );
+}
