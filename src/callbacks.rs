@@ -381,7 +381,11 @@ fn apply_changes(c: &Ctx, o: &Outcome) -> Result<(), milter::Error> {
         }
     }
     if let Some(body) = &o.changes.body {
-        c.api.append_body_chunk(body)?;
+        // Repeated calls append; small chunks keep every length well inside
+        // the C int smfi_replacebody takes.
+        for chunk in body.chunks(65536) {
+            c.api.append_body_chunk(chunk)?;
+        }
     }
     Ok(())
 }

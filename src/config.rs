@@ -899,7 +899,9 @@ impl Config {
                 .internal_hosts
                 .map(|v| v.into_iter().map(|n| n.0).collect())
                 .unwrap_or_else(default_internal_hosts),
-            max_message_size: raw.max_message_size.map_or(64 << 20, |s| s.0),
+            // At most 1 GiB: a signed or encrypted body grows by a third,
+            // and libmilter counts lengths in a C int.
+            max_message_size: raw.max_message_size.map_or(64 << 20, |s| s.0.min(1 << 30)),
             max_mime_depth,
             max_recipients: raw.max_recipients.unwrap_or(1000),
             max_mime_parts,

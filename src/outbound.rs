@@ -30,6 +30,9 @@ pub struct Work {
     pub encrypt: Option<Vec<Arc<RecipientCert>>>,
     /// Why a step is skipped (for the summary line).
     pub notes: Vec<String>,
+    /// Encryption is required for some recipient: no failure may let the
+    /// message through in plaintext.
+    pub required: bool,
 }
 
 fn is_content_field(name: &str) -> bool {
@@ -60,8 +63,10 @@ fn smime_state(headers: &[(String, String)]) -> (bool, bool) {
         ),
         "application/pkcs7-mime" | "application/x-pkcs7-mime" => {
             let t = ct.param("smime-type").unwrap_or("").to_ascii_lowercase();
-            let signed = t == "signed-data";
-            (signed, !signed)
+            // Without smime-type it may be either: counted as signed, so it
+            // is still encrypted when policy says so.
+            let encrypted = t == "enveloped-data" || t == "authenveloped-data";
+            (!encrypted, encrypted)
         }
         _ => (false, false),
     }
@@ -80,7 +85,10 @@ pub fn plan(
     if encrypted {
         return Plan::Done(Outcome::unchanged("already S/MIME encrypted"));
     }
-    let mut work = Work::default();
+    let mut work = Work {
+        required: encryption_required(cfg, sender, rcpts),
+        ..Work::default()
+    };
     match encryption(cfg, sender, rcpts) {
         Ok((certs, note)) => {
             work.encrypt = certs;
@@ -158,6 +166,15 @@ fn signing_key(
     Ok(Arc::clone(key))
 }
 
+/// Whether policy requires encryption for any of the recipients.
+pub fn encryption_required(cfg: &Config, sender: &str, rcpts: &[String]) -> bool {
+    cfg.encrypt.as_ref().is_some_and(|enc| {
+        rcpts
+            .iter()
+            .any(|r| policy::encrypt_mode(enc, sender, r) == EncryptMode::Required)
+    })
+}
+
 /// The encryption decision: certificates to encrypt to, or why not.
 type Encryption = (Option<Vec<Arc<RecipientCert>>>, Option<String>);
 
@@ -171,12 +188,12 @@ fn encryption(cfg: &Config, sender: &str, rcpts: &[String]) -> Result<Encryption
     if rcpts.is_empty() {
         return Ok((None, None));
     }
-    let modes: Vec<EncryptMode> = rcpts
-        .iter()
-        .map(|r| policy::encrypt_mode(enc, sender, r))
-        .collect();
-    let required = modes.contains(&EncryptMode::Required);
-    if !required && modes.contains(&EncryptMode::Never) {
+    let required = encryption_required(cfg, sender, rcpts);
+    if !required
+        && rcpts
+            .iter()
+            .any(|r| policy::encrypt_mode(enc, sender, r) == EncryptMode::Never)
+    {
         return Ok((None, None));
     }
     let trust = if enc.require_trusted {
@@ -328,6 +345,15 @@ pub fn process_message(
     headers: &[(String, String)],
     body: &[u8],
 ) -> Outcome {
+    // Where encryption is required, a failure never delivers plaintext.
+    let fail = |action: FailAction, reason: String| {
+        let action = if work.required {
+            action.stricter(FailAction::Tempfail)
+        } else {
+            action
+        };
+        Outcome::failure(action, reason)
+    };
     let block = content_header_block(headers, body);
     let mut entity = Vec::with_capacity(block.len() + body.len() + body.len() / 16 + 2);
     let limits = Limits {
@@ -335,7 +361,7 @@ pub fn process_message(
         max_parts: cfg.max_mime_parts,
     };
     if let Err(e) = mime::write_7bit(&block, body, 0, limits, &mut entity) {
-        return Outcome::failure(cfg.actions.malformed, format!("cannot sign safely: {e}"));
+        return fail(cfg.actions.malformed, format!("cannot sign safely: {e}"));
     }
     let mut detail = Vec::new();
     let signed = match &work.sign {
@@ -345,7 +371,7 @@ pub fn process_message(
                     detail.push(format!("key={}", key.label()));
                     Some(s)
                 }
-                Err(e) => return Outcome::failure(cfg.actions.internal_error, e.to_string()),
+                Err(e) => return fail(cfg.actions.internal_error, e.to_string()),
             }
         }
         None => None,
@@ -366,7 +392,7 @@ pub fn process_message(
                     detail.push(format!("recipients={}", certs.len()));
                     w
                 }
-                Err(e) => return Outcome::failure(cfg.actions.internal_error, e.to_string()),
+                Err(e) => return fail(cfg.actions.internal_error, e.to_string()),
             }
         }
         _ => match signed {

@@ -118,22 +118,24 @@ pub fn replace_content_fields(
     new: &[(String, String)],
 ) -> Vec<HeaderOp> {
     let is_content = |n: &str| n.len() > 8 && n[..8].eq_ignore_ascii_case("content-");
-    let mut ops = Vec::new();
-    let mut names: Vec<String> = Vec::new();
+    // Occurrences per name, in one pass (a message may carry very many).
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (n, _) in headers.iter().filter(|(n, _)| is_content(n)) {
-        if !names.iter().any(|x| x.eq_ignore_ascii_case(n)) {
-            names.push(n.clone());
+        match index.get(&n.to_ascii_lowercase()) {
+            Some(&i) => counts[i].1 += 1,
+            None => {
+                index.insert(n.to_ascii_lowercase(), counts.len());
+                counts.push((n.clone(), 1));
+            }
         }
     }
-    for name in names {
-        let count = headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
-            .count();
-        for index in (1..=count).rev() {
+    let mut ops = Vec::new();
+    for (name, count) in counts {
+        for i in (1..=count).rev() {
             ops.push(HeaderOp::Change {
                 name: name.clone(),
-                index,
+                index: i,
                 value: None,
             });
         }

@@ -131,8 +131,12 @@ impl Session {
         };
         let rcpt = rcpt.trim().trim_matches(['<', '>']).to_string();
         if m.recipients.len() >= m.cfg.max_recipients {
-            let reason = format!("more than {} recipients", m.cfg.max_recipients);
-            return Step::Done(Outcome::failure(m.cfg.actions.oversized, reason));
+            // Only this recipient is refused (452 at RCPT); the message goes
+            // on, fully processed, for the others.
+            return Step::TempfailRecipient(format!(
+                "<{rcpt}>: more than {} recipients",
+                m.cfg.max_recipients
+            ));
         }
         // A recipient that requires encryption but has no certificate can be
         // refused alone, so that the message still reaches the others.
@@ -279,7 +283,14 @@ fn oversized(m: &Message) -> Step {
         "message larger than max_message_size ({} bytes)",
         m.cfg.max_message_size
     );
-    Step::Done(Outcome::failure(m.cfg.actions.oversized, reason))
+    let mut action = m.cfg.actions.oversized;
+    // Never plaintext where encryption is required.
+    if m.direction == Direction::Outbound
+        && outbound::encryption_required(&m.cfg, &m.sender, &m.recipients)
+    {
+        action = action.stricter(crate::config::FailAction::Tempfail);
+    }
+    Step::Done(Outcome::failure(action, reason))
 }
 
 /// The one line per message an admin greps for by queue id.

@@ -309,3 +309,36 @@ fn refuse_at_rcpt_rejects_only_that_recipient() {
     assert!(r.stderr.contains("recipients=1"), "{}", r.stderr);
     openssl_decrypt(&r.stdout, "carol").unwrap();
 }
+
+#[test]
+fn required_encryption_overrides_accepting_failure_actions() {
+    let certs = cert_dir(&["carol"]);
+    let d = tempdir();
+    let cfg = write_config(
+        d.path(),
+        "max_message_size = \"2K\"\n[actions]\noversized = \"accept\"\nmalformed = \"accept\"\n",
+        &format!(
+            "[encrypt]\ncerts_dir = \"{}\"\ndefault_policy = \"required\"\n{}",
+            certs.path().display(),
+            pki().key_table()
+        ),
+    );
+    let mut big = data("plain.eml");
+    big.extend(std::iter::repeat_n(b'a', 5000));
+    let args = ["--outbound", "--rcpt", "carol@example.com"];
+    let r = test_mode(&cfg, &args, &big);
+    assert_eq!(r.code, 75, "oversized plaintext is held: {}", r.stderr);
+    assert!(r.stdout.is_empty());
+    // The same message to a recipient without required encryption flows.
+    let cfg_opt = write_config(
+        d.path(),
+        "max_message_size = \"2K\"\n[actions]\noversized = \"accept\"\n",
+        &format!(
+            "[encrypt]\ncerts_dir = \"{}\"\ndefault_policy = \"opportunistic\"\n{}",
+            certs.path().display(),
+            pki().key_table()
+        ),
+    );
+    let r = test_mode(&cfg_opt, &args, &big);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
