@@ -164,13 +164,6 @@ pub fn load_local(
     Ok(out)
 }
 
-const KU_KEY_ENCIPHERMENT: u32 = 0x20;
-const KU_KEY_AGREEMENT: u32 = 0x08;
-const XKU_SMIME: u32 = 0x4;
-const XKU_ANYEKU: u32 = 0x100;
-const EXFLAG_KUSAGE: u32 = 0x2;
-const EXFLAG_XKUSAGE: u32 = 0x4;
-
 /// Whether a certificate can be encrypted to for `address` (RFC 8550):
 /// valid now, key usage for key transport or agreement, email EKU, names the
 /// address; and chains to the anchors when `trust` is given.
@@ -187,23 +180,12 @@ pub fn usable_for(
         return false;
     };
     let needed = match pk.id() {
-        Id::RSA => KU_KEY_ENCIPHERMENT,
-        Id::EC => KU_KEY_AGREEMENT,
+        Id::RSA => verify::KU_KEY_ENCIPHERMENT,
+        Id::EC => verify::KU_KEY_AGREEMENT,
         _ => return false,
     };
-    let (flags, ku, xku) = unsafe {
-        use foreign_types::ForeignTypeRef;
-        let p = cert.as_ptr();
-        (
-            openssl_sys::X509_get_extension_flags(p),
-            openssl_sys::X509_get_key_usage(p),
-            openssl_sys::X509_get_extended_key_usage(p),
-        )
-    };
-    if flags & EXFLAG_KUSAGE != 0 && ku & needed == 0 {
-        return false;
-    }
-    if flags & EXFLAG_XKUSAGE != 0 && xku & (XKU_SMIME | XKU_ANYEKU) == 0 {
+    let u = verify::usage(cert, needed);
+    if !u.key_usage || !u.email {
         return false;
     }
     if !verify::cert_addresses(cert)

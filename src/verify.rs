@@ -733,15 +733,25 @@ fn check_chain(
     Err(reason)
 }
 
-const KU_DIGITAL_SIGNATURE: u32 = 0x80;
-const KU_NON_REPUDIATION: u32 = 0x40;
+pub(crate) const KU_DIGITAL_SIGNATURE: u32 = 0x80;
+pub(crate) const KU_NON_REPUDIATION: u32 = 0x40;
+pub(crate) const KU_KEY_ENCIPHERMENT: u32 = 0x20;
+pub(crate) const KU_KEY_AGREEMENT: u32 = 0x08;
 const XKU_SMIME: u32 = 0x4;
 const XKU_ANYEKU: u32 = 0x100;
 const EXFLAG_KUSAGE: u32 = 0x2;
 const EXFLAG_XKUSAGE: u32 = 0x4;
 
-/// keyUsage allows signing; extendedKeyUsage absent or allows email.
-fn check_usage(cert: &X509Ref) -> Result<(), &'static str> {
+/// What a certificate's key usage extensions allow (RFC 5280 §4.2.1.3,
+/// §4.2.1.12): an absent extension allows everything.
+pub(crate) struct Usage {
+    /// keyUsage allows one of the bits asked for.
+    pub key_usage: bool,
+    /// extendedKeyUsage allows email protection.
+    pub email: bool,
+}
+
+pub(crate) fn usage(cert: &X509Ref, any_key_usage: u32) -> Usage {
     let (flags, ku, xku) = unsafe {
         let p = cert.as_ptr();
         (
@@ -750,10 +760,19 @@ fn check_usage(cert: &X509Ref) -> Result<(), &'static str> {
             openssl_sys::X509_get_extended_key_usage(p),
         )
     };
-    if flags & EXFLAG_KUSAGE != 0 && ku & (KU_DIGITAL_SIGNATURE | KU_NON_REPUDIATION) == 0 {
+    Usage {
+        key_usage: flags & EXFLAG_KUSAGE == 0 || ku & any_key_usage != 0,
+        email: flags & EXFLAG_XKUSAGE == 0 || xku & (XKU_SMIME | XKU_ANYEKU) != 0,
+    }
+}
+
+/// keyUsage allows signing; extendedKeyUsage absent or allows email.
+fn check_usage(cert: &X509Ref) -> Result<(), &'static str> {
+    let u = usage(cert, KU_DIGITAL_SIGNATURE | KU_NON_REPUDIATION);
+    if !u.key_usage {
         return Err("key usage does not allow signing");
     }
-    if flags & EXFLAG_XKUSAGE != 0 && xku & (XKU_SMIME | XKU_ANYEKU) == 0 {
+    if !u.email {
         return Err("certificate not for email protection");
     }
     Ok(())
