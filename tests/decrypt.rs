@@ -25,29 +25,7 @@ fn config(dir: &Path, harvest: &Path, extra: &str) -> PathBuf {
 const ENTITY: &str =
     "Content-Type: text/plain; charset=us-ascii\r\n\r\nThe secret plan.\r\nSecond line.\r\n";
 
-/// `openssl cms -encrypt` of `data` to a test PKI certificate, DER.
-fn openssl_encrypt(to: &str, data: &[u8], cipher: &str) -> Vec<u8> {
-    openssl_encrypt_with(to, data, cipher, &[])
-}
-
-fn openssl_encrypt_with(to: &str, data: &[u8], cipher: &str, extra: &[&str]) -> Vec<u8> {
-    let d = tempdir();
-    std::fs::write(d.path().join("in"), data).unwrap();
-    let out = run(Command::new("openssl")
-        .args(["cms", "-encrypt", "-binary", "-outform", "DER", cipher])
-        .args(extra)
-        .arg("-in")
-        .arg(d.path().join("in"))
-        .arg(pki().path(&format!("{to}.crt"))));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// A message whose whole body is this EnvelopedData.
+/// A message whose body is the base64 of this CMS DER.
 fn enveloped_message(der: &[u8], smime_type: &str, subject: &str) -> Vec<u8> {
     let b64 = run(Command::new("sh")
         .arg("-c")
@@ -151,19 +129,8 @@ fn signed_then_encrypted_is_decrypted_and_the_inner_signature_passes() {
     let d = tempdir();
     let harvest = tempdir();
     let cfg = config(d.path(), harvest.path(), "");
-    let dd = tempdir();
-    std::fs::write(dd.path().join("e"), ENTITY).unwrap();
-    let signed = run(Command::new("openssl")
-        .args(["cms", "-sign", "-md", "sha256", "-signer"])
-        .arg(pki().path("dave.crt"))
-        .arg("-inkey")
-        .arg(pki().path("dave.key"))
-        .arg("-certfile")
-        .arg(pki().path("inter.crt"))
-        .arg("-in")
-        .arg(dd.path().join("e")));
-    assert!(signed.status.success());
-    let der = openssl_encrypt("carol", &signed.stdout, "-aes-256-cbc");
+    let signed = openssl_sign("dave", "sha256", ENTITY.as_bytes());
+    let der = openssl_encrypt("carol", &signed, "-aes-256-cbc");
     let msg = String::from_utf8_lossy(&enveloped_message(
         &der,
         "enveloped-data",
@@ -315,20 +282,10 @@ fn harvested_certificates_encrypt_replies_and_can_be_managed() {
     );
 
     // Dave writes to us, signed (openssl announces CBC ciphers only).
-    let dd = tempdir();
-    std::fs::write(dd.path().join("e"), ENTITY).unwrap();
-    let signed = run(Command::new("openssl")
-        .args(["cms", "-sign", "-md", "sha384", "-signer"])
-        .arg(pki().path("dave.crt"))
-        .arg("-inkey")
-        .arg(pki().path("dave.key"))
-        .arg("-certfile")
-        .arg(pki().path("inter.crt"))
-        .arg("-in")
-        .arg(dd.path().join("e")));
+    let signed = openssl_sign("dave", "sha384", ENTITY.as_bytes());
     let mut msg =
         b"From: Dave <dave@example.net>\nTo: alice@example.com\nSubject: hello\n".to_vec();
-    msg.extend_from_slice(&signed.stdout);
+    msg.extend_from_slice(&signed);
     let r = test_mode(&cfg, &["--inbound", "--rcpt", "alice@example.com"], &msg);
     assert!(
         r.stderr

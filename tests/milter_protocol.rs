@@ -129,10 +129,11 @@ fn messages_on_one_connection_do_not_share_state() {
     c.quit();
 }
 
-#[test]
-fn tempfail_carries_a_4xx_reply() {
+/// The reply to a message from a sender without a key, with
+/// `key_not_found` set to `action`, and the milter's log for it.
+fn key_not_found_reply(action: &str, qid: &str) -> (Reply, String) {
     let m = Milter::start(
-        "[actions]\nkey_not_found = \"tempfail\"\n",
+        &format!("[actions]\nkey_not_found = \"{action}\"\n"),
         &pki().key_table(),
     );
     let mut c = MilterClient::connect(&m.socket_path).unwrap();
@@ -140,7 +141,7 @@ fn tempfail_carries_a_4xx_reply() {
     let (headers, body) = split_message(b"From: x@unknown.example\r\n\r\nhi\r\n");
     let r = c
         .message(
-            "TF1",
+            qid,
             None,
             "x@unknown.example",
             &["y@example.net"],
@@ -148,11 +149,16 @@ fn tempfail_carries_a_4xx_reply() {
             &body,
         )
         .unwrap();
-    match r.reply {
+    (r.reply, m.wait_log(qid))
+}
+
+#[test]
+fn tempfail_carries_a_4xx_reply() {
+    let (reply, log) = key_not_found_reply("tempfail", "TF1");
+    match reply {
         Reply::Code(text) => assert!(text.starts_with("451 4.7.0"), "{text}"),
         other => panic!("expected a 451 reply, got {other:?}"),
     }
-    let log = m.wait_log("TF1");
     assert!(
         log.contains("TF1: outbound action=tempfail verdict=tempfail"),
         "{log}"
@@ -161,27 +167,10 @@ fn tempfail_carries_a_4xx_reply() {
 
 #[test]
 fn reject_carries_a_5xx_reply() {
-    let m = Milter::start(
-        "[actions]\nkey_not_found = \"reject\"\n",
-        &pki().key_table(),
-    );
-    let mut c = MilterClient::connect(&m.socket_path).unwrap();
-    c.connect_info("127.0.0.1").unwrap();
-    let (headers, body) = split_message(b"From: x@unknown.example\r\n\r\nhi\r\n");
-    let r = c
-        .message(
-            "RJ1",
-            None,
-            "x@unknown.example",
-            &["y@example.net"],
-            &headers,
-            &body,
-        )
-        .unwrap();
+    let (reply, _) = key_not_found_reply("reject", "RJ1");
     assert!(
-        matches!(&r.reply, Reply::Code(t) if t.starts_with("550 5.7.0")),
-        "{:?}",
-        r.reply
+        matches!(&reply, Reply::Code(t) if t.starts_with("550 5.7.0")),
+        "{reply:?}"
     );
 }
 

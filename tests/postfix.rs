@@ -155,26 +155,15 @@ fn inbound_signed_mail_arrives_with_our_verdict_and_without_the_forged_one() {
     let postfix = Postfix::start(&milter.spec());
 
     // Signed by openssl, not by us.
-    let d = tempdir();
-    std::fs::write(
-        d.path().join("entity"),
-        "Content-Type: text/plain; charset=us-ascii\n\nSigned elsewhere.\n",
-    )
-    .unwrap();
-    let out = run(std::process::Command::new("openssl")
-        .args(["cms", "-sign", "-md", "sha256", "-signer"])
-        .arg(pki().path("bob.crt"))
-        .arg("-inkey")
-        .arg(pki().path("bob.key"))
-        .arg("-certfile")
-        .arg(pki().path("inter.crt"))
-        .arg("-in")
-        .arg(d.path().join("entity")));
-    assert!(out.status.success());
+    let signed = openssl_sign(
+        "bob",
+        "sha256",
+        b"Content-Type: text/plain; charset=us-ascii\n\nSigned elsewhere.\n",
+    );
     let mut msg = b"Authentication-Results: mx.example.com; smime=pass body.smime-identifier=ceo@example.com\n\
 From: Bob <bob@example.com>\nTo: alice@example.com\nSubject: inbound signed\n"
         .to_vec();
-    msg.extend_from_slice(&out.stdout);
+    msg.extend_from_slice(&signed);
     let unsigned = b"Authentication-Results: MX.EXAMPLE.COM; smime=pass\nFrom: x@example.net\nSubject: inbound plain\n\nhello\n".to_vec();
 
     for m in [&msg, &unsigned] {
@@ -303,19 +292,6 @@ fn outbound_mail_to_two_recipients_arrives_encrypted_for_each() {
 }
 
 /// DER EnvelopedData of `data` for a test PKI certificate, by openssl.
-fn openssl_encrypt(to: &str, data: &[u8], cipher: &str) -> Vec<u8> {
-    let d = tempdir();
-    std::fs::write(d.path().join("in"), data).unwrap();
-    let out = run(std::process::Command::new("openssl")
-        .args([
-            "cms", "-encrypt", "-binary", "-outform", "DER", cipher, "-in",
-        ])
-        .arg(d.path().join("in"))
-        .arg(pki().path(&format!("{to}.crt"))));
-    assert!(out.status.success());
-    out.stdout
-}
-
 fn pkcs7_message(from: &str, subject: &str, der: &[u8], smime_type: &str) -> Vec<u8> {
     let d = tempdir();
     std::fs::write(d.path().join("der"), der).unwrap();
@@ -392,18 +368,7 @@ fn inbound_encrypted_mail_arrives_decrypted_and_replies_are_encrypted_to_harvest
         assert!(reply.starts_with("250"), "{name}: {reply}");
     }
     // Dave (a new correspondent) signs, then encrypts to carol.
-    let d = tempdir();
-    std::fs::write(d.path().join("e"), entity).unwrap();
-    let signed = run(std::process::Command::new("openssl")
-        .args(["cms", "-sign", "-md", "sha384", "-signer"])
-        .arg(pki().path("dave.crt"))
-        .arg("-inkey")
-        .arg(pki().path("dave.key"))
-        .arg("-certfile")
-        .arg(pki().path("inter.crt"))
-        .arg("-in")
-        .arg(d.path().join("e")))
-    .stdout;
+    let signed = openssl_sign("dave", "sha384", entity);
     let m = pkcs7_message(
         "Dave <dave@example.net>",
         "signed then encrypted",

@@ -307,25 +307,25 @@ fn thunderbird_samples_get_the_expected_results() {
 
 /// A message openssl signed for `signer` (From: the signer's address).
 fn openssl_signed(signer: &str, from: &str) -> Vec<u8> {
-    let d = tempdir();
-    std::fs::write(
-        d.path().join("e"),
-        "Content-Type: text/plain\n\nrevocation check\n",
-    )
-    .unwrap();
-    let out = run(Command::new("openssl")
-        .args(["cms", "-sign", "-md", "sha256", "-signer"])
-        .arg(pki().path(&format!("{signer}.crt")))
-        .arg("-inkey")
-        .arg(pki().path(&format!("{signer}.key")))
-        .arg("-certfile")
-        .arg(pki().path("inter.crt"))
-        .arg("-in")
-        .arg(d.path().join("e")));
-    assert!(out.status.success());
+    let signed = openssl_sign(
+        signer,
+        "sha256",
+        b"Content-Type: text/plain\n\nrevocation check\n",
+    );
     let mut m = format!("From: {from}\nSubject: crl\n").into_bytes();
-    m.extend_from_slice(&out.stdout);
+    m.extend_from_slice(&signed);
     m
+}
+
+/// Our Authentication-Results value for a message openssl signed as
+/// `signer`, From: the signer's own address.
+fn result_for(cfg: &Path, signer: &str) -> String {
+    let msg = openssl_signed(signer, &format!("{signer}@example.com"));
+    let r = test_mode(cfg, &["--inbound"], &msg);
+    our_results(&r.stdout)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no Authentication-Results: {}", r.stderr))
 }
 
 #[test]
@@ -343,26 +343,10 @@ fn crls_are_checked_when_configured() {
         )
     };
     let cfg = with_crls(&pki().path("crl"));
-    let r = test_mode(
-        &cfg,
-        &["--inbound"],
-        &openssl_signed("revoked", "revoked@example.com"),
-    );
-    let ours = our_results(&r.stdout);
-    assert!(
-        ours[0].contains("smime=fail (certificate revoked)"),
-        "{ours:?}"
-    );
-    let r = test_mode(
-        &cfg,
-        &["--inbound"],
-        &openssl_signed("alice", "alice@example.com"),
-    );
-    assert!(
-        our_results(&r.stdout)[0].contains("smime=pass"),
-        "{}",
-        r.stderr
-    );
+    let r = result_for(&cfg, "revoked");
+    assert!(r.contains("smime=fail (certificate revoked)"), "{r}");
+    let r = result_for(&cfg, "alice");
+    assert!(r.contains("smime=pass"), "{r}");
 
     // Without the intermediate's CRL nothing can be said yet.
     let partial = tempdir();
@@ -372,16 +356,8 @@ fn crls_are_checked_when_configured() {
     )
     .unwrap();
     let cfg = with_crls(partial.path());
-    let r = test_mode(
-        &cfg,
-        &["--inbound"],
-        &openssl_signed("alice", "alice@example.com"),
-    );
-    assert!(
-        our_results(&r.stdout)[0].contains("smime=temperror (no CRL for issuer)"),
-        "{:?}",
-        our_results(&r.stdout)
-    );
+    let r = result_for(&cfg, "alice");
+    assert!(r.contains("smime=temperror (no CRL for issuer)"), "{r}");
 
     // Without CRL checking the revoked certificate is not known to be revoked.
     let cfg = write_config(
@@ -392,12 +368,8 @@ fn crls_are_checked_when_configured() {
             pki().path("root.crt").display()
         ),
     );
-    let r = test_mode(
-        &cfg,
-        &["--inbound"],
-        &openssl_signed("revoked", "revoked@example.com"),
-    );
-    assert!(our_results(&r.stdout)[0].contains("smime=pass"));
+    let r = result_for(&cfg, "revoked");
+    assert!(r.contains("smime=pass"), "{r}");
 }
 
 #[test]
@@ -415,23 +387,11 @@ fn trust_anchors_from_a_directory() {
         &format!("authserv_id = \"{AUTHSERV}\""),
         &format!("[verify]\ntrust_dir = \"{}\"\n", anchors.path().display()),
     );
-    let r = test_mode(
-        &cfg,
-        &["--inbound"],
-        &openssl_signed("alice", "alice@example.com"),
-    );
+    let r = result_for(&cfg, "alice");
+    assert!(r.contains("smime=pass"), "{r}");
+    let r = result_for(&cfg, "eve");
     assert!(
-        our_results(&r.stdout)[0].contains("smime=pass"),
-        "{}",
-        r.stderr
-    );
-    let r = test_mode(
-        &cfg,
-        &["--inbound"],
-        &openssl_signed("eve", "eve@example.com"),
-    );
-    assert!(
-        our_results(&r.stdout)[0].contains("smime=pass"),
-        "eve's CA is trusted here too"
+        r.contains("smime=pass"),
+        "eve's CA is trusted here too: {r}"
     );
 }

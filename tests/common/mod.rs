@@ -560,6 +560,53 @@ pub fn pipe(mut cmd: Command, input: &[u8]) -> Output {
     out
 }
 
+/// `openssl cms -sign` of `entity` with a test PKI key, the intermediate
+/// included; returns openssl's S/MIME output (the signed entity's headers
+/// and body, to follow a message's own header fields).
+pub fn openssl_sign(signer: &str, md: &str, entity: &[u8]) -> Vec<u8> {
+    let d = tempdir();
+    let path = d.path().join("entity");
+    std::fs::write(&path, entity).unwrap();
+    let out = run(Command::new("openssl")
+        .args(["cms", "-sign", "-md", md, "-signer"])
+        .arg(pki().path(&format!("{signer}.crt")))
+        .arg("-inkey")
+        .arg(pki().path(&format!("{signer}.key")))
+        .arg("-certfile")
+        .arg(pki().path("inter.crt"))
+        .arg("-in")
+        .arg(&path));
+    assert!(
+        out.status.success(),
+        "openssl cms -sign: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// `openssl cms -encrypt` of `data` to a test PKI certificate; returns DER.
+pub fn openssl_encrypt(to: &str, data: &[u8], cipher: &str) -> Vec<u8> {
+    openssl_encrypt_with(to, data, cipher, &[])
+}
+
+pub fn openssl_encrypt_with(to: &str, data: &[u8], cipher: &str, extra: &[&str]) -> Vec<u8> {
+    let d = tempdir();
+    std::fs::write(d.path().join("in"), data).unwrap();
+    let out = run(Command::new("openssl")
+        .args(["cms", "-encrypt", "-binary", "-outform", "DER", cipher])
+        .args(extra)
+        .arg("-in")
+        .arg(d.path().join("in"))
+        .arg(pki().path(&format!("{to}.crt"))));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A message whose whole body is this EnvelopedData.
 /// `openssl cms -decrypt` with a test PKI key; returns the plaintext entity.
 pub fn openssl_decrypt(message: &[u8], name: &str) -> Result<Vec<u8>, String> {
     let d = tempdir();
