@@ -70,17 +70,24 @@ impl SigningKey {
         if let Some(Ok(v)) = first {
             return Ok(v);
         }
-        match token.reopen() {
+        let retried = match token.reopen() {
             Ok(()) => {
-                log::warn!("token key for '{}' failed; listed the token's slots again and reloaded the keys", self.name);
-                token
-                    .with_key(uri, |k| op(k))
-                    .unwrap_or_else(|| Err(ErrorStack::get().into()))
+                log::warn!(
+                    "token key for '{}' failed; restarted the PKCS#11 module and reloaded the keys",
+                    self.name
+                );
+                token.with_key(uri, |k| op(k))
             }
+            // Another message restarted it a moment ago: use its keys.
+            Err(pkcs11::Pkcs11Error::Busy(_)) => token.with_key(uri, |k| op(k)),
             Err(e) => {
                 log::error!("token key for '{}' unusable: {e}", self.name);
-                first.unwrap_or_else(|| Err(ErrorStack::get().into()))
+                None
             }
+        };
+        match (retried, first) {
+            (Some(r), _) | (None, Some(r)) => r,
+            (None, None) => Err(ErrorStack::get().into()),
         }
     }
 

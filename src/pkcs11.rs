@@ -9,12 +9,13 @@ use foreign_types::ForeignType;
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_long, c_void, CString};
+use std::ffi::{c_char, c_int, c_long, c_ulong, c_void, CString};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
 extern "C" {
-    fn ENGINE_by_id(id: *const c_char) -> *mut c_void;
+    fn ENGINE_new() -> *mut c_void;
+    fn ENGINE_get_static_state() -> *mut c_void;
     fn ENGINE_ctrl_cmd_string(
         e: *mut c_void,
         cmd: *const c_char,
@@ -31,6 +32,7 @@ extern "C" {
     ) -> c_int;
     fn ENGINE_init(e: *mut c_void) -> c_int;
     fn ENGINE_free(e: *mut c_void) -> c_int;
+    fn ENGINE_finish(e: *mut c_void) -> c_int;
     fn ENGINE_load_private_key(
         e: *mut c_void,
         key_id: *const c_char,
@@ -77,6 +79,8 @@ unsafe impl Sync for Engine {}
 /// engine: to restart the module, every key is dropped first.
 struct State {
     engine: Option<Engine>,
+    /// Every key URI loaded at start: what a restart loads again.
+    wanted: Vec<String>,
     keys: HashMap<String, PKey<Private>>,
 }
 
@@ -105,6 +109,8 @@ pub enum Pkcs11Error {
     NoEngine,
     #[error("cannot load PKCS#11 module {0}")]
     Module(String),
+    #[error("PKCS#11 module {0} was restarted less than 2 s ago; not again yet")]
+    Busy(String),
     #[error("cannot use {uri}: {why}")]
     Object { uri: String, why: String },
 }
@@ -130,11 +136,66 @@ fn errors(pin: &Pin) -> String {
     }
 }
 
+/// Where OpenSSL looks for engines: $OPENSSL_ENGINES, else its build-time
+/// ENGINESDIR.
+fn engines_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("OPENSSL_ENGINES") {
+        return d.into();
+    }
+    let v = unsafe { std::ffi::CStr::from_ptr(openssl_sys::OpenSSL_version(5)) };
+    let v = v.to_string_lossy();
+    v.split('"')
+        .nth(1)
+        .unwrap_or("/usr/lib/x86_64-linux-gnu/engines-3")
+        .into()
+}
+
+/// libp11's engine entry point, `bind_engine` in its engine object, found
+/// once. OpenSSL's own dynamic loader allows one live instance per shared
+/// object, but a restarted module needs a fresh libp11 context (slots,
+/// sessions, cached objects), so each instance is bound here on a new
+/// ENGINE.
+fn bind_fn() -> Option<BindFn> {
+    static BIND: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let f = BIND.get_or_init(|| {
+        let so = engines_dir().join("pkcs11.so");
+        let so = CString::new(so.as_os_str().as_encoded_bytes()).ok()?;
+        // Never closed: the engine's code stays in use.
+        let h = unsafe { libc::dlopen(so.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        if h.is_null() {
+            return None;
+        }
+        let sym = unsafe { libc::dlsym(h, c"bind_engine".as_ptr()) };
+        (!sym.is_null()).then_some(sym as usize)
+    });
+    // SAFETY: the symbol is OpenSSL's dynamic-engine bind function.
+    f.map(|p| unsafe { std::mem::transmute::<usize, BindFn>(p) })
+}
+
+type BindFn = unsafe extern "C" fn(*mut c_void, *const c_char, *const DynamicFns) -> c_int;
+
+/// OpenSSL's `dynamic_fns`: with our static state the engine skips the
+/// memory-callback set-up (it shares our libcrypto).
+#[repr(C)]
+struct DynamicFns {
+    static_state: *mut c_void,
+    mem_fns: [*mut c_void; 3],
+}
+
+/// A new instance of libp11's engine with its own context, logged in.
 fn open_engine(module: &Path, pin: &Pin) -> Result<Engine, Pkcs11Error> {
-    let id = CString::new("pkcs11").expect("no NUL");
-    let e = unsafe { ENGINE_by_id(id.as_ptr()) };
+    let bind = bind_fn().ok_or(Pkcs11Error::NoEngine)?;
+    let e = unsafe { ENGINE_new() };
     if e.is_null() {
+        return Err(Pkcs11Error::NoEngine);
+    }
+    let fns = DynamicFns {
+        static_state: unsafe { ENGINE_get_static_state() },
+        mem_fns: [std::ptr::null_mut(); 3],
+    };
+    if unsafe { bind(e, c"pkcs11".as_ptr(), &fns) } != 1 {
         let _ = openssl::error::ErrorStack::get();
+        unsafe { ENGINE_free(e) };
         return Err(Pkcs11Error::NoEngine);
     }
     let set = |cmd: &str, arg: &str| -> bool {
@@ -156,6 +217,8 @@ fn open_engine(module: &Path, pin: &Pin) -> Result<Engine, Pkcs11Error> {
     }
     // ENGINE_init took a functional reference; drop the structural one.
     unsafe { ENGINE_free(e) };
+    // Binding and initialising may leave probe errors queued: not ours.
+    let _ = openssl::error::ErrorStack::get();
     Ok(Engine(e))
 }
 
@@ -195,6 +258,7 @@ impl Token {
             pin,
             state: RwLock::new(State {
                 engine: Some(engine),
+                wanted: Vec::new(),
                 keys: HashMap::new(),
             }),
             last_reopen: Mutex::new(None),
@@ -210,6 +274,9 @@ impl Token {
             .as_ref()
             .ok_or_else(|| Pkcs11Error::Module(self.module.display().to_string()))?;
         let key = load_key_with(engine, &self.pin, uri)?;
+        if !st.wanted.iter().any(|u| u == uri) {
+            st.wanted.push(uri.to_string());
+        }
         st.keys.insert(uri.to_string(), key.clone());
         Ok(key)
     }
@@ -257,42 +324,33 @@ impl Token {
         st.keys.get(uri).map(op)
     }
 
-    /// Lists the slots again and reloads the keys (logging in anew): after a
-    /// token was removed and put back, the old sessions are gone. Waits for
-    /// operations in flight.
+    /// Restarts the PKCS#11 module and reloads the keys (logging in anew):
+    /// after a token was removed and put back, the module's sessions and
+    /// object handles are stale, and SoftHSM2 and many drivers only see the
+    /// token again after C_Finalize/C_Initialize. Waits for operations in
+    /// flight (write lock), so nothing uses the module while it restarts.
     pub fn reopen(&self) -> Result<(), Pkcs11Error> {
         {
             let mut last = self.last_reopen.lock().unwrap_or_else(|e| e.into_inner());
             if last.is_some_and(|t| t.elapsed() < REOPEN_INTERVAL) {
-                return Ok(());
+                return Err(Pkcs11Error::Busy(self.module.display().to_string()));
             }
             *last = Some(std::time::Instant::now());
         }
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let uris: Vec<String> = st.keys.keys().cloned().collect();
         st.keys.clear();
-        // libp11 lists the slots afresh (RE_ENUMERATE): a token put back is
-        // found again, and loading a key logs in anew. (The engine itself
-        // cannot be restarted: libp11 caches its key objects, which keep it
-        // initialised for the life of the process.)
-        let engine = st
-            .engine
-            .take()
-            .ok_or_else(|| Pkcs11Error::Module(self.module.display().to_string()))?;
-        let cmd = CString::new("RE_ENUMERATE").expect("no NUL");
-        unsafe {
-            ENGINE_ctrl_cmd(
-                engine.0,
-                cmd.as_ptr(),
-                0,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        let _ = openssl::error::ErrorStack::get();
+        // Our keys are gone, so this releases the engine: libp11 closes its
+        // sessions and finalizes the module, and OpenSSL allows a new
+        // instance of the engine only once the old one is freed.
+        if let Some(old) = st.engine.take() {
+            unsafe { ENGINE_finish(old.0) };
+            let _ = openssl::error::ErrorStack::get();
+        }
+        restart_module(&self.module)?;
+        // A fresh engine instance, whose libp11 context lists the slots anew.
+        let engine = open_engine(&self.module, &self.pin)?;
         let mut result = Ok(());
-        for uri in uris {
+        for uri in st.wanted.clone() {
             match load_key_with(&engine, &self.pin, &uri) {
                 Ok(k) => {
                     st.keys.insert(uri, k);
@@ -301,6 +359,76 @@ impl Token {
             }
         }
         st.engine = Some(engine);
+        result
+    }
+}
+
+/// The start of CK_FUNCTION_LIST (PKCS#11 v2.40): the version, then
+/// C_Initialize and C_Finalize; the rest is not used here.
+#[repr(C)]
+struct FunctionList {
+    version: [u8; 2],
+    initialize: unsafe extern "C" fn(*mut InitArgs) -> c_ulong,
+    finalize: unsafe extern "C" fn(*mut c_void) -> c_ulong,
+}
+
+#[repr(C)]
+struct InitArgs {
+    mutex_fns: [*mut c_void; 4],
+    flags: c_ulong,
+    reserved: *mut c_void,
+}
+
+const CKF_OS_LOCKING_OK: c_ulong = 2;
+const CKR_CRYPTOKI_NOT_INITIALIZED: c_ulong = 0x190;
+const CKR_CRYPTOKI_ALREADY_INITIALIZED: c_ulong = 0x191;
+
+/// C_Finalize then C_Initialize on the module (the dlopen handle is the one
+/// libp11 already holds; it stays loaded). Called with the token's write
+/// lock held and no engine in use.
+fn restart_module(module: &Path) -> Result<(), Pkcs11Error> {
+    let fail = || Pkcs11Error::Module(module.display().to_string());
+    let path = CString::new(module.as_os_str().as_encoded_bytes()).map_err(|_| fail())?;
+    unsafe {
+        let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        if h.is_null() {
+            return Err(fail());
+        }
+        let sym = libc::dlsym(h, c"C_GetFunctionList".as_ptr());
+        let mut list: *const FunctionList = std::ptr::null();
+        let ok = !sym.is_null() && {
+            let get: unsafe extern "C" fn(*mut *const FunctionList) -> c_ulong =
+                std::mem::transmute(sym);
+            get(&mut list) == 0 && !list.is_null()
+        };
+        let result = if ok {
+            let rv = ((*list).finalize)(std::ptr::null_mut());
+            if rv != 0 && rv != CKR_CRYPTOKI_NOT_INITIALIZED {
+                log::warn!(
+                    "PKCS#11 module {}: C_Finalize returned {rv:#x}",
+                    module.display()
+                );
+            }
+            let mut args = InitArgs {
+                mutex_fns: [std::ptr::null_mut(); 4],
+                flags: CKF_OS_LOCKING_OK,
+                reserved: std::ptr::null_mut(),
+            };
+            match ((*list).initialize)(&mut args) {
+                0 | CKR_CRYPTOKI_ALREADY_INITIALIZED => Ok(()),
+                rv => {
+                    log::warn!(
+                        "PKCS#11 module {}: C_Initialize returned {rv:#x}",
+                        module.display()
+                    );
+                    Err(fail())
+                }
+            }
+        } else {
+            Err(fail())
+        };
+        // Drops only our reference: libp11 keeps the module loaded.
+        libc::dlclose(h);
         result
     }
 }

@@ -252,7 +252,7 @@ fn sign_via(m: &Milter, qid: &str) -> Reply {
 }
 
 #[test]
-fn a_token_that_disappears_gives_tempfail_and_the_pin_stays_secret() {
+fn a_token_that_disappears_gives_tempfail_recovers_when_restored_and_the_pin_stays_secret() {
     let hsm = SoftHsm::new();
     let d = tempdir();
     let pin = pin_file(d.path(), PIN);
@@ -271,12 +271,39 @@ fn a_token_that_disappears_gives_tempfail_and_the_pin_stays_secret() {
         "token gone: {r:?}\n{}",
         m.log()
     );
-    // The process lives on and answers every message (here, still 451).
+    // The token comes back: the milter restarts the module and signs again,
+    // without a restart of its own (the restart is tried at most every 2 s).
     std::fs::rename(&away, hsm.tokens()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut n = 3;
+    loop {
+        let r = sign_via(&m, &format!("T{n}"));
+        if matches!(r, Reply::Continue | Reply::Accept) {
+            break;
+        }
+        assert!(
+            matches!(&r, Reply::Code(t) if t.starts_with("451")),
+            "while recovering: {r:?}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "token restored but never used again:\n{}",
+            m.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        n += 1;
+    }
+    // And keeps signing (a fresh engine, not a lucky retry).
     assert!(matches!(
-        sign_via(&m, "T3"),
-        Reply::Code(_) | Reply::Continue | Reply::Accept
+        sign_via(&m, "TX"),
+        Reply::Continue | Reply::Accept
     ));
+    assert!(
+        m.log()
+            .contains("restarted the PKCS#11 module and reloaded the keys"),
+        "{}",
+        m.log()
+    );
 
     let log = m.log();
     assert!(log.contains("T2: outbound action=tempfail"), "{log}");
