@@ -1,0 +1,33 @@
+//! Shared by the fuzz targets: the configuration contrib/fuzz.sh writes
+//! (test PKI, verification, decryption, signing and encryption), loaded once.
+#![allow(dead_code)]
+
+use smime_milter::config::Config;
+use smime_milter::policy::Direction;
+use smime_milter::testmode::{self, TestArgs};
+use std::sync::{Arc, OnceLock};
+
+fn config() -> Arc<Config> {
+    static CFG: OnceLock<Arc<Config>> = OnceLock::new();
+    CFG.get_or_init(|| {
+        let path = std::env::var_os("SMIME_FUZZ_CONFIG")
+            .expect("SMIME_FUZZ_CONFIG: run the targets through contrib/fuzz.sh");
+        Arc::new(Config::load(path.as_ref()).expect("fuzz configuration loads"))
+    })
+    .clone()
+}
+
+/// Runs one message through the milter's session code as `smime-milter
+/// test` does; only a crash, a hang or runaway memory is a finding.
+pub fn run(direction: Direction, input: &[u8]) {
+    let args = TestArgs {
+        direction: Some(direction),
+        sender: Some("alice@example.com".into()),
+        recipients: vec!["bob@example.com".into(), "carol@example.com".into()],
+        client_ip: None,
+        auth_user: None,
+    };
+    let mut out = std::io::sink();
+    let mut err = std::io::sink();
+    let _ = testmode::run(config(), &args, input, &mut out, &mut err);
+}
