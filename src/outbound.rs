@@ -355,18 +355,36 @@ pub fn process_message(
         Outcome::failure(action, reason)
     };
     let block = content_header_block(headers, body);
-    let mut entity = Vec::with_capacity(block.len() + body.len() + body.len() / 16 + 2);
+    let capacity = block.len() + body.len() + body.len() / 16 + 2;
     let limits = Limits {
         max_depth: cfg.max_mime_depth,
         max_parts: cfg.max_mime_parts,
     };
-    if let Err(e) = mime::write_7bit(&block, body, 0, limits, &mut entity) {
+    // Clear-signed only: the entity is written straight into the new body.
+    let mut clear = (work.encrypt.is_none()
+        && work.sign.is_some()
+        && cfg.signing.format == crate::config::SignFormat::Clear)
+        .then(|| sign::ClearBody::new(capacity));
+    let mut entity = Vec::new();
+    let out = match clear.as_mut() {
+        Some(c) => c.buf_mut(),
+        None => {
+            entity.reserve(capacity);
+            &mut entity
+        }
+    };
+    if let Err(e) = mime::write_7bit(&block, body, 0, limits, out) {
         return fail(cfg.actions.malformed, format!("cannot sign safely: {e}"));
     }
     let mut detail = Vec::new();
     let signed = match &work.sign {
         Some(key) => {
-            match sign::sign_entity(key, &entity, cfg.signing.format, &cfg.signing.options()) {
+            let opts = cfg.signing.options();
+            let result = match clear {
+                Some(c) => c.finish(key, &opts),
+                None => sign::sign_entity(key, &entity, cfg.signing.format, &opts),
+            };
+            match result {
                 Ok(s) => {
                     detail.push(format!("key={}", key.label()));
                     Some(s)

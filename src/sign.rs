@@ -184,38 +184,11 @@ pub fn sign_entity(
     format: SignFormat,
     opts: &SignOptions,
 ) -> Result<Wrapped, SignError> {
-    let digest = effective_digest(key, opts.digest);
     match format {
         SignFormat::Clear => {
-            let sig = cms_sign(key, entity, opts, true)?;
-            let boundary = unique_boundary(entity);
-            let mut body = Vec::with_capacity(entity.len() + sig.len() * 4 / 3 + 512);
-            body.extend_from_slice(b"This is an S/MIME signed message\r\n\r\n--");
-            body.extend_from_slice(boundary.as_bytes());
-            body.extend_from_slice(b"\r\n");
-            body.extend_from_slice(entity);
-            body.extend_from_slice(b"\r\n--");
-            body.extend_from_slice(boundary.as_bytes());
-            body.extend_from_slice(b"\r\n");
-            write_smime_part(
-                &mut body,
-                "application/pkcs7-signature",
-                None,
-                "smime.p7s",
-                &sig,
-            );
-            body.extend_from_slice(b"\r\n--");
-            body.extend_from_slice(boundary.as_bytes());
-            body.extend_from_slice(b"--\r\n");
-            Ok(Wrapped {
-                content_type: format!(
-                    "multipart/signed; protocol=\"application/pkcs7-signature\"; micalg={}; boundary=\"{boundary}\"",
-                    digest.micalg()
-                ),
-                transfer_encoding: None,
-                extra_fields: vec![],
-                body,
-            })
+            let mut clear = ClearBody::new(entity.len());
+            clear.buf_mut().extend_from_slice(entity);
+            clear.finish(key, opts)
         }
         SignFormat::Opaque => {
             let der = cms_sign(key, entity, opts, false)?;
@@ -232,6 +205,83 @@ pub fn sign_entity(
                 body,
             })
         }
+    }
+}
+
+/// A multipart/signed body built in one buffer: the preamble and first
+/// delimiter, then the entity the caller writes in place, then the
+/// signature. The entity is signed where it lies, so a large message costs
+/// its size once more, not twice (once as the entity, once in the body).
+pub struct ClearBody {
+    buf: Vec<u8>,
+    start: usize,
+    boundary: String,
+}
+
+impl ClearBody {
+    /// `capacity`: the expected size of the entity.
+    pub fn new(capacity: usize) -> ClearBody {
+        // Random, so it is chosen before the content is seen; checked
+        // against the content in `finish`.
+        let boundary = format!("----smime-{}", mail_builder::mime::make_boundary("_"));
+        let mut buf = Vec::with_capacity(capacity + 8192);
+        buf.extend_from_slice(b"This is an S/MIME signed message\r\n\r\n--");
+        buf.extend_from_slice(boundary.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        let start = buf.len();
+        ClearBody {
+            buf,
+            start,
+            boundary,
+        }
+    }
+
+    /// Where the entity goes: append to it, do not touch what is there.
+    pub fn buf_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    pub fn finish(self, key: &SigningKey, opts: &SignOptions) -> Result<Wrapped, SignError> {
+        let ClearBody {
+            mut buf,
+            start,
+            mut boundary,
+        } = self;
+        if memchr::memmem::find(&buf[start..], boundary.as_bytes()).is_some() {
+            // The content holds the random boundary (or was made to):
+            // rebuild around one it does not hold.
+            let entity = buf.split_off(start);
+            boundary = unique_boundary(&entity);
+            buf.clear();
+            buf.extend_from_slice(b"This is an S/MIME signed message\r\n\r\n--");
+            buf.extend_from_slice(boundary.as_bytes());
+            buf.extend_from_slice(b"\r\n");
+            buf.extend_from_slice(&entity);
+        }
+        let sig = cms_sign(key, &buf[start..], opts, true)?;
+        buf.extend_from_slice(b"\r\n--");
+        buf.extend_from_slice(boundary.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        write_smime_part(
+            &mut buf,
+            "application/pkcs7-signature",
+            None,
+            "smime.p7s",
+            &sig,
+        );
+        buf.extend_from_slice(b"\r\n--");
+        buf.extend_from_slice(boundary.as_bytes());
+        buf.extend_from_slice(b"--\r\n");
+        let digest = effective_digest(key, opts.digest);
+        Ok(Wrapped {
+            content_type: format!(
+                "multipart/signed; protocol=\"application/pkcs7-signature\"; micalg={}; boundary=\"{boundary}\"",
+                digest.micalg()
+            ),
+            transfer_encoding: None,
+            extra_fields: vec![],
+            body: buf,
+        })
     }
 }
 
