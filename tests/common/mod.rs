@@ -133,6 +133,8 @@ pub struct Milter {
     pub dir: tempfile::TempDir,
     pub socket_path: PathBuf,
     stderr: PathBuf,
+    cfg: PathBuf,
+    env: Vec<(String, PathBuf)>,
 }
 
 impl Milter {
@@ -157,36 +159,74 @@ impl Milter {
             tables,
         );
         let stderr = dir.path().join("milter.log");
-        let child = Command::new(bin())
-            .envs(env.iter().map(|(k, v)| (*k, *v)))
-            .args(["-f", "-c"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).expect("log file"))
-            .spawn()
-            .expect("spawn smime-milter");
+        let env: Vec<(String, PathBuf)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_path_buf()))
+            .collect();
+        let child = Self::spawn(&cfg, &env, &stderr);
         let mut m = Milter {
             child,
             dir,
             socket_path,
             stderr,
+            cfg,
+            env,
         };
+        m.wait_listening(0);
+        m
+    }
+
+    fn spawn(cfg: &Path, env: &[(String, PathBuf)], log: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        Command::new(bin())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .args(["-f", "-c"])
+            .arg(cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn smime-milter")
+    }
+
+    /// Waits for the `nth` (0-based) "listening" line in the log.
+    fn wait_listening(&mut self, nth: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         // The socket file appears at bind(), before listen(): wait for the
         // line logged once the milter is listening.
-        while !m.log().contains(" listening on ") {
-            if let Ok(Some(st)) = m.child.try_wait() {
-                panic!("smime-milter exited with {st}: {}", m.log());
+        while self.log().matches(" listening on ").count() <= nth {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("smime-milter exited with {st}: {}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
                 "smime-milter did not start listening: {}",
-                m.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        m
+    }
+
+    /// SIGKILL: no clean-up, sessions cut mid-message.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the milter again with the same configuration and socket, as
+    /// a service manager would after a crash.
+    pub fn restart(&mut self) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "still running"
+        );
+        let n = self.log().matches(" listening on ").count();
+        self.child = Self::spawn(&self.cfg, &self.env, &self.stderr);
+        self.wait_listening(n);
     }
 
     pub fn spec(&self) -> String {
