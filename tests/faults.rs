@@ -140,7 +140,7 @@ fn milter_killed_and_restarted_under_postfix_load_loses_nothing() {
         *seen.entry(subject.clone()).or_insert(0) += 1;
         let ct = top_content_type(m);
         let i: usize = subject.rsplit('-').next().unwrap().parse().unwrap();
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             assert!(
                 ct.contains("enveloped-data"),
                 "{subject}: required encryption, delivered as {ct}"
