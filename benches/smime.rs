@@ -167,6 +167,21 @@ fn main() {
             check.detail.as_deref(),
             Some("smime=pass signer=alice@example.com")
         );
+        // SMIME_BENCH_LOOP=verify: only this, for 10 s, to run under perf.
+        if std::env::var("SMIME_BENCH_LOOP").as_deref() == Ok("verify") {
+            let (t, _) = time_per_op(Duration::from_secs(10), || {
+                std::hint::black_box(inbound::verify_message(
+                    &cfg,
+                    &pending,
+                    &sh,
+                    Some(&sb),
+                    &[],
+                    None,
+                ));
+            });
+            row(size, "verify RSA-2048", t);
+            return;
+        }
         let (t, _) = time_per_op(Duration::from_secs(1), || {
             std::hint::black_box(inbound::verify_message(
                 &cfg,

@@ -12,7 +12,7 @@ root=$(pwd)
 secs=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(message_inbound cms_der mime auth_results message_outbound config)
+[ ${#targets[@]} -gt 0 ] || targets=(message_inbound cms_der signed_data mime auth_results message_outbound config)
 
 command -v cargo-fuzz >/dev/null || cargo install --quiet --locked cargo-fuzz
 work=${FUZZ_WORK:-$root/fuzz/work}
@@ -60,10 +60,10 @@ seed() { # seed TARGET: fills the target's corpus directory once
     mkdir -p "$dir"
     [ -z "$(ls -A "$dir")" ] || return 0
     case $1 in
-    cms_der)
+    cms_der | signed_data)
         # The DER inside the opaque and encrypted test messages.
         for f in "$work"/signed/*.eml; do
-            python3 - "$f" "$dir" <<'PY' || true
+            python3 - "$f" "$dir" "$1" <<'PY' || true
 import sys, email, hashlib, os
 m = email.message_from_binary_file(open(sys.argv[1], 'rb'))
 for part in m.walk():
@@ -71,7 +71,7 @@ for part in m.walk():
                                    'application/pkcs7-signature', 'application/x-pkcs7-signature'):
         der = part.get_payload(decode=True) or b''
         kind = b'\x01' if 'enveloped' in (part.get_param('smime-type') or '') else b'\x00'
-        data = kind + der
+        data = kind + der if sys.argv[3] == 'cms_der' else der
         open(os.path.join(sys.argv[2], hashlib.sha1(data).hexdigest()), 'wb').write(data)
 PY
         done ;;

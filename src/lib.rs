@@ -29,6 +29,7 @@ pub mod privileges;
 pub mod reload;
 pub mod session;
 pub mod sign;
+pub mod signed_data;
 pub mod testmode;
 pub mod truststore;
 pub mod verify;

@@ -4,6 +4,7 @@
 
 use crate::address;
 use crate::mime::{self, ContentType};
+use crate::signed_data;
 use crate::truststore::TrustStore;
 use foreign_types::{ForeignType, ForeignTypeRef};
 use openssl::cms::{CMSOptions, CmsContentInfo};
@@ -281,12 +282,12 @@ fn verify_clear(
         Ok(d) => d,
         Err(e) => return perm(e),
     };
-    let Ok(mut cms) = CmsContentInfo::from_der(&der) else {
+    let Some(mut parsed) = signed_data::parse(&der) else {
         return perm("signature not DER");
     };
     // The signed bytes are the first part exactly as sent, in CRLF form.
     let content: Cow<'_, [u8]> = canonical(mp.parts[0]);
-    let verdict = check_signed(ctx, &mut cms, Some(&content), None, part);
+    let verdict = check_signed(ctx, &mut parsed, Some(&content), None, part);
     (verdict, Some(content.into_owned()))
 }
 
@@ -301,15 +302,15 @@ fn verify_opaque(
         Ok(d) => d,
         Err(e) => return perm(e),
     };
-    let Ok(mut cms) = CmsContentInfo::from_der(&der) else {
+    let Some(mut parsed) = signed_data::parse(&der) else {
         return perm("signature not DER");
     };
-    if content_type_nid(&cms) != Some(Nid::PKCS7_SIGNED) {
+    if content_type_nid(&parsed.cms) != Some(Nid::PKCS7_SIGNED) {
         // Enveloped or other CMS content: not a signature.
         return None;
     }
     let mut content = Vec::new();
-    let verdict = check_signed(ctx, &mut cms, None, Some(&mut content), part);
+    let verdict = check_signed(ctx, &mut parsed, None, Some(&mut content), part);
     let content =
         (verdict.result != SmimeResult::Permerror).then(|| canonical(&content).into_owned());
     Some((verdict, content))
@@ -351,7 +352,7 @@ extern "C" {
 }
 
 const MAX_SIGNERS: i32 = 8;
-const MAX_CERTS: i32 = 64;
+const MAX_CERTS: usize = 64;
 
 fn content_type_nid(cms: &CmsContentInfo) -> Option<Nid> {
     let obj = unsafe { CMS_get0_type(cms.as_ptr()) };
@@ -463,38 +464,55 @@ fn asn1_to_unix(t: &openssl::asn1::Asn1TimeRef) -> Option<i64> {
 /// signer decides.
 fn check_signed(
     ctx: &Context<'_>,
-    cms: &mut CmsContentInfo,
+    parsed: &mut signed_data::Parsed,
     detached: Option<&[u8]>,
     out: Option<&mut Vec<u8>>,
     part: &str,
 ) -> Verdict {
+    let cms = &mut parsed.cms;
+    let certs: Vec<X509> = match parsed.certs.take() {
+        Some(c) => c,
+        None => unsafe {
+            let sk = CMS_get1_certs(cms.as_ptr());
+            if sk.is_null() {
+                Vec::new()
+            } else {
+                Stack::<X509>::from_ptr(sk).into_iter().collect()
+            }
+        },
+    };
     // Bounded work: a mail signature has one signer and a short chain.
-    let (signers, certs) = unsafe {
+    let signers = unsafe {
         let sis = CMS_get0_SignerInfos(cms.as_ptr());
-        let n = if sis.is_null() {
+        if sis.is_null() {
             0
         } else {
             openssl_sys::OPENSSL_sk_num(sis)
-        };
-        let sk = CMS_get1_certs(cms.as_ptr());
-        let c = if sk.is_null() {
-            0
-        } else {
-            Stack::<X509>::from_ptr(sk).len() as i32
-        };
-        (n, c)
+        }
     };
-    if signers > MAX_SIGNERS || certs > MAX_CERTS {
+    if signers > MAX_SIGNERS || certs.len() > MAX_CERTS {
         return Verdict::error(
             SmimeResult::Permerror,
             part,
-            format!("{signers} signers and {certs} certificates exceed the limits"),
+            format!(
+                "{signers} signers and {} certificates exceed the limits",
+                certs.len()
+            ),
         );
+    }
+    let mut stack = match Stack::new() {
+        Ok(s) => s,
+        Err(e) => return Verdict::error(SmimeResult::Temperror, part, e.to_string()),
+    };
+    for c in &certs {
+        if stack.push(c.clone()).is_err() {
+            return Verdict::error(SmimeResult::Temperror, part, "out of memory");
+        }
     }
     // The certificate checks are ours, with reasons; OpenSSL checks the
     // signature and the digest of exactly these bytes.
     let flags = CMSOptions::NO_SIGNER_CERT_VERIFY | CMSOptions::BINARY;
-    if let Err(e) = cms.verify(None, None, detached, out, flags) {
+    if let Err(e) = cms.verify(Some(&stack), None, detached, out, flags) {
         let reasons: Vec<String> = e
             .errors()
             .iter()
@@ -525,14 +543,6 @@ fn check_signed(
             )
         };
     }
-    let certs: Vec<X509> = unsafe {
-        let sk = CMS_get1_certs(cms.as_ptr());
-        if sk.is_null() {
-            Vec::new()
-        } else {
-            Stack::<X509>::from_ptr(sk).into_iter().collect()
-        }
-    };
     let signers = signer_infos(cms);
     signers
         .iter()
@@ -630,13 +640,19 @@ fn evaluate_signer(ctx: &Context<'_>, si: &SignerInfo, certs: &[X509], part: &st
         v.result = result;
         v.reason = Some(reason);
     };
-    if let Err((r, why)) = check_chain(&ctx.trust.store, cert, certs, ctx.now) {
-        set(r, why);
-        return v;
-    }
+    let chain = match check_chain(&ctx.trust.store, cert, certs, ctx.now) {
+        Ok(chain) => chain,
+        Err((r, why)) => {
+            set(r, why);
+            return v;
+        }
+    };
+    // The chain that is valid now was valid at signing time too if every
+    // certificate in it was within its validity then: no second path
+    // building and no second round of signature checks.
     if let Some(t) = si.signing_time {
-        if let Err((r, why)) = check_chain(&ctx.trust.store, cert, certs, Some(t)) {
-            set(r, format!("{why} at signing time"));
+        if let Err(why) = valid_at(&chain, t) {
+            set(SmimeResult::Fail, format!("{why} at signing time"));
             return v;
         }
     }
@@ -680,13 +696,29 @@ pub fn chain_ok(store: &X509StoreRef, cert: &X509Ref, certs: &[X509]) -> bool {
     check_chain(store, cert, certs, None).is_ok()
 }
 
-/// Chain to a trust anchor, valid at `at` (Unix time; None = now).
+/// Whether every certificate of a verified chain was valid at `t`.
+fn valid_at(chain: &[X509], t: i64) -> Result<(), &'static str> {
+    let at = openssl::asn1::Asn1Time::from_unix(t as libc::time_t)
+        .map_err(|_| "signing time out of range")?;
+    for c in chain {
+        if c.not_before() > at {
+            return Err("certificate not yet valid");
+        }
+        if c.not_after() < at {
+            return Err("certificate expired");
+        }
+    }
+    Ok(())
+}
+
+/// Chain to a trust anchor, valid at `at` (Unix time; None = now); the
+/// verified chain, leaf to anchor.
 fn check_chain(
     store: &X509StoreRef,
     cert: &X509Ref,
     certs: &[X509],
     at: Option<i64>,
-) -> Result<(), (SmimeResult, String)> {
+) -> Result<Vec<X509>, (SmimeResult, String)> {
     let mut chain = Stack::new().map_err(|e| (SmimeResult::Temperror, e.to_string()))?;
     for c in certs {
         let _ = chain.push(c.clone());
@@ -700,12 +732,21 @@ fn check_chain(
                     openssl_sys::X509_VERIFY_PARAM_set_time(param, t as libc::time_t);
                 }
             }
-            c.verify_cert()
-                .map(|ok| if ok { X509VerifyResult::OK } else { c.error() })
+            let ok = c.verify_cert()?;
+            let chain: Vec<X509> = c
+                .chain()
+                .map(|s| s.iter().map(|x| x.to_owned()).collect())
+                .unwrap_or_default();
+            Ok(if ok {
+                (X509VerifyResult::OK, chain)
+            } else {
+                (c.error(), chain)
+            })
         })
         .map_err(|e| (SmimeResult::Temperror, e.to_string()))?;
+    let (result, chain) = result;
     if result == X509VerifyResult::OK {
-        return Ok(());
+        return Ok(chain);
     }
     use openssl_sys as s;
     let reason = match result.as_raw() {
