@@ -359,6 +359,8 @@ struct RawConfig {
     internal_hosts: Option<Vec<Net>>,
     #[serde(default, deserialize_with = "quantity_de")]
     max_message_size: Option<ByteSize>,
+    #[serde(default, deserialize_with = "quantity_de")]
+    memory_limit: Option<ByteSize>,
     max_mime_depth: Option<usize>,
     max_recipients: Option<usize>,
     max_mime_parts: Option<usize>,
@@ -596,6 +598,9 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     pub internal_hosts: Vec<IpNet>,
     pub max_message_size: u64,
+    /// Memory for all messages in flight: each body byte kept counts twice
+    /// (the body, and the copy made of it at end of message).
+    pub memory_limit: u64,
     pub max_mime_depth: usize,
     pub max_recipients: usize,
     pub max_mime_parts: usize,
@@ -630,6 +635,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "log_level",
     "internal_hosts",
     "max_message_size",
+    "memory_limit",
     "max_mime_depth",
     "max_recipients",
     "max_mime_parts",
@@ -902,6 +908,7 @@ impl Config {
             // At most 1 GiB: a signed or encrypted body grows by a third,
             // and libmilter counts lengths in a C int.
             max_message_size: raw.max_message_size.map_or(64 << 20, |s| s.0.min(1 << 30)),
+            memory_limit: raw.memory_limit.map_or(1 << 30, |s| s.0),
             max_mime_depth,
             max_recipients: raw.max_recipients.unwrap_or(1000),
             max_mime_parts,

@@ -32,6 +32,42 @@ pub struct Message {
     /// given at end of message.
     deferred: Option<Outcome>,
     pub started: Instant,
+    /// Bytes counted against `memory_limit` (see `BUFFERED`).
+    reserved: usize,
+}
+
+impl Drop for Message {
+    fn drop(&mut self) {
+        release(&mut self.reserved);
+    }
+}
+
+/// Memory counted for all messages in flight, for `memory_limit`.
+static BUFFERED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts `n` more bytes against the limit; false (nothing counted) when
+/// they would go beyond it.
+fn reserve(reserved: &mut usize, n: usize, limit: u64) -> bool {
+    use std::sync::atomic::Ordering;
+    let before = BUFFERED.fetch_add(n, Ordering::SeqCst);
+    if (before + n) as u64 > limit {
+        BUFFERED.fetch_sub(n, Ordering::SeqCst);
+        return false;
+    }
+    *reserved += n;
+    true
+}
+
+fn release(reserved: &mut usize) {
+    BUFFERED.fetch_sub(
+        std::mem::take(reserved),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+}
+
+/// Memory counted now for all messages in flight.
+pub fn buffered() -> usize {
+    BUFFERED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// Work decided at end of headers, done at end of message.
@@ -95,6 +131,7 @@ impl Session {
                 m.deferred = Some(o);
             }
             m.body = Vec::new();
+            release(&mut m.reserved);
         }
     }
 
@@ -122,6 +159,7 @@ impl Session {
             oversized: false,
             deferred: None,
             started: Instant::now(),
+            reserved: 0,
         });
     }
 
@@ -223,9 +261,15 @@ impl Session {
         let Some(m) = self.message.as_mut() else {
             return Step::Continue;
         };
+        // Decided already (the MTA sends the rest without waiting): the
+        // rest of the body is not needed.
+        if m.deferred.is_some() {
+            return Step::Continue;
+        }
         m.size += chunk.len() as u64;
         if m.size > m.cfg.max_message_size {
             m.body = Vec::new();
+            release(&mut m.reserved);
             // Inbound with the oversized action accept: the message flows and
             // our header says it was not verified.
             if matches!(m.pending, Some(Pending::Verify(_)))
@@ -238,6 +282,19 @@ impl Session {
         }
         // Only removing forged headers needs no body.
         if !m.oversized && !matches!(&m.pending, Some(Pending::Verify(p)) if !p.needs_body) {
+            // Twice: the body, and the signed, encrypted or decoded copy
+            // made of it at end of message.
+            if !reserve(&mut m.reserved, 2 * chunk.len(), m.cfg.memory_limit) {
+                m.body = Vec::new();
+                release(&mut m.reserved);
+                return Step::Done(Outcome::failure(
+                    crate::config::FailAction::Tempfail,
+                    format!(
+                        "memory_limit reached ({} bytes of messages in flight)",
+                        m.cfg.memory_limit
+                    ),
+                ));
+            }
             m.body.extend_from_slice(chunk);
         }
         Step::Continue

@@ -101,6 +101,9 @@ pub struct MilterClient {
     stream: UnixStream,
     /// Protocol flags the milter asked for.
     pflags: u32,
+    /// Called once after this many body chunks have been sent (to hold
+    /// messages half-sent, so that they are in flight together).
+    pub pause: Option<(usize, Box<dyn Fn() + Send>)>,
 }
 
 /// A parsed message: headers (name, value) and body in SMTP form (CRLF).
@@ -141,7 +144,11 @@ impl MilterClient {
     pub fn connect(path: &std::path::Path) -> std::io::Result<MilterClient> {
         let stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let mut c = MilterClient { stream, pflags: 0 };
+        let mut c = MilterClient {
+            stream,
+            pflags: 0,
+            pause: None,
+        };
         // Version 6, all actions, and every step the milter may skip.
         let mut data = Vec::new();
         data.extend_from_slice(&6u32.to_be_bytes());
@@ -283,9 +290,14 @@ impl MilterClient {
         if let Some(r) = self.step(b'N', &[], SMFIP_NOEOH, SMFIP_NR_EOH)? {
             return Ok(done(r));
         }
-        for chunk in body.chunks(65535) {
+        for (i, chunk) in body.chunks(65535).enumerate() {
             if let Some(r) = self.step(b'B', chunk, SMFIP_NOBODY, SMFIP_NR_BODY)? {
                 return Ok(done(r));
+            }
+            if let Some((n, pause)) = &self.pause {
+                if i + 1 == *n {
+                    pause();
+                }
             }
         }
         self.macros(b'E', &[("i", queue_id)])?;
