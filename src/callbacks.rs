@@ -225,6 +225,19 @@ const WANTED_PROTOCOL: std::ffi::c_ulong = sys::SMFIP_NOHELO
     | sys::SMFIP_NR_MAIL
     | sys::SMFIP_NR_BODY;
 
+/// Per stage, the macros smime-milter reads: the queue id (logs) and the
+/// SMTP AUTH login (who may sign as whom). Postfix sends no macro packet for
+/// a stage with an empty list.
+const MACROS: &[(std::ffi::c_int, &str)] = &[
+    (sys::SMFIM_CONNECT, ""),
+    (sys::SMFIM_HELO, ""),
+    (sys::SMFIM_ENVFROM, "i {auth_authen}"),
+    (sys::SMFIM_ENVRCPT, ""),
+    (sys::SMFIM_DATA, ""),
+    (sys::SMFIM_EOH, ""),
+    (sys::SMFIM_EOM, "i"),
+];
+
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C" fn on_negotiate(
     ctx: *mut sys::SMFICTX,
@@ -244,7 +257,15 @@ unsafe extern "C" fn on_negotiate(
             return sys::SMFIS_REJECT;
         }
         let steps = f1 & WANTED_PROTOCOL;
-        *pf0 = actions;
+        // Only the macros we read: the MTA sends fewer packets per message
+        // (each one a read and a wake-up of this thread).
+        if f0 & sys::SMFIF_SETSYMLIST != 0 {
+            for (stage, list) in MACROS {
+                let list = std::ffi::CString::new(*list).expect("no NUL");
+                sys::smfi_setsymlist(ctx, *stage, list.as_ptr() as *mut c_char);
+            }
+        }
+        *pf0 = actions | (f0 & sys::SMFIF_SETSYMLIST);
         *pf1 = steps;
         *pf2 = 0;
         *pf3 = 0;
