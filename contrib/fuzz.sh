@@ -3,7 +3,7 @@
 # prints a report: target, executions, corpus size, time, findings.
 # Seeds come from the test corpus (tests/corpus/make-corpus.sh), the sample
 # messages in tests/data and ../shared/interop when present.
-# Usage: contrib/fuzz.sh [SECONDS] [TARGET...]
+# Usage: contrib/fuzz.sh [SECONDS] [TARGET...]   (FUZZ_JOBS=2: two at a time)
 # Needs: a nightly toolchain (rustup) and cargo-fuzz (installed if missing).
 # Crashes land in fuzz/artifacts/TARGET/; turn each into a regression test.
 set -euo pipefail
@@ -95,9 +95,8 @@ PY
 
 report=$work/report.tsv
 printf 'target\truns\tcorpus\tseconds\tfindings\n' > "$report"
-for t in "${targets[@]}"; do
-    seed "$t"
-    log=$work/$t.log
+run_target() {
+    local t=$1 log=$work/$1.log start end rc runs found
     start=$(date +%s)
     set +e
     (cd fuzz && cargo +nightly fuzz run --release "$t" "corpus/$t" -- \
@@ -110,5 +109,19 @@ for t in "${targets[@]}"; do
     found=$(ls fuzz/artifacts/"$t" 2>/dev/null | grep -c -E '^(crash|timeout|oom|leak)-' || true)
     printf '%s\t%s\t%s\t%s\t%s\n' "$t" "${runs:-?}" "$(ls "fuzz/corpus/$t" | wc -l)" \
         "$((end - start))" "$found (rc $rc)" >> "$report"
+}
+for t in "${targets[@]}"; do seed "$t"; done
+# FUZZ_JOBS lanes run targets side by side (one core each).
+jobs=${FUZZ_JOBS:-1}
+(cd fuzz && cargo +nightly fuzz build --release >/dev/null 2>&1) || true
+for lane in $(seq 0 $((jobs - 1))); do
+    (
+        i=0
+        for t in "${targets[@]}"; do
+            [ $((i % jobs)) -eq "$lane" ] && run_target "$t"
+            i=$((i + 1))
+        done
+    ) &
 done
+wait
 column -t -s $'\t' "$report"

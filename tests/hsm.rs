@@ -118,6 +118,53 @@ fn certificate_and_key_by_uri_with_id() {
     );
 }
 
+/// The token chosen by its serial number instead of its label (RFC 7512
+/// `serial`), as when several tokens carry the same label.
+#[test]
+fn token_chosen_by_serial() {
+    let hsm = SoftHsm::new();
+    let out = run(Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .arg("--show-slots"));
+    let slots = String::from_utf8_lossy(&out.stdout);
+    let serial = slots
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Serial number:"))
+        .map(str::trim)
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| panic!("no token serial in {slots}"))
+        .to_string();
+    let d = tempdir();
+    let pin = pin_file(d.path(), PIN);
+    let uri = |kind: &str| format!("pkcs11:serial={serial};object=alice-rsa;type={kind}");
+    let tables = format!(
+        "[pkcs11]\nmodule = \"{MODULE}\"\npin_file = \"{}\"\n[[signing.key]]\nsender = \"alice@example.com\"\n\
+         certificate = \"{}\"\nprivate_key = \"{}\"\n",
+        pin.display(),
+        uri("cert"),
+        uri("private")
+    );
+    let cfg = write_config(d.path(), "", &tables);
+    let r = test_mode_hsm(
+        &hsm,
+        &cfg,
+        &["--outbound"],
+        b"From: alice@example.com\nSubject: serial\n\nby serial\n",
+    );
+    assert!(r.stderr.contains("action=signed"), "{}", r.stderr);
+    // A serial no token has is an error naming the URI.
+    let wrong = tables.replace(&serial, "0000000000000000");
+    let cfg = write_config(d.path(), "", &wrong);
+    let r = test_mode_hsm(
+        &hsm,
+        &cfg,
+        &["--outbound"],
+        b"From: alice@example.com\n\nx\n",
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("serial=0000000000000000"), "{}", r.stderr);
+}
+
 #[test]
 fn token_keys_decrypt_pkcs1_and_oaep_key_transport() {
     let hsm = SoftHsm::new();
