@@ -12,8 +12,10 @@ use openssl::x509::X509;
 use std::num::NonZeroUsize;
 use std::sync::{Mutex, OnceLock};
 
-/// Distinct certificates kept parsed (a few MB at most).
-const CACHE_ENTRIES: usize = 2048;
+/// Distinct certificates kept parsed, and the largest one kept: a few MB
+/// at most, whatever certificates senders make up.
+const CACHE_ENTRIES: usize = 512;
+const MAX_CACHED_DER: usize = 8192;
 /// Nesting a walker follows inside one element before giving up.
 const MAX_DEPTH: usize = 64;
 
@@ -59,6 +61,9 @@ fn cached(der: &[u8]) -> Option<X509> {
     }
     // Parsed outside the lock: the slow part must not serialise sessions.
     let cert = X509::from_der(der).ok()?;
+    if der.len() > MAX_CACHED_DER {
+        return Some(cert);
+    }
     cache()
         .lock()
         .unwrap_or_else(|e| e.into_inner())

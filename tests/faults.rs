@@ -372,7 +372,7 @@ fn fd_count(pid: u32) -> usize {
         .count()
 }
 
-/// 50 SMTP sessions at once for a while (SMIME_SOAK_SECS, default 90):
+/// 50 SMTP sessions at once for a while (SMIME_SOAK_SECS, default 180):
 /// outbound signing, outbound encryption, inbound verification. No
 /// deadlock (every session finishes), every message counted, and the
 /// milter's memory and descriptors do not grow.
@@ -384,7 +384,7 @@ fn fifty_concurrent_sessions_of_mixed_traffic() {
     let secs: u64 = std::env::var("SMIME_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(90);
+        .unwrap_or(180);
     let certs = certs_dir();
     // 127.0.0.2 is outside: its mail is verified.
     let milter = Milter::start(
