@@ -15,7 +15,7 @@ mod slapd;
 mod softhsm;
 
 use common::*;
-use milter_client::{split_message, MessageResult, MilterClient, Modification, Reply};
+use milter_client::{send_one, split_message, MessageResult, MilterClient, Modification, Reply};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -169,22 +169,61 @@ fn ldap_tables(uri: &str, certs: &Path) -> String {
     )
 }
 
-/// One message through the milter protocol; the reply and the body it
-/// would deliver.
-fn through(
+/// Four clients send messages in a loop while `fault` runs: each message
+/// must be `ok` (what policy requires) or deferred (4xx), nothing else.
+/// Returns when each was answered and whether it was `ok`.
+fn under_load(
     path: &Path,
-    qid: &str,
-    from: &str,
-    to: &[&str],
-    raw: &[u8],
-) -> (MessageResult, Vec<u8>) {
-    let (h, b) = split_message(raw);
-    let mut c = MilterClient::connect(path).unwrap();
-    c.connect_info("127.0.0.1").unwrap();
-    let r = c.message(qid, None, from, to, &h, &b).unwrap();
-    c.quit();
-    let out = r.apply(&h, &b);
-    (r, out)
+    tag: &'static str,
+    to: &'static str,
+    ok: fn(&MessageResult, &[u8]) -> bool,
+    fault: impl FnOnce(),
+) -> Vec<(Instant, bool)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (path, stop) = (path.to_path_buf(), stop.clone());
+            std::thread::spawn(move || {
+                let mut log = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let msg = format!(
+                        "From: alice@example.com\nTo: {to}\nSubject: {tag} {t}-{i}\n\nsecret {t}-{i}\n"
+                    );
+                    let qid = format!("{tag}{t}x{i}");
+                    let (r, out) =
+                        send_one(&path, "127.0.0.1", &qid, "alice@example.com", &[to], msg.as_bytes());
+                    let good = ok(&r, &out);
+                    assert!(good || tempfailed(&r), "{qid}: neither done nor deferred: {:?}", r.reply);
+                    log.push((Instant::now(), good));
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                log
+            })
+        })
+        .collect();
+    fault();
+    stop.store(true, Ordering::SeqCst);
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
+
+/// Encrypted, and the plaintext nowhere in what would be delivered.
+fn encrypted_ok(r: &MessageResult, out: &[u8]) -> bool {
+    accepted(r) && {
+        assert!(
+            top_content_type(out).contains("enveloped-data"),
+            "plaintext delivered"
+        );
+        assert!(
+            !String::from_utf8_lossy(out).contains("secret "),
+            "plaintext delivered"
+        );
+        true
+    }
 }
 
 fn accepted(r: &MessageResult) -> bool {
@@ -200,47 +239,22 @@ fn directory_killed_and_restarted_under_load() {
     let mut ldap = slapd::Slapd::start(&slapd::test_ldif());
     let certs = tempdir();
     let m = Milter::start("", &ldap_tables(&ldap.uri(), certs.path()));
-    let path = m.socket_path.clone();
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let (path, stop) = (path.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut log = Vec::new();
-                let mut i = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    let msg = format!(
-                        "From: alice@example.com\nTo: carol@example.com\nSubject: dir {t}-{i}\n\nsecret {t}-{i}\n"
-                    );
-                    let (r, out) = through(&path, &format!("D{t}x{i}"), "alice@example.com", &["carol@example.com"], msg.as_bytes());
-                    if accepted(&r) {
-                        // Required encryption: never the plaintext.
-                        assert!(top_content_type(&out).contains("enveloped-data"), "plaintext delivered");
-                        assert!(!String::from_utf8_lossy(&out).contains("secret "), "plaintext delivered");
-                        log.push((Instant::now(), true));
-                    } else {
-                        assert!(tempfailed(&r), "not a tempfail: {:?}", r.reply);
-                        log.push((Instant::now(), false));
-                    }
-                    i += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                log
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(2));
-    let killed = Instant::now();
-    ldap.stop();
-    std::thread::sleep(Duration::from_secs(3));
-    ldap.resume();
-    let resumed = Instant::now();
-    std::thread::sleep(Duration::from_secs(5));
-    stop.store(true, Ordering::SeqCst);
-    let log: Vec<(Instant, bool)> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
+    let (mut killed, mut resumed) = (Instant::now(), Instant::now());
+    let log = under_load(
+        &m.socket_path,
+        "D",
+        "carol@example.com",
+        encrypted_ok,
+        || {
+            std::thread::sleep(Duration::from_secs(2));
+            killed = Instant::now();
+            ldap.stop();
+            std::thread::sleep(Duration::from_secs(3));
+            ldap.resume();
+            resumed = Instant::now();
+            std::thread::sleep(Duration::from_secs(5));
+        },
+    );
 
     let ok_before = log.iter().filter(|(t, ok)| *ok && *t < killed).count();
     // Once the cache entry expired (1 s), the directory's absence shows.
@@ -286,45 +300,17 @@ fn token_removed_and_restored_under_load() {
             .output();
     }
     let m = Milter::start_env("", &hsm.tables(&pin, ""), &[("SOFTHSM2_CONF", &hsm.conf())]);
-    let path = m.socket_path.clone();
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let (path, stop) = (path.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut log = Vec::new();
-                let mut i = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    let msg = format!(
-                        "From: alice@example.com\nTo: x@example.net\nSubject: hsm {t}-{i}\n\nhello {t}-{i}\n"
-                    );
-                    let (r, out) = through(&path, &format!("K{t}x{i}"), "alice@example.com", &["x@example.net"], msg.as_bytes());
-                    if signed_ok(&r, &out) {
-                        log.push((Instant::now(), true));
-                    } else {
-                        assert!(tempfailed(&r), "neither signed nor deferred: {:?}", r.reply);
-                        log.push((Instant::now(), false));
-                    }
-                    i += 1;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                log
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(2));
-    let away = hsm.dir.path().join("tokens.away");
-    std::fs::rename(hsm.tokens(), &away).unwrap();
-    let removed = Instant::now();
-    std::thread::sleep(Duration::from_secs(2));
-    std::fs::rename(&away, hsm.tokens()).unwrap();
-    let restored = Instant::now();
-    std::thread::sleep(Duration::from_secs(6));
-    stop.store(true, Ordering::SeqCst);
-    let log: Vec<(Instant, bool)> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
+    let (mut removed, mut restored) = (Instant::now(), Instant::now());
+    let log = under_load(&m.socket_path, "K", "x@example.net", signed_ok, || {
+        std::thread::sleep(Duration::from_secs(2));
+        let away = hsm.dir.path().join("tokens.away");
+        std::fs::rename(hsm.tokens(), &away).unwrap();
+        removed = Instant::now();
+        std::thread::sleep(Duration::from_secs(2));
+        std::fs::rename(&away, hsm.tokens()).unwrap();
+        restored = Instant::now();
+        std::thread::sleep(Duration::from_secs(6));
+    });
     let ok_before = log.iter().filter(|(t, ok)| *ok && *t < removed).count();
     let failed_while_out = log
         .iter()

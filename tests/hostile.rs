@@ -10,7 +10,7 @@ mod common;
 mod milter_client;
 
 use common::*;
-use milter_client::{split_message, MilterClient, Modification, Reply};
+use milter_client::{send_one, split_message, MilterClient, Modification, Reply};
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
 use openssl::cms::{CMSOptions, CmsContentInfo};
@@ -858,48 +858,38 @@ fn hostile_messages_do_not_stall_other_connections() {
         let mut answered = 0;
         for round in 0..3 {
             for (i, msg) in hostile.iter().enumerate() {
-                let (h, b) = split_message(msg);
-                let mut c = MilterClient::connect(&path).unwrap();
-                c.connect_info("192.0.2.1").unwrap();
-                let r = c
-                    .message(
-                        &format!("H{round}x{i}"),
-                        None,
-                        "x@example.net",
-                        &["bob@example.com"],
-                        &h,
-                        &b,
-                    )
-                    .unwrap();
+                let qid = format!("H{round}x{i}");
+                let (r, _) = send_one(
+                    &path,
+                    "192.0.2.1",
+                    &qid,
+                    "x@example.net",
+                    &["bob@example.com"],
+                    msg,
+                );
                 assert!(
                     matches!(r.reply, Reply::Continue | Reply::Accept),
                     "hostile {i}: {:?}",
                     r.reply
                 );
-                c.quit();
                 answered += 1;
             }
         }
         answered
     });
     let good = alice_signed("alice@example.com", CONTENT);
-    let (h, b) = split_message(&good);
     let mut n = 0;
     while !attacker.is_finished() || n < 5 {
         let start = Instant::now();
-        let mut c = MilterClient::connect(&m.socket_path).unwrap();
-        c.connect_info("192.0.2.2").unwrap();
-        let r = c
-            .message(
-                &format!("G{n}"),
-                None,
-                "x@example.net",
-                &["bob@example.com"],
-                &h,
-                &b,
-            )
-            .unwrap();
-        c.quit();
+        let qid = format!("G{n}");
+        let (r, _) = send_one(
+            &m.socket_path,
+            "192.0.2.2",
+            &qid,
+            "x@example.net",
+            &["bob@example.com"],
+            &good,
+        );
         assert!(matches!(r.reply, Reply::Continue | Reply::Accept));
         let added: Vec<_> = r
             .modifications

@@ -374,3 +374,23 @@ impl MilterClient {
         let _ = self.send(b'Q', &[]);
     }
 }
+
+/// One raw message on a new connection from `client_ip`, as Postfix would
+/// pass it: the milter's result, and the message as the MTA would deliver
+/// it.
+pub fn send_one(
+    socket: &std::path::Path,
+    client_ip: &str,
+    queue_id: &str,
+    from: &str,
+    rcpts: &[&str],
+    raw: &[u8],
+) -> (MessageResult, Vec<u8>) {
+    let (h, b) = split_message(raw);
+    let mut c = MilterClient::connect(socket).unwrap();
+    c.connect_info(client_ip).unwrap();
+    let r = c.message(queue_id, None, from, rcpts, &h, &b).unwrap();
+    c.quit();
+    let out = r.apply(&h, &b);
+    (r, out)
+}
