@@ -310,6 +310,24 @@ fn replace_all(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     v
 }
 
+/// `head`, then 1,000 multiparts each inside the last, then a text part.
+fn nested_multipart(head: &[u8], text: &[u8]) -> Vec<u8> {
+    let mut m = head.to_vec();
+    for i in 0..1000 {
+        m.extend_from_slice(
+            format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n")
+                .as_bytes(),
+        );
+    }
+    m.extend_from_slice(b"Content-Type: text/plain\r\n\r\n");
+    m.extend_from_slice(text);
+    m.extend_from_slice(b"\r\n");
+    for i in (0..1000).rev() {
+        m.extend_from_slice(format!("--b{i}--\r\n").as_bytes());
+    }
+    m
+}
+
 /// Every hostile message with the result it must get inbound
 /// (`any-but-pass` when several verdicts are defensible but pass is not).
 fn hostile_messages() -> Vec<(&'static str, Vec<u8>, &'static str)> {
@@ -331,19 +349,10 @@ fn hostile_messages() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     ));
 
     // 1,000 levels of multipart nesting, unsigned.
-    let mut nested = Vec::new();
-    nested
-        .extend_from_slice(b"From: x@example.net\r\nTo: bob@example.com\r\nMIME-Version: 1.0\r\n");
-    for i in 0..1000 {
-        nested.extend_from_slice(
-            format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n")
-                .as_bytes(),
-        );
-    }
-    nested.extend_from_slice(b"Content-Type: text/plain\r\n\r\ndeep\r\n");
-    for i in (0..1000).rev() {
-        nested.extend_from_slice(format!("--b{i}--\r\n").as_bytes());
-    }
+    let nested = nested_multipart(
+        b"From: x@example.net\r\nTo: bob@example.com\r\nMIME-Version: 1.0\r\n",
+        b"deep",
+    );
     cases.push(("1000 levels of nesting", nested, "none"));
 
     // 40 signature layers (each really signed): deeper than max_mime_depth.
@@ -595,17 +604,7 @@ fn hostile_outbound() -> Vec<(&'static str, Vec<u8>)> {
     }
     m.extend_from_slice(b"--p--\r\n");
     cases.push(("10000 parts", m));
-    let mut m = head.as_bytes().to_vec();
-    for i in 0..1000 {
-        m.extend_from_slice(
-            format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n")
-                .as_bytes(),
-        );
-    }
-    m.extend_from_slice(b"Content-Type: text/plain\r\n\r\ndeep \xff\r\n");
-    for i in (0..1000).rev() {
-        m.extend_from_slice(format!("--b{i}--\r\n").as_bytes());
-    }
+    let m = nested_multipart(head.as_bytes(), b"deep \xff");
     cases.push(("1000 levels of nesting", m));
     let mut m = format!("{head}Content-Type: text/plain\r\n\r\n").into_bytes();
     m.extend_from_slice(b"A\0B\0\0C\r\n");
