@@ -115,31 +115,34 @@ pub fn run(
     }
     let mut fields = headers;
     apply_header_ops(&mut fields, &outcome.changes.headers);
-    let mut msg = Vec::with_capacity(smtp_body.len() + 4096);
+    let mut head = Vec::with_capacity(4096);
     for (n, v) in &fields {
-        msg.extend_from_slice(n.as_bytes());
-        msg.extend_from_slice(b": ");
-        mime::push_crlf(&mut msg, v.as_bytes());
-        msg.extend_from_slice(b"\r\n");
+        head.extend_from_slice(n.as_bytes());
+        head.extend_from_slice(b": ");
+        mime::push_crlf(&mut head, v.as_bytes());
+        head.extend_from_slice(b"\r\n");
     }
-    msg.extend_from_slice(b"\r\n");
-    msg.extend_from_slice(outcome.changes.body.as_deref().unwrap_or(&smtp_body));
-    if crlf_input {
-        out.write_all(&msg)?;
-    } else {
-        out.write_all(&crlf_to_lf(&msg))?;
+    head.extend_from_slice(b"\r\n");
+    // Written in place, not assembled: a large message is not copied again.
+    let body = outcome.changes.body.as_deref().unwrap_or(&smtp_body);
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, out);
+    for part in [&head[..], body] {
+        if crlf_input {
+            w.write_all(part)?;
+        } else {
+            write_lf(&mut w, part)?;
+        }
     }
-    out.flush()?;
+    w.flush()?;
     Ok(code)
 }
 
-fn crlf_to_lf(input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(input.len());
+/// Writes `input` with CRLF line ends turned into LF.
+fn write_lf(out: &mut dyn Write, input: &[u8]) -> std::io::Result<()> {
     let mut start = 0;
     for cr in memchr::memmem::find_iter(input, b"\r\n") {
-        out.extend_from_slice(&input[start..cr]);
+        out.write_all(&input[start..cr])?;
         start = cr + 1;
     }
-    out.extend_from_slice(&input[start..]);
-    out
+    out.write_all(&input[start..])
 }

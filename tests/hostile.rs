@@ -139,10 +139,13 @@ fn outbound(cfg: &Path, input: &[u8]) -> Measured {
     )
 }
 
-/// The memory a message may cost: a fixed base (code, keys, trust store)
-/// and a few copies of the message (as received, decoded, as signed).
+/// The memory a message may cost in test mode: a fixed base (code, keys,
+/// trust store) and a few copies of the message: test mode's input and its
+/// CRLF form, then what the milter itself holds (the body as received and
+/// the signed body, base64 for an overlong line: 1.4x). The milter's own
+/// peak is asserted tighter in `milter_peak_memory_for_a_50_mb_message`.
 fn rss_bound(message_len: usize) -> usize {
-    64 * MB + 4 * message_len
+    64 * MB + 5 * message_len
 }
 
 fn check(name: &str, m: &Measured, input_len: usize) {
