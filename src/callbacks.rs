@@ -232,9 +232,11 @@ const MACROS: &[(std::ffi::c_int, &str)] = &[
     (sys::SMFIM_CONNECT, ""),
     (sys::SMFIM_HELO, ""),
     (sys::SMFIM_ENVFROM, "i {auth_authen}"),
-    (sys::SMFIM_ENVRCPT, ""),
+    // Postfix assigns the queue id after the first valid recipient
+    // (smtpd_delay_open_until_valid_rcpt), so it is asked for again.
+    (sys::SMFIM_ENVRCPT, "i"),
     (sys::SMFIM_DATA, ""),
-    (sys::SMFIM_EOH, ""),
+    (sys::SMFIM_EOH, "i"),
     (sys::SMFIM_EOM, "i"),
 ];
 

@@ -800,7 +800,7 @@ impl Config {
         let allow_insecure = raw.allow_insecure_key_files.unwrap_or(false);
         let token = match &raw.pkcs11 {
             None => None,
-            Some(p) => Some(std::sync::Arc::new(open_token(&loc, p, allow_insecure)?)),
+            Some(p) => Some(open_token(&loc, p, allow_insecure)?),
         };
         let keys = KeyStore::load(token.as_ref(), &raw.signing.key, allow_insecure).map_err(
             |e| match e {
@@ -826,6 +826,25 @@ impl Config {
             None => host_name(),
         };
 
+        // At most 1 GiB: a signed or encrypted body grows by a third, and
+        // libmilter counts lengths in a C int.
+        let max_message_size = raw.max_message_size.map_or(64 << 20, |s| s.0.min(1 << 30));
+        let memory_limit = raw.memory_limit.map_or(1 << 30, |s| s.0);
+        if memory_limit < 2 * max_message_size {
+            // Such a message would be deferred every time, then bounce.
+            let at = text
+                .lines()
+                .position(|l| l.trim_start().starts_with("memory_limit"))
+                .map_or(0, |n| n + 1);
+            return Err(ConfigError {
+                file: file.clone(),
+                line: at,
+                what: format!(
+                    "key 'memory_limit': {memory_limit} bytes is less than twice max_message_size \
+                     ({max_message_size} bytes); a message of the largest size counts twice"
+                ),
+            });
+        }
         let max_mime_depth = raw.max_mime_depth.unwrap_or(32);
         let max_mime_parts = raw.max_mime_parts.unwrap_or(1000);
         let v = raw.verify;
@@ -905,10 +924,8 @@ impl Config {
                 .internal_hosts
                 .map(|v| v.into_iter().map(|n| n.0).collect())
                 .unwrap_or_else(default_internal_hosts),
-            // At most 1 GiB: a signed or encrypted body grows by a third,
-            // and libmilter counts lengths in a C int.
-            max_message_size: raw.max_message_size.map_or(64 << 20, |s| s.0.min(1 << 30)),
-            memory_limit: raw.memory_limit.map_or(1 << 30, |s| s.0),
+            max_message_size,
+            memory_limit,
             max_mime_depth,
             max_recipients: raw.max_recipients.unwrap_or(1000),
             max_mime_parts,
@@ -1129,7 +1146,7 @@ fn open_token(
     loc: &Locator<'_>,
     p: &RawPkcs11,
     allow_insecure: bool,
-) -> Result<crate::pkcs11::Token, ConfigError> {
+) -> Result<std::sync::Arc<crate::pkcs11::Token>, ConfigError> {
     let pin = match (&p.pin_file, &p.pin_env) {
         (Some(f), None) => {
             let raw = crate::keystore::read_secret(f.get_ref(), allow_insecure)
@@ -1151,7 +1168,7 @@ fn open_token(
             ))
         }
     };
-    crate::pkcs11::Token::open(p.module.get_ref(), crate::pkcs11::Pin::new(pin))
+    crate::pkcs11::Token::open_shared(p.module.get_ref(), crate::pkcs11::Pin::new(pin))
         .map_err(|e| loc.error(p.module.span(), e.to_string()))
 }
 
@@ -1271,6 +1288,11 @@ mod tests {
         assert!("99999999999G".parse::<ByteSize>().is_err());
         let c = parse("max_message_size = 1234\n").unwrap();
         assert_eq!(c.max_message_size, 1234);
+        // A limit that a message of the largest size could never fit.
+        let e = parse("max_message_size = \"64M\"\nmemory_limit = \"100M\"\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.what.contains("twice max_message_size"), "{}", e.what);
+        assert!(parse("max_message_size = \"16M\"\nmemory_limit = \"40M\"\n").is_ok());
     }
 
     #[test]

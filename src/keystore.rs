@@ -53,12 +53,12 @@ impl SigningKey {
         matches!(self.key, KeyRef::Token(..))
     }
 
-    /// Runs `op` with the private key. A token key that fails (or is not
-    /// available) gets the token's slots listed again and the key reloaded,
-    /// and `op` is tried once more (a hardware token put back into its
-    /// reader is found again). Failing that, the caller's failure action
-    /// applies (tempfail by default).
-    pub fn with_key<T, E: From<ErrorStack>>(
+    /// Runs `op` with the private key. When a token key fails for the
+    /// token's sake (or is not loaded), the PKCS#11 module is
+    /// restarted, the keys reloaded, and `op` tried once more (a token put
+    /// back into its reader is found again). Failing that, the caller's
+    /// failure action applies (tempfail by default).
+    pub fn with_key<T, E: From<ErrorStack> + TokenFault>(
         &self,
         op: impl Fn(&PKeyRef<Private>) -> Result<T, E>,
     ) -> Result<T, E> {
@@ -66,10 +66,13 @@ impl SigningKey {
             KeyRef::File(k) => return op(k),
             KeyRef::Token(t, u) => (t, u),
         };
-        let first = token.with_key(uri, |k| op(k));
-        if let Some(Ok(v)) = first {
-            return Ok(v);
-        }
+        let first = match token.with_key(uri, |k| op(k)) {
+            Some(Ok(v)) => return Ok(v),
+            // The input was at fault (a broken message), not the token: no
+            // restart, or any sender could keep the token restarting.
+            Some(Err(e)) if !e.token_fault() => return Err(e),
+            other => other,
+        };
         let retried = match token.reopen() {
             Ok(()) => {
                 log::warn!(
@@ -78,8 +81,10 @@ impl SigningKey {
                 );
                 token.with_key(uri, |k| op(k))
             }
-            // Another message restarted it a moment ago: use its keys.
-            Err(pkcs11::Pkcs11Error::Busy(_)) => token.with_key(uri, |k| op(k)),
+            // Another message restarted it a moment ago: use its keys, if
+            // this one found none.
+            Err(pkcs11::Pkcs11Error::Busy(_)) if first.is_none() => token.with_key(uri, |k| op(k)),
+            Err(pkcs11::Pkcs11Error::Busy(_)) => None,
             Err(e) => {
                 log::error!("token key for '{}' unusable: {e}", self.name);
                 None
@@ -100,6 +105,37 @@ impl SigningKey {
             .and_then(|b| b.to_hex_str().map(|s| s.to_string()))
             .unwrap_or_default();
         format!("{} (serial {serial})", self.name)
+    }
+}
+
+/// Whether a failed key operation points at the token (gone, reset,
+/// logged out) rather than at the data it was given.
+pub trait TokenFault {
+    fn token_fault(&self) -> bool;
+}
+
+/// OpenSSL's error queue after a token operation: libp11 reports the
+/// PKCS#11 return codes by these names; a queue with no reason at all is
+/// taken for the token too (a vanished SoftHSM2 token gives none).
+impl TokenFault for ErrorStack {
+    fn token_fault(&self) -> bool {
+        const TOKEN: &[&str] = &[
+            "session handle invalid",
+            "session closed",
+            "device removed",
+            "device error",
+            "token not present",
+            "token not recognized",
+            "slot id invalid",
+            "not logged in",
+            "not initialized",
+        ];
+        let reasons: Vec<String> = self
+            .errors()
+            .iter()
+            .filter_map(|e| e.reason().map(str::to_ascii_lowercase))
+            .collect();
+        reasons.is_empty() || reasons.iter().any(|r| TOKEN.iter().any(|t| r.contains(t)))
     }
 }
 

@@ -9,7 +9,7 @@ use foreign_types::ForeignType;
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_long, c_ulong, c_void, CString};
+use std::ffi::{c_char, c_int, c_long, c_void, CString};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
@@ -203,7 +203,10 @@ fn open_engine(module: &Path, pin: &Pin) -> Result<Engine, Pkcs11Error> {
             CString::new(cmd).expect("no NUL"),
             CString::new(arg).unwrap_or_default(),
         );
-        unsafe { ENGINE_ctrl_cmd_string(e, c.as_ptr(), a.as_ptr(), 0) == 1 }
+        let ok = unsafe { ENGINE_ctrl_cmd_string(e, c.as_ptr(), a.as_ptr(), 0) == 1 };
+        // The copy made for C (here, the PIN) is overwritten before it is freed.
+        a.into_bytes().fill(0);
+        ok
     };
     let module_s = module.display().to_string();
     if !module.exists()
@@ -250,7 +253,30 @@ fn load_key_with(engine: &Engine, pin: &Pin, uri: &str) -> Result<PKey<Private>,
     Ok(unsafe { PKey::from_ptr(p) })
 }
 
+/// The tokens open in this process, by module: a reload that names the
+/// same module and PIN keeps using the open one (its sessions and login),
+/// and two engines never share one module.
+fn registry() -> &'static Mutex<HashMap<PathBuf, std::sync::Weak<Token>>> {
+    static REG: std::sync::OnceLock<Mutex<HashMap<PathBuf, std::sync::Weak<Token>>>> =
+        std::sync::OnceLock::new();
+    REG.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
 impl Token {
+    /// The token for `module`: the one already open when its PIN is the
+    /// same, else a new one.
+    pub fn open_shared(module: &Path, pin: Pin) -> Result<std::sync::Arc<Token>, Pkcs11Error> {
+        let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = reg.get(module).and_then(std::sync::Weak::upgrade) {
+            if t.pin.0 == pin.0 {
+                return Ok(t);
+            }
+        }
+        let t = std::sync::Arc::new(Token::open(module, pin)?);
+        reg.insert(module.to_path_buf(), std::sync::Arc::downgrade(&t));
+        Ok(t)
+    }
+
     pub fn open(module: &Path, pin: Pin) -> Result<Token, Pkcs11Error> {
         let engine = open_engine(module, &pin)?;
         Ok(Token {
@@ -329,6 +355,8 @@ impl Token {
     /// object handles are stale, and SoftHSM2 and many drivers only see the
     /// token again after C_Finalize/C_Initialize. Waits for operations in
     /// flight (write lock), so nothing uses the module while it restarts.
+    /// One `Token` per module (see `open_shared`), so no other engine has
+    /// the module finalized under it.
     pub fn reopen(&self) -> Result<(), Pkcs11Error> {
         {
             let mut last = self.last_reopen.lock().unwrap_or_else(|e| e.into_inner());
@@ -340,95 +368,25 @@ impl Token {
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         st.keys.clear();
         // Our keys are gone, so this releases the engine: libp11 closes its
-        // sessions and finalizes the module, and OpenSSL allows a new
-        // instance of the engine only once the old one is freed.
+        // sessions, finalizes and unloads the module (C_Finalize), which is
+        // what makes SoftHSM2 and many drivers see a token put back.
         if let Some(old) = st.engine.take() {
             unsafe { ENGINE_finish(old.0) };
             let _ = openssl::error::ErrorStack::get();
         }
-        restart_module(&self.module)?;
-        // A fresh engine instance, whose libp11 context lists the slots anew.
+        // A fresh engine instance, whose libp11 context loads and
+        // initializes the module anew and lists the slots.
         let engine = open_engine(&self.module, &self.pin)?;
-        let mut result = Ok(());
         for uri in st.wanted.clone() {
             match load_key_with(&engine, &self.pin, &uri) {
                 Ok(k) => {
                     st.keys.insert(uri, k);
                 }
-                Err(e) => result = Err(e),
+                // Reported when that key is used.
+                Err(e) => log::warn!("after restarting the PKCS#11 module: {e}"),
             }
         }
         st.engine = Some(engine);
-        result
-    }
-}
-
-/// The start of CK_FUNCTION_LIST (PKCS#11 v2.40): the version, then
-/// C_Initialize and C_Finalize; the rest is not used here.
-#[repr(C)]
-struct FunctionList {
-    version: [u8; 2],
-    initialize: unsafe extern "C" fn(*mut InitArgs) -> c_ulong,
-    finalize: unsafe extern "C" fn(*mut c_void) -> c_ulong,
-}
-
-#[repr(C)]
-struct InitArgs {
-    mutex_fns: [*mut c_void; 4],
-    flags: c_ulong,
-    reserved: *mut c_void,
-}
-
-const CKF_OS_LOCKING_OK: c_ulong = 2;
-const CKR_CRYPTOKI_NOT_INITIALIZED: c_ulong = 0x190;
-const CKR_CRYPTOKI_ALREADY_INITIALIZED: c_ulong = 0x191;
-
-/// C_Finalize then C_Initialize on the module (the dlopen handle is the one
-/// libp11 already holds; it stays loaded). Called with the token's write
-/// lock held and no engine in use.
-fn restart_module(module: &Path) -> Result<(), Pkcs11Error> {
-    let fail = || Pkcs11Error::Module(module.display().to_string());
-    let path = CString::new(module.as_os_str().as_encoded_bytes()).map_err(|_| fail())?;
-    unsafe {
-        let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
-        if h.is_null() {
-            return Err(fail());
-        }
-        let sym = libc::dlsym(h, c"C_GetFunctionList".as_ptr());
-        let mut list: *const FunctionList = std::ptr::null();
-        let ok = !sym.is_null() && {
-            let get: unsafe extern "C" fn(*mut *const FunctionList) -> c_ulong =
-                std::mem::transmute(sym);
-            get(&mut list) == 0 && !list.is_null()
-        };
-        let result = if ok {
-            let rv = ((*list).finalize)(std::ptr::null_mut());
-            if rv != 0 && rv != CKR_CRYPTOKI_NOT_INITIALIZED {
-                log::warn!(
-                    "PKCS#11 module {}: C_Finalize returned {rv:#x}",
-                    module.display()
-                );
-            }
-            let mut args = InitArgs {
-                mutex_fns: [std::ptr::null_mut(); 4],
-                flags: CKF_OS_LOCKING_OK,
-                reserved: std::ptr::null_mut(),
-            };
-            match ((*list).initialize)(&mut args) {
-                0 | CKR_CRYPTOKI_ALREADY_INITIALIZED => Ok(()),
-                rv => {
-                    log::warn!(
-                        "PKCS#11 module {}: C_Initialize returned {rv:#x}",
-                        module.display()
-                    );
-                    Err(fail())
-                }
-            }
-        } else {
-            Err(fail())
-        };
-        // Drops only our reference: libp11 keeps the module loaded.
-        libc::dlclose(h);
-        result
+        Ok(())
     }
 }

@@ -49,13 +49,16 @@ static BUFFERED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize
 /// they would go beyond it.
 fn reserve(reserved: &mut usize, n: usize, limit: u64) -> bool {
     use std::sync::atomic::Ordering;
-    let before = BUFFERED.fetch_add(n, Ordering::SeqCst);
-    if (before + n) as u64 > limit {
-        BUFFERED.fetch_sub(n, Ordering::SeqCst);
-        return false;
+    let ok = BUFFERED
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
+            let next = now.checked_add(n)?;
+            (next as u64 <= limit).then_some(next)
+        })
+        .is_ok();
+    if ok {
+        *reserved += n;
     }
-    *reserved += n;
-    true
+    ok
 }
 
 fn release(reserved: &mut usize) {

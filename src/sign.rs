@@ -35,6 +35,14 @@ extern "C" {
 #[error("CMS signing failed: {0}")]
 pub struct SignError(#[from] ErrorStack);
 
+/// Signing works on our own content: a failure with a token key is the
+/// token's.
+impl crate::keystore::TokenFault for SignError {
+    fn token_fault(&self) -> bool {
+        true
+    }
+}
+
 fn message_digest(d: Digest) -> MessageDigest {
     match d {
         Digest::Sha256 => MessageDigest::sha256(),
@@ -241,23 +249,31 @@ impl ClearBody {
         &mut self.buf
     }
 
-    pub fn finish(self, key: &SigningKey, opts: &SignOptions) -> Result<Wrapped, SignError> {
+    /// The buffer, where the entity starts, and the boundary, which does
+    /// not occur in the entity: when the content holds the random one (or
+    /// was made to), the body is rebuilt around one it does not hold.
+    fn with_unique_boundary(self) -> (Vec<u8>, usize, String) {
         let ClearBody {
             mut buf,
             start,
-            mut boundary,
+            boundary,
         } = self;
-        if memchr::memmem::find(&buf[start..], boundary.as_bytes()).is_some() {
-            // The content holds the random boundary (or was made to):
-            // rebuild around one it does not hold.
-            let entity = buf.split_off(start);
-            boundary = unique_boundary(&entity);
-            buf.clear();
-            buf.extend_from_slice(b"This is an S/MIME signed message\r\n\r\n--");
-            buf.extend_from_slice(boundary.as_bytes());
-            buf.extend_from_slice(b"\r\n");
-            buf.extend_from_slice(&entity);
+        if memchr::memmem::find(&buf[start..], boundary.as_bytes()).is_none() {
+            return (buf, start, boundary);
         }
+        let entity = buf.split_off(start);
+        let boundary = unique_boundary(&entity);
+        buf.clear();
+        buf.extend_from_slice(b"This is an S/MIME signed message\r\n\r\n--");
+        buf.extend_from_slice(boundary.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        let start = buf.len();
+        buf.extend_from_slice(&entity);
+        (buf, start, boundary)
+    }
+
+    pub fn finish(self, key: &SigningKey, opts: &SignOptions) -> Result<Wrapped, SignError> {
+        let (mut buf, start, boundary) = self.with_unique_boundary();
         let sig = cms_sign(key, &buf[start..], opts, true)?;
         buf.extend_from_slice(b"\r\n--");
         buf.extend_from_slice(boundary.as_bytes());
@@ -342,6 +358,30 @@ mod tests {
             openssl::base64::decode_block(&joined).unwrap(),
             vec![7u8; 200]
         );
+    }
+
+    #[test]
+    fn content_holding_the_boundary_gets_another_one() {
+        let mut clear = ClearBody::new(100);
+        let first = clear.boundary.clone();
+        let entity = format!("Content-Type: text/plain\r\n\r\n--{first}\r\nforged part\r\n");
+        clear.buf_mut().extend_from_slice(entity.as_bytes());
+        let (buf, start, boundary) = clear.with_unique_boundary();
+        assert_ne!(boundary, first);
+        assert_eq!(
+            &buf[start..],
+            entity.as_bytes(),
+            "exactly the entity is signed"
+        );
+        assert!(!entity.contains(&boundary));
+        let prefix = format!("This is an S/MIME signed message\r\n\r\n--{boundary}\r\n");
+        assert_eq!(&buf[..start], prefix.as_bytes());
+        // Without a clash nothing moves.
+        let mut clear = ClearBody::new(10);
+        clear.buf_mut().extend_from_slice(b"plain");
+        let before = clear.start;
+        let (buf, start, _) = clear.with_unique_boundary();
+        assert_eq!((start, &buf[start..]), (before, &b"plain"[..]));
     }
 
     #[test]

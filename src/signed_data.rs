@@ -16,6 +16,8 @@ use std::sync::{Mutex, OnceLock};
 /// at most, whatever certificates senders make up.
 const CACHE_ENTRIES: usize = 512;
 const MAX_CACHED_DER: usize = 8192;
+/// Certificates one SignedData may carry (more: permerror in verify).
+pub const MAX_CERTS: usize = 64;
 /// Nesting a walker follows inside one element before giving up.
 const MAX_DEPTH: usize = 64;
 
@@ -30,16 +32,18 @@ pub struct Parsed {
 /// Parses a CMS ContentInfo, with certificates through the cache when it
 /// is a SignedData whose structure we can follow.
 pub fn parse(der: &[u8]) -> Option<Parsed> {
-    if let Some((stripped, cert_ders)) = split(der) {
+    // More certificates than a signature may carry are not worth caching:
+    // OpenSSL parses them and the caller refuses the signature.
+    if let Some((stripped, cert_ders)) = split(der).filter(|(_, c)| c.len() <= MAX_CERTS) {
         if let Ok(cms) = CmsContentInfo::from_der(&stripped) {
-            let mut certs = Vec::with_capacity(cert_ders.len());
-            for c in cert_ders {
-                certs.push(cached(c)?);
+            let certs: Option<Vec<X509>> = cert_ders.into_iter().map(cached).collect();
+            // A certificate we cannot parse: OpenSSL's own parse decides.
+            if let Some(certs) = certs {
+                return Some(Parsed {
+                    cms,
+                    certs: Some(certs),
+                });
             }
-            return Some(Parsed {
-                cms,
-                certs: Some(certs),
-            });
         }
     }
     let cms = CmsContentInfo::from_der(der).ok()?;

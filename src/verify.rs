@@ -4,7 +4,7 @@
 
 use crate::address;
 use crate::mime::{self, ContentType};
-use crate::signed_data;
+use crate::signed_data::{self, MAX_CERTS};
 use crate::truststore::TrustStore;
 use foreign_types::{ForeignType, ForeignTypeRef};
 use openssl::cms::{CMSOptions, CmsContentInfo};
@@ -352,7 +352,6 @@ extern "C" {
 }
 
 const MAX_SIGNERS: i32 = 8;
-const MAX_CERTS: usize = 64;
 
 fn content_type_nid(cms: &CmsContentInfo) -> Option<Nid> {
     let obj = unsafe { CMS_get0_type(cms.as_ptr()) };

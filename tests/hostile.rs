@@ -755,7 +755,8 @@ fn milter_peak_memory_for_a_50_mb_message() {
 #[test]
 fn concurrent_large_messages_stay_within_the_memory_limit() {
     const LIMIT: usize = 40 * MB;
-    let top = format!("authserv_id = \"{AUTHSERV}\"\nmemory_limit = \"40M\"");
+    let top =
+        format!("authserv_id = \"{AUTHSERV}\"\nmax_message_size = \"16M\"\nmemory_limit = \"40M\"");
     let m = Milter::start(&top, &pki().key_table());
     let base = vm_hwm(m.pid());
     let mut body = Vec::with_capacity(5 * MB + 100);
@@ -766,6 +767,17 @@ fn concurrent_large_messages_stay_within_the_memory_limit() {
     // Every client holds its message half-sent until all are: 20 x 2.6 MB
     // (counted twice) are then in the milter at once, more than the limit.
     let barrier = Arc::new(std::sync::Barrier::new(20));
+    // The barrier would wait forever if a client were stopped early (the
+    // milter answering body chunks): fail the run instead of hanging CI.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = done.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(300));
+        if !watch.load(std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("concurrent_large_messages: still waiting after 300 s");
+            std::process::abort();
+        }
+    });
     let threads: Vec<_> = (0..20)
         .map(|t| {
             let (path, body, barrier) = (m.socket_path.clone(), body.clone(), barrier.clone());
@@ -807,6 +819,7 @@ fn concurrent_large_messages_stay_within_the_memory_limit() {
         })
         .collect();
     let results: Vec<bool> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
     let signed = results.iter().filter(|&&s| s).count();
     let peak = vm_hwm(m.pid()) - base;
     eprintln!(

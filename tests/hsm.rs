@@ -217,6 +217,41 @@ fn token_keys_decrypt_pkcs1_and_oaep_key_transport() {
             String::from_utf8_lossy(&r.stdout).contains("\nDecrypted by the token."),
             "{keyopt:?}"
         );
+        // Damaged ciphertext (the end of the encrypted content)
+        // fails as the message's fault: the token is not restarted, which
+        // would let any sender keep it restarting.
+        let text = String::from_utf8_lossy(&msg).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        // The last block of the ciphertext: its padding no longer checks.
+        let i = lines.iter().rposition(|l| !l.trim().is_empty()).unwrap();
+        let at = lines[i].trim_end().trim_end_matches('=').len() - 2;
+        let flipped: String = lines[i]
+            .chars()
+            .enumerate()
+            .map(|(n, c)| match (n == at, c) {
+                (true, 'A') => 'B',
+                (true, _) => 'A',
+                (false, c) => c,
+            })
+            .collect();
+        let mut bad: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        bad[i] = flipped;
+        let r = test_mode_hsm(
+            &hsm,
+            &cfg,
+            &["--inbound", "--rcpt", "alice@example.com"],
+            (bad.join("\n") + "\n").as_bytes(),
+        );
+        assert!(
+            String::from_utf8_lossy(&r.stdout).contains("X-SMIME-Decrypted: failed"),
+            "{keyopt:?}: {}",
+            r.stderr
+        );
+        assert!(
+            !r.stderr.contains("restarted the PKCS#11 module"),
+            "{keyopt:?}: {}",
+            r.stderr
+        );
     }
 }
 
