@@ -13,7 +13,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let cte = mime::field_value(&fields, "Content-Transfer-Encoding");
     let _ = verify::decode_body(cte.as_deref(), body);
-    if let Some(ct) = mime::field_value(&fields, "Content-Type").and_then(|v| ContentType::parse(&v)) {
+    if let Some(ct) =
+        mime::field_value(&fields, "Content-Type").and_then(|v| ContentType::parse(&v))
+    {
         let _ = verify::signed_form(&ct);
         let _ = verify::signed_content(&ct, cte.as_deref(), body);
         if let Some(b) = ct.param("boundary") {
