@@ -81,7 +81,12 @@ pub fn spawn_stats_thread() -> std::io::Result<()> {
                 continue;
             }
             std::thread::sleep(interval);
-            log::info!("{}", crate::certstore::STATS.line());
+            log::info!(
+                "{} messages in flight={} memory counted={} bytes",
+                crate::certstore::STATS.line(),
+                crate::session::in_flight(),
+                crate::session::buffered()
+            );
         })?;
     Ok(())
 }

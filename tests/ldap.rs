@@ -255,6 +255,14 @@ fn the_cache_answers_repeated_lookups_and_expires() {
 
     let log = m.wait_log("stats: certificate cache");
     assert!(log.contains("stats: certificate cache hits="), "{log}");
+    // Once every message has ended, nothing is counted as in flight.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let log = m.log();
+    let last = log.lines().rfind(|l| l.contains("stats:")).unwrap();
+    assert!(
+        last.ends_with("messages in flight=0 memory counted=0 bytes"),
+        "{last}"
+    );
     assert!(log.contains("E1: outbound action=tempfail"), "{log}");
 }
 
