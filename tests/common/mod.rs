@@ -419,10 +419,10 @@ impl Gpgsm {
             String::from_utf8_lossy(&out.stderr)
         );
         // gpgsm asks twice (the file's passphrase, then the agent's for
-        // the key); now and then the first answer goes astray on a loaded
-        // machine, so the import is tried up to three times.
+        // the key); now and then an answer goes astray, so the import is
+        // tried up to five times, each with a fresh agent.
         let mut last = String::new();
-        for _ in 0..3 {
+        for _ in 0..5 {
             let mut c = self.cmd();
             c.args([
                 "--pinentry-mode",
@@ -437,6 +437,12 @@ impl Gpgsm {
                 return;
             }
             last = String::from_utf8_lossy(&out.stderr).into_owned();
+            // The agent caches what it was given: a fresh agent for the
+            // next try, or a passphrase gone astray fails every try.
+            let _ = Command::new("gpgconf")
+                .env("GNUPGHOME", self.home.path())
+                .args(["--kill", "gpg-agent"])
+                .output();
             std::thread::sleep(Duration::from_millis(200));
         }
         panic!("gpgsm --import {name}: {last}");
