@@ -343,15 +343,6 @@ fn token_removed_and_restored_under_load() {
     assert!(!m.log().contains(softhsm::PIN));
 }
 
-fn proc_status(pid: u32, key: &str) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
-
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -404,7 +395,7 @@ fn fifty_concurrent_sessions_of_mixed_traffic() {
     };
     warmup(20);
     let pid = milter.pid();
-    let (rss0, fds0) = (proc_status(pid, "VmRSS:"), fd_count(pid));
+    let (rss0, fds0) = (proc_status_kb(pid, "VmRSS:"), fd_count(pid));
 
     let end = Instant::now() + Duration::from_secs(secs);
     let threads: Vec<_> = (0..50)
@@ -447,13 +438,13 @@ fn fifty_concurrent_sessions_of_mixed_traffic() {
     // Once all 50 sessions run, memory is measured again: from there on
     // it must stay flat.
     std::thread::sleep(Duration::from_secs(secs / 3));
-    let rss_mid = proc_status(pid, "VmRSS:");
+    let rss_mid = proc_status_kb(pid, "VmRSS:");
     let sent: Vec<String> = threads
         .into_iter()
         .flat_map(|t| t.join().unwrap())
         .collect();
     let delivered = postfix.delivered(20 + sent.len());
-    let (rss1, fds1) = (proc_status(pid, "VmRSS:"), fd_count(pid));
+    let (rss1, fds1) = (proc_status_kb(pid, "VmRSS:"), fd_count(pid));
     eprintln!(
         "{} messages in {secs} s over 50 sessions; milter RSS {rss0} kB warm, {rss_mid} kB under load, {rss1} kB at the end; fds {fds0} -> {fds1}",
         sent.len()

@@ -658,19 +658,7 @@ fn outbound_signing_of_hostile_structure_is_bounded() {
 }
 
 fn vm_hwm(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| {
-            v.trim()
-                .trim_end_matches(" kB")
-                .trim()
-                .parse::<usize>()
-                .ok()
-        })
-        .unwrap();
-    kb * 1024
+    proc_status_kb(pid, "VmHWM:") * 1024
 }
 
 /// The milter process itself (not test mode, which keeps its own copies

@@ -37,6 +37,16 @@ pub fn set_mode(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
+/// A `/proc/PID/status` field in kB, e.g. `VmHWM:` or `VmRSS:`.
+pub fn proc_status_kb(pid: u32, key: &str) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} for process {pid}"))
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
@@ -383,6 +393,21 @@ impl Gpgsm {
         c
     }
 
+    /// gpgsm reading passphrases from its standard input.
+    fn loopback(&self) -> Command {
+        let mut c = self.cmd();
+        c.args(["--pinentry-mode", "loopback", "--passphrase-fd", "0"]);
+        c
+    }
+
+    /// Stops this home's GnuPG daemons (`gpg-agent`, or `all`).
+    fn kill(&self, which: &str) {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--kill", which])
+            .output();
+    }
+
     /// A home holding one test PKI key (RSA), to decrypt as that recipient;
     /// checked by a round trip, since GnuPG 2.2 now and then stores an
     /// imported key under a passphrase that went astray.
@@ -430,15 +455,8 @@ impl Gpgsm {
         // tried up to five times, each with a fresh agent.
         let mut last = String::new();
         for _ in 0..5 {
-            let mut c = self.cmd();
-            c.args([
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase-fd",
-                "0",
-                "--import",
-            ])
-            .arg(&p12);
+            let mut c = self.loopback();
+            c.arg("--import").arg(&p12);
             let out = pipe(c, b"test\ntest\n");
             if out.status.success() {
                 return;
@@ -446,10 +464,7 @@ impl Gpgsm {
             last = String::from_utf8_lossy(&out.stderr).into_owned();
             // The agent caches what it was given: a fresh agent for the
             // next try, or a passphrase gone astray fails every try.
-            let _ = Command::new("gpgconf")
-                .env("GNUPGHOME", self.home.path())
-                .args(["--kill", "gpg-agent"])
-                .output();
+            self.kill("gpg-agent");
             std::thread::sleep(Duration::from_millis(200));
         }
         panic!("gpgsm --import {name}: {last}");
@@ -490,17 +505,8 @@ impl Gpgsm {
         let output = self.home.path().join("plain");
         let _ = std::fs::remove_file(&output);
         std::fs::write(&input, der).unwrap();
-        let mut c = self.cmd();
-        c.args([
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase-fd",
-            "0",
-            "--output",
-        ])
-        .arg(&output)
-        .arg("--decrypt")
-        .arg(&input);
+        let mut c = self.loopback();
+        c.arg("--output").arg(&output).arg("--decrypt").arg(&input);
         let out = pipe(c, b"test\n");
         // gpgsm exits non-zero when it does not know the other recipients'
         // certificates; the status line says whether this one decrypted.
@@ -575,10 +581,7 @@ impl Gpgsm {
 impl Drop for Gpgsm {
     fn drop(&mut self) {
         // The agent gpgsm started for this home.
-        let _ = Command::new("gpgconf")
-            .env("GNUPGHOME", self.home.path())
-            .args(["--kill", "all"])
-            .output();
+        self.kill("all");
     }
 }
 
