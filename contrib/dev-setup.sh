@@ -6,7 +6,7 @@
 set -euo pipefail
 
 packages=(
-    pkg-config libssl-dev libmilter-dev   # build
+    pkg-config libssl-dev                 # build
     openssl postfix miltertest            # tests: MTA, milter client
     gpgsm gpg-agent libnss3-tools         # independent S/MIME verifiers
     slapd ldap-utils                      # tests: a real directory

@@ -12,7 +12,7 @@ root=$(pwd)
 secs=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(message_inbound cms_der signed_data mime auth_results message_outbound config)
+[ ${#targets[@]} -gt 0 ] || targets=(message_inbound cms_der signed_data mime auth_results message_outbound config milter_protocol)
 
 command -v cargo-fuzz >/dev/null || cargo install --quiet --locked cargo-fuzz
 work=${FUZZ_WORK:-$root/fuzz/work}
@@ -78,6 +78,29 @@ PY
     config)
         cp contrib/smime-milter.toml "$dir/sample.toml"
         cp "$work/fuzz.toml" "$dir/fuzz.toml" ;;
+    milter_protocol)
+        # Whole sessions as Postfix sends them, outbound (from 127.0.0.1)
+        # and inbound, around the test messages.
+        for f in "$work"/signed/*.eml tests/data/plain.eml; do
+            for ip in 127.0.0.1 192.0.2.1; do
+                python3 - "$f" "$ip" "$dir" <<'PY' || true
+import sys, struct, hashlib, os
+raw = open(sys.argv[1], 'rb').read().replace(b'\r\n', b'\n').replace(b'\n', b'\r\n')
+head, _, body = raw.partition(b'\r\n\r\n')
+def pkt(c, d=b''): return struct.pack('>I', len(d) + 1) + c + d
+out = pkt(b'O', struct.pack('>III', 6, 0x1ff, 0x1fffff))
+out += pkt(b'C', b'client\0' + b'4' + struct.pack('>H', 25) + sys.argv[2].encode() + b'\0')
+out += pkt(b'D', b'Mi\0\0{auth_authen}\0\0') + pkt(b'M', b'<alice@example.com>\0')
+out += pkt(b'D', b'Ri\0FUZZ1\0') + pkt(b'R', b'<bob@example.com>\0')
+for line in head.split(b'\r\n'):
+    if line[:1] in (b' ', b'\t') or b':' not in line: continue
+    n, _, v = line.partition(b':')
+    out += pkt(b'L', n + b'\0' + v.lstrip() + b'\0')
+out += pkt(b'N') + pkt(b'B', body) + pkt(b'E') + pkt(b'Q')
+open(os.path.join(sys.argv[3], hashlib.sha1(out).hexdigest()), 'wb').write(out)
+PY
+            done
+        done ;;
     auth_results)
         printf 'mx.example.com; smime=pass' > "$dir/a"
         printf '(c) mx.example.com (x) ; smime=fail' > "$dir/b"

@@ -30,7 +30,7 @@ pub struct ConfigError {
 // ---------------------------------------------------------------------------
 // Value types with their own parsers (their errors land on the value's line).
 
-/// A milter socket in libmilter notation: `unix:/path`, `local:/path`,
+/// A milter socket in Sendmail's notation: `unix:/path`, `local:/path`,
 /// `inet:PORT@HOST`, `inet6:PORT@HOST`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SocketSpec {
@@ -40,8 +40,8 @@ pub enum SocketSpec {
 }
 
 impl SocketSpec {
-    /// The string libmilter's `smfi_setconn` expects.
-    pub fn to_libmilter(&self) -> String {
+    /// The socket in the notation it was configured in.
+    pub fn notation(&self) -> String {
         match self {
             SocketSpec::Unix(p) => format!("unix:{}", p.display()),
             SocketSpec::Inet { port, host } => format!("inet:{port}@{host}"),
@@ -52,7 +52,7 @@ impl SocketSpec {
 
 impl fmt::Display for SocketSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_libmilter())
+        f.write_str(&self.notation())
     }
 }
 
@@ -827,7 +827,7 @@ impl Config {
         };
 
         // At most 1 GiB: a signed or encrypted body grows by a third, and
-        // libmilter counts lengths in a C int.
+        // MTAs count milter lengths in a C int.
         let max_message_size = raw.max_message_size.map_or(64 << 20, |s| s.0.min(1 << 30));
         let memory_limit = raw.memory_limit.map_or(1 << 30, |s| s.0);
         if memory_limit < 2 * max_message_size {
@@ -1261,10 +1261,7 @@ mod tests {
             }
         );
         assert_eq!(
-            "inet6:8891@[::1]"
-                .parse::<SocketSpec>()
-                .unwrap()
-                .to_libmilter(),
+            "inet6:8891@[::1]".parse::<SocketSpec>().unwrap().notation(),
             "inet6:8891@[::1]"
         );
         for bad in [

@@ -1,94 +1,204 @@
-//! Adjusting the listening socket libmilter opened: owner and mode of a unix
-//! socket, and TCP_NODELAY on an inet one.
+//! The listening socket: a unix socket (stale one replaced, owner and mode
+//! set) or a TCP one, and the streams accepted on it.
 
 use crate::config::SocketSpec;
 use crate::privileges::Identity;
 use std::ffi::CString;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 
-pub fn after_open(
-    socket: &SocketSpec,
+pub enum Listener {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+pub enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+/// Opens the socket the MTA connects to.
+pub fn open(
+    spec: &SocketSpec,
     mode: Option<u32>,
     owner: Option<&Identity>,
-) -> std::io::Result<()> {
-    match socket {
+) -> io::Result<Listener> {
+    match spec {
         SocketSpec::Unix(path) => {
-            let c = CString::new(path.as_os_str().as_bytes())?;
-            if let Some(id) = owner {
-                if unsafe { libc::chown(c.as_ptr(), id.uid, id.gid) } != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if let Some(m) = mode {
-                if unsafe { libc::chmod(c.as_ptr(), m as libc::mode_t) } != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
+            remove_stale(path)?;
+            let l = UnixListener::bind(path)?;
+            set_owner_and_mode(path, mode, owner)?;
+            Ok(Listener::Unix(l, path.clone()))
         }
-        SocketSpec::Inet { .. } | SocketSpec::Inet6 { .. } => {
-            set_nodelay_on_listeners();
-            Ok(())
+        SocketSpec::Inet { port, host } | SocketSpec::Inet6 { port, host } => {
+            let v6 = matches!(spec, SocketSpec::Inet6 { .. });
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let addrs: Vec<_> = (host, *port)
+                .to_socket_addrs()?
+                .filter(|a| a.is_ipv6() == v6)
+                .collect();
+            if addrs.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{host} has no {} address", if v6 { "IPv6" } else { "IPv4" }),
+                ));
+            }
+            Ok(Listener::Tcp(TcpListener::bind(&addrs[..])?))
         }
     }
 }
 
-/// libmilter leaves Nagle's algorithm on; with the MTA's delayed ACKs each
-/// message then stalls ~40 ms twice. Linux hands TCP_NODELAY from a listening
-/// socket to every accepted one, so setting it on libmilter's listener is
-/// enough. The listener is found among our descriptors (libmilter does not
-/// expose it): the TCP sockets in the listening state.
-fn set_nodelay_on_listeners() {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<libc::c_int>().ok())
-        else {
-            continue;
-        };
-        if getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) != Some(1) {
-            continue;
+/// A socket left by a previous run is replaced; anything else at that path
+/// is an error rather than deleted.
+fn remove_stale(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the path exists and is not a socket",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn set_owner_and_mode(path: &Path, mode: Option<u32>, owner: Option<&Identity>) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    if let Some(id) = owner {
+        if unsafe { libc::chown(c.as_ptr(), id.uid, id.gid) } != 0 {
+            return Err(io::Error::last_os_error());
         }
-        let domain = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN);
-        if domain != Some(libc::AF_INET) && domain != Some(libc::AF_INET6) {
-            continue;
+    }
+    if let Some(m) = mode {
+        if unsafe { libc::chmod(c.as_ptr(), m as libc::mode_t) } != 0 {
+            return Err(io::Error::last_os_error());
         }
-        let one: libc::c_int = 1;
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
+    }
+    Ok(())
+}
+
+impl Listener {
+    pub fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Unix(l, _) => Ok(Stream::Unix(l.accept()?.0)),
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept()?;
+                // With Nagle's algorithm on, the MTA's delayed ACKs stall
+                // each message ~40 ms twice (libmilter leaves it on).
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+        }
+    }
+
+    /// Wakes every thread blocked in `accept` (they get an error) and
+    /// refuses new connections.
+    pub fn shut_down(&self) {
+        let fd = match self {
+            Listener::Unix(l, _) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
         };
-        if rc == 0 {
-            log::debug!("TCP_NODELAY set on listening socket (fd {fd})");
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+
+    /// Removes a unix socket's path (at exit).
+    pub fn remove_path(&self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
 
-fn getsockopt_int(fd: libc::c_int, level: libc::c_int, opt: libc::c_int) -> Option<libc::c_int> {
+impl Stream {
+    /// Idle connections are dropped after this long without a packet, as
+    /// libmilter does (its default timeout, 7210 s).
+    pub fn set_timeouts(&self, t: std::time::Duration) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => {
+                s.set_read_timeout(Some(t))?;
+                s.set_write_timeout(Some(t))
+            }
+            Stream::Tcp(s) => {
+                s.set_read_timeout(Some(t))?;
+                s.set_write_timeout(Some(t))
+            }
+        }
+    }
+
+    /// A reading and a writing half of the same socket.
+    pub fn halves(&self) -> (Box<dyn Read + '_>, Box<dyn Write + '_>) {
+        match self {
+            Stream::Unix(s) => (Box::new(s), Box::new(s)),
+            Stream::Tcp(s) => (Box::new(s), Box::new(s)),
+        }
+    }
+}
+
+/// Whether TCP_NODELAY is set on a socket (for tests).
+pub fn nodelay(fd: libc::c_int) -> Option<bool> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     let rc = unsafe {
         libc::getsockopt(
             fd,
-            level,
-            opt,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
             &mut v as *mut _ as *mut libc::c_void,
             &mut len,
         )
     };
-    (rc == 0).then_some(v)
+    (rc == 0).then_some(v != 0)
 }
 
-/// Whether TCP_NODELAY is set on a socket (for tests).
-pub fn nodelay(fd: libc::c_int) -> Option<bool> {
-    getsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY).map(|v| v != 0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_tcp_connections_have_nagle_off() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let spec = SocketSpec::Inet {
+            port,
+            host: "127.0.0.1".into(),
+        };
+        let l = open(&spec, None, None).unwrap();
+        let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let Stream::Tcp(s) = l.accept().unwrap() else {
+            panic!("a TCP stream")
+        };
+        assert_eq!(nodelay(s.as_raw_fd()), Some(true));
+        let v6 = SocketSpec::Inet6 {
+            port,
+            host: "127.0.0.1".into(),
+        };
+        assert!(open(&v6, None, None).is_err(), "inet6 wants an IPv6 host");
+    }
+
+    #[test]
+    fn a_stale_unix_socket_is_replaced_and_a_file_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("milter.sock");
+        let spec = SocketSpec::Unix(path.clone());
+        drop(open(&spec, Some(0o660), None).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o660);
+        let l = open(&spec, None, None).unwrap();
+        let _client = UnixStream::connect(&path).unwrap();
+        assert!(matches!(l.accept().unwrap(), Stream::Unix(_)));
+        l.remove_path();
+        std::fs::write(&path, "not a socket").unwrap();
+        let e = open(&spec, None, None).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+    }
 }

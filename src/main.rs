@@ -3,7 +3,7 @@
 use smime_milter::config::{Config, SocketSpec, DEFAULT_CONFIG_PATH};
 use smime_milter::policy::Direction;
 use smime_milter::testmode::{self, TestArgs};
-use smime_milter::{callbacks, logging};
+use smime_milter::{logging, server};
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -114,20 +114,20 @@ fn main() -> ExitCode {
         logging::set_level(cfg.log_level);
     }
     install_panic_hook();
-    match callbacks::run(Arc::new(cfg), &socket) {
+    match server::run(Arc::new(cfg), &socket) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
             eprintln!("smime-milter: {e}");
             ExitCode::from(match e {
-                callbacks::RunError::Privileges(_) => EX_CONFIG,
+                server::RunError::Privileges(_) => EX_CONFIG,
                 _ => EX_SOFTWARE,
             })
         }
     }
 }
 
-/// Panics are caught in the callbacks; the hook only makes sure the message
+/// Panics are caught per protocol step; the hook only makes sure the message
 /// reaches syslog rather than a closed stderr.
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {

@@ -33,7 +33,7 @@ impl Verdict {
     }
 }
 
-/// A header change with libmilter semantics.
+/// A header change with the milter protocol's semantics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderOp {
     /// `smfi_chgheader`: the `index`-th (from 1) field of that name; `None`

@@ -1,17 +1,32 @@
-//! SIGUSR1 reloads the configuration, keys and certificate stores without
-//! dropping connections (libmilter itself stops on SIGHUP and SIGTERM, as
-//! OpenDKIM documents); a periodic stats line reports the lookup counters.
+//! The configuration in force. SIGUSR1 reloads it, with keys and
+//! certificate stores, without dropping connections (SIGHUP and SIGTERM
+//! stop the milter, as with OpenDKIM); a periodic stats line reports the
+//! lookup counters.
 
-use crate::callbacks::{current_config, install_config};
 use crate::config::Config;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+static CONFIG: RwLock<Option<Arc<Config>>> = RwLock::new(None);
+
+/// The configuration new messages use.
+pub fn current_config() -> Arc<Config> {
+    CONFIG
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .expect("configuration installed before the milter starts")
+}
+
+pub fn install_config(cfg: Arc<Config>) {
+    *CONFIG.write().unwrap_or_else(|e| e.into_inner()) = Some(cfg);
+}
 
 /// Blocks SIGUSR1, SIGTERM, SIGHUP and SIGINT in the calling thread;
 /// threads created afterwards inherit the mask, so SIGUSR1 reaches only the
-/// reload thread and the others only libmilter's signal thread (which stops
-/// the milter gracefully). Left unblocked in one of our threads, SIGTERM
-/// would kill the process outright.
+/// reload thread and the others only the main thread's `sigwait` (which
+/// stops the milter gracefully). Left unblocked in one of our threads,
+/// SIGTERM would kill the process outright.
 pub fn block_signals() -> std::io::Result<()> {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();

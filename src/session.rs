@@ -1,4 +1,4 @@
-//! Per-connection and per-message state, free of libmilter types: the milter
+//! Per-connection and per-message state, free of protocol types: the milter
 //! callbacks and the offline test mode drive the same methods.
 
 use crate::certstore::Lookup;

@@ -89,7 +89,7 @@ pub fn run(
         }
     }
     if outcome.is_none() {
-        // In chunks, as libmilter delivers the body.
+        // In chunks, as the MTA sends the body.
         for chunk in smtp_body.chunks(65535) {
             if let Step::Done(o) = s.body(chunk) {
                 outcome = Some(o);

@@ -400,3 +400,34 @@ fn sigusr1_reloads_the_key_table_and_a_broken_config_keeps_the_old_one() {
     assert!(signs(&m, "R4", "bob@example.com"));
     assert!(signs(&m, "R5", "alice@example.com"));
 }
+
+#[test]
+fn broken_packets_close_the_connection_and_the_milter_serves_on() {
+    use std::io::{Read, Write};
+    let m = Milter::start("", &pki().key_table());
+    let cases: [(&[u8], &str); 4] = [
+        // 2 GiB announced: refused before anything is allocated.
+        (
+            &[0x7f, 0xff, 0xff, 0xff, b'B'],
+            "packet of 2147483647 bytes announced",
+        ),
+        (&[0, 0, 0, 0], "empty packet"),
+        (&[0, 0, 0, 1, b'Z'], "unknown command 'Z'"),
+        (&[0, 0, 0, 3, b'L', b'x', b'y'], "malformed header packet"),
+    ];
+    for (bytes, logged) in cases {
+        let mut s = std::os::unix::net::UnixStream::connect(&m.socket_path).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.write_all(bytes).unwrap();
+        let mut buf = [0u8; 16];
+        // Closed without a reply (the MTA then applies its default action).
+        assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "{logged}");
+        let log = m.wait_log(logged);
+        assert!(
+            log.contains(&format!("closing the MTA connection: {logged}")),
+            "{log}"
+        );
+    }
+    assert!(signs(&m, "AFTER1", "alice@example.com"));
+}

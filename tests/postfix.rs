@@ -427,7 +427,7 @@ fn inbound_encrypted_mail_arrives_decrypted_and_replies_are_encrypted_to_harvest
     assert_eq!(mime_leaves(&content), mime_leaves(&data("plain.eml")));
 }
 
-/// SIGTERM stops libmilter at once: messages then in flight are deferred by
+/// SIGTERM stops the milter: messages it cannot finish are deferred by
 /// Postfix (milter_default_action = tempfail), the rest were signed.
 #[test]
 fn sigterm_under_load_loses_no_message() {

@@ -31,3 +31,15 @@ pub fn run(direction: Direction, input: &[u8]) {
     let mut err = std::io::sink();
     let _ = testmode::run(config(), &args, input, &mut out, &mut err);
 }
+
+/// Serves `stream` as one MTA connection; replies go nowhere.
+pub fn milter_connection(stream: &[u8]) {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| smime_milter::reload::install_config(config()));
+    thread_local! {
+        static BUFFERS: std::cell::RefCell<smime_milter::protocol::Buffers> = Default::default();
+    }
+    BUFFERS.with_borrow_mut(|b| {
+        let _ = smime_milter::connection::serve(stream, std::io::sink(), b);
+    });
+}

@@ -1,0 +1,198 @@
+//! Start-up and the connection threads: the socket is opened, privileges
+//! dropped, and connections are served by reused threads until SIGTERM,
+//! SIGHUP or SIGINT.
+//!
+//! Threads follow a leader/followers scheme: the idle ones wait in
+//! `accept` on the shared socket, and the one that takes a connection makes
+//! sure another is waiting before it serves it. An SMTP session holds its
+//! milter connection for its whole length, however slow the client, so the
+//! number of threads follows the number of connections (as libmilter's
+//! thread per connection did); after a burst, threads beyond `MAX_IDLE`
+//! end.
+
+use crate::config::{Config, SocketSpec};
+use crate::listener::{Listener, Stream};
+use crate::reload::install_config;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Idle threads kept for the next connections.
+const MAX_IDLE: usize = 16;
+/// A connection with no packet for this long is dropped (libmilter's
+/// default timeout).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(7210);
+/// How long a stop waits for messages in flight.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Whether a stop signal arrived: no new message is started.
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot open socket {path}: {err}")]
+    Socket { path: String, err: std::io::Error },
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivError),
+    #[error("cannot write the PID file {path}: {err}")]
+    PidFile { path: String, err: std::io::Error },
+    #[error("cannot start threads: {0}")]
+    Threads(std::io::Error),
+}
+
+struct Pool {
+    listener: Listener,
+    idle: AtomicUsize,
+}
+
+impl Pool {
+    fn spawn_worker(self: &Arc<Pool>) -> std::io::Result<()> {
+        self.idle.fetch_add(1, Ordering::SeqCst);
+        let pool = self.clone();
+        std::thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || pool.work())
+            .map(|_| ())
+            .inspect_err(|_| {
+                self.idle.fetch_sub(1, Ordering::SeqCst);
+            })
+    }
+
+    fn work(self: Arc<Pool>) {
+        loop {
+            let accepted = self.listener.accept();
+            let idle = self.idle.fetch_sub(1, Ordering::SeqCst) - 1;
+            if stopping() {
+                return;
+            }
+            match accepted {
+                Ok(stream) => {
+                    if idle == 0 {
+                        if let Err(e) = self.spawn_worker() {
+                            log::error!("cannot start a connection thread: {e}");
+                        }
+                    }
+                    serve(stream);
+                }
+                Err(e) => {
+                    // Out of descriptors, say: not a reason to spin.
+                    log::error!("accepting a connection failed: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            if self.idle.load(Ordering::SeqCst) >= MAX_IDLE {
+                return;
+            }
+            self.idle.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn serve(stream: Stream) {
+    if let Err(e) = stream.set_timeouts(IDLE_TIMEOUT) {
+        log::warn!("cannot set the connection timeout: {e}");
+    }
+    thread_local! {
+        static BUFFERS: std::cell::RefCell<crate::protocol::Buffers> = Default::default();
+    }
+    let (input, output) = stream.halves();
+    // Session panics are caught step by step in `connection`; this is the
+    // last line for the protocol code itself, so the thread lives on.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        BUFFERS.with_borrow_mut(|b| crate::connection::serve(input, output, b))
+    })) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::debug!("MTA connection ended: {e}"),
+        Err(_) => log::error!("internal error: panic in the connection handler; connection closed"),
+    }
+}
+
+/// Opens the socket, drops privileges and serves until SIGTERM, SIGHUP or
+/// SIGINT; then waits up to 10 s for the messages in flight.
+pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
+    let identity = crate::privileges::target(&cfg)?;
+    let socket_mode = cfg.socket_mode;
+    let config_path = cfg.path.clone();
+    let pid_file = cfg.pid_file.clone();
+    install_config(cfg);
+    // Before any thread starts, so that they all inherit the mask and the
+    // signals reach only the threads that wait for them.
+    crate::reload::block_signals().map_err(RunError::Threads)?;
+    let listener =
+        crate::listener::open(socket, socket_mode, identity.as_ref()).map_err(|err| {
+            RunError::Socket {
+                path: socket.to_string(),
+                err,
+            }
+        })?;
+    if let Some(id) = &identity {
+        crate::privileges::drop_to(id)?;
+        log::info!("running as user {}", id.name);
+    }
+    crate::reload::spawn_reload_thread(config_path).map_err(RunError::Threads)?;
+    crate::reload::spawn_stats_thread().map_err(RunError::Threads)?;
+    let pool = Arc::new(Pool {
+        listener,
+        idle: AtomicUsize::new(0),
+    });
+    pool.spawn_worker().map_err(RunError::Threads)?;
+    log::info!(
+        "smime-milter {} listening on {socket}",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some(pid_file) = &pid_file {
+        std::fs::write(pid_file, format!("{}\n", std::process::id())).map_err(|err| {
+            RunError::PidFile {
+                path: pid_file.display().to_string(),
+                err,
+            }
+        })?;
+    }
+    let sig = wait_for_stop_signal();
+    log::info!("{sig}: stopping");
+    STOPPING.store(true, Ordering::SeqCst);
+    pool.listener.shut_down();
+    pool.listener.remove_path();
+    // A message already between MAIL and its end is finished; a connection
+    // that starts a new one is closed, and the MTA defers that message
+    // (milter_default_action = tempfail).
+    let deadline = Instant::now() + STOP_GRACE;
+    let mut active = crate::session::in_flight();
+    if active > 0 {
+        log::info!("stopping: waiting for {active} message(s) in flight");
+    }
+    while active > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        active = crate::session::in_flight();
+    }
+    if let Some(pid_file) = &pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
+    log::info!("smime-milter stopped");
+    Ok(())
+}
+
+fn wait_for_stop_signal() -> &'static str {
+    loop {
+        let mut sig: libc::c_int = 0;
+        let rc = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
+                libc::sigaddset(&mut set, s);
+            }
+            libc::sigwait(&set, &mut sig)
+        };
+        if rc == 0 {
+            return match sig {
+                libc::SIGTERM => "SIGTERM",
+                libc::SIGHUP => "SIGHUP",
+                _ => "SIGINT",
+            };
+        }
+    }
+}
