@@ -9,11 +9,17 @@ use crate::session::{self, Session, Step};
 use std::io::{Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-/// The steps we need no reply for, so that the MTA need not wait after each
-/// header line and body chunk (a round trip each), and the ones we do not
-/// use at all.
-const WANTED_STEPS: u64 =
-    step::NOHELO | step::NOUNKNOWN | step::NODATA | step::NR_HDR | step::NR_MAIL | step::NR_BODY;
+/// The steps we need no reply for, so that the MTA need not wait after the
+/// connection, each header line and body chunk (a round trip each), and the
+/// ones we do not use at all. RCPT, end of headers and end of message keep
+/// their replies: a recipient or a message can be refused there.
+const WANTED_STEPS: u64 = step::NOHELO
+    | step::NOUNKNOWN
+    | step::NODATA
+    | step::NR_CONN
+    | step::NR_HDR
+    | step::NR_MAIL
+    | step::NR_BODY;
 
 /// The changes we make: headers (Authentication-Results, Content-Type...)
 /// and the body.

@@ -119,47 +119,40 @@ pub enum ProtocolError {
 /// trimming.
 pub struct Buffers {
     input: Vec<u8>,
-    packet: Vec<u8>,
     output: Vec<u8>,
 }
 
-/// Input read ahead, and output gathered before a write.
-const BUFFER: usize = 64 * 1024;
+/// Room for the largest packet MTAs send (a 65535-byte body chunk, its
+/// command byte and length), so that every packet is handed out where it
+/// was read: a body chunk is copied once, into the message. A larger packet
+/// grows the buffer.
+const INPUT: usize = 64 * 1024 + 8;
+/// Output gathered before a write; larger writes go out directly.
+const OUTPUT: usize = 16 * 1024;
 
 impl Default for Buffers {
     fn default() -> Buffers {
         Buffers {
-            input: vec![0; BUFFER],
-            packet: Vec::new(),
-            output: Vec::with_capacity(BUFFER + 1024),
+            input: vec![0; INPUT],
+            output: Vec::with_capacity(OUTPUT),
         }
     }
 }
 
 impl Buffers {
-    /// Lets go of what one large message grew.
-    fn shrink(&mut self) {
-        if self.packet.capacity() > BUFFER + 1024 {
-            self.packet = Vec::new();
-        }
-        self.output.clear();
-        self.output.shrink_to(BUFFER + 1024);
-    }
-
     /// A reader and a writer over one connection's halves.
     pub fn split<R: Read, W: Write>(
         &mut self,
         input: R,
         output: W,
     ) -> (Reader<'_, R>, Writer<'_, W>) {
-        self.shrink();
+        self.output.clear();
         (
             Reader {
                 inner: input,
                 buf: &mut self.input,
                 start: 0,
                 end: 0,
-                packet: &mut self.packet,
             },
             Writer {
                 inner: output,
@@ -173,19 +166,20 @@ impl Buffers {
 /// without waiting (headers, body chunks, macros) cost one read together.
 pub struct Reader<'b, R> {
     inner: R,
-    buf: &'b mut [u8],
+    buf: &'b mut Vec<u8>,
     start: usize,
     end: usize,
-    packet: &'b mut Vec<u8>,
 }
 
 impl<R: Read> Reader<'_, R> {
-    /// Reads more into the buffer; false at end of stream.
-    fn fill(&mut self) -> io::Result<bool> {
+    /// Reads more into the buffer; false at end of stream. What is
+    /// buffered moves to the front only when `need` more bytes would not
+    /// fit after it.
+    fn fill(&mut self, need: usize) -> io::Result<bool> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-        } else if self.start > 0 {
+        } else if self.start + need > self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
@@ -207,7 +201,7 @@ impl<R: Read> Reader<'_, R> {
     pub fn next_packet(&mut self) -> Result<Option<(u8, &[u8])>, ProtocolError> {
         while self.end - self.start < 4 {
             let had = self.end - self.start;
-            if !self.fill()? {
+            if !self.fill(4)? {
                 if had == 0 {
                     return Ok(None);
                 }
@@ -216,24 +210,23 @@ impl<R: Read> Reader<'_, R> {
         }
         let b = &self.buf[self.start..self.start + 4];
         let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        self.start += 4;
         if len == 0 {
             return Err(ProtocolError::Empty);
         }
         if len > MAX_PACKET {
             return Err(ProtocolError::TooLong(len));
         }
-        self.packet.clear();
-        while self.packet.len() < len {
-            if self.start == self.end && !self.fill()? {
+        if 4 + len > self.buf.len() {
+            self.buf.resize(4 + len, 0);
+        }
+        while self.end - self.start < 4 + len {
+            if !self.fill(4 + len)? {
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
             }
-            let take = (len - self.packet.len()).min(self.end - self.start);
-            self.packet
-                .extend_from_slice(&self.buf[self.start..self.start + take]);
-            self.start += take;
         }
-        Ok(Some((self.packet[0], &self.packet[1..])))
+        let packet = &self.buf[self.start + 4..self.start + 4 + len];
+        self.start += 4 + len;
+        Ok(Some((packet[0], &packet[1..])))
     }
 
     /// Whether a whole packet is waiting in the buffer already (reading it
@@ -244,21 +237,38 @@ impl<R: Read> Reader<'_, R> {
     }
 }
 
-/// Gathers replies for one write per step; a large reply (a replaced body)
-/// goes out in buffer-sized writes, so the buffer never holds a message.
+/// Gathers small replies for one write per step; a large one (a replaced
+/// body's chunk) goes out with what is gathered in one vectored write,
+/// without being copied.
 pub struct Writer<'b, W: Write> {
     inner: W,
     buf: &'b mut Vec<u8>,
 }
 
+impl<W: Write> Writer<'_, W> {
+    fn write_with_gathered(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut parts = [io::IoSlice::new(self.buf), io::IoSlice::new(data)];
+        let mut parts = &mut parts[..];
+        io::IoSlice::advance_slices(&mut parts, 0);
+        while !parts.is_empty() {
+            match self.inner.write_vectored(parts) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => io::IoSlice::advance_slices(&mut parts, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.buf.clear();
+        Ok(())
+    }
+}
+
 impl<W: Write> Write for Writer<'_, W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if data.len() > BUFFER {
-            // Too large to gather: what is gathered goes first.
-            self.flush()?;
-            self.inner.write_all(data)?;
+        if data.len() >= OUTPUT / 2 {
+            self.write_with_gathered(data)?;
         } else {
-            if self.buf.len() + data.len() > BUFFER + 1024 {
+            if self.buf.len() + data.len() > OUTPUT {
                 self.flush()?;
             }
             self.buf.extend_from_slice(data);
@@ -511,11 +521,23 @@ mod tests {
         let huge = ((MAX_PACKET + 1) as u32).to_be_bytes();
         assert!(matches!(next(&huge), Err(ProtocolError::TooLong(_))));
         assert!(matches!(next(&[0u8, 0]), Err(ProtocolError::Io(_))));
-        // Larger than the buffer, and split over many reads.
+        // Large, and split over many reads (a slice reader gives all at
+        // once; the chained one in two parts).
         let big = vec![7u8; 200_000];
         let wire = frame(b'B', &big);
         let (c, d) = next(&wire).unwrap().unwrap();
         assert_eq!((c, d.len()), (b'B', big.len()));
+        let mut two = frame(b'L', b"A\0b\0");
+        two.extend_from_slice(&wire);
+        two.extend_from_slice(&wire);
+        let mut bufs = Buffers::default();
+        let (mut r, _) = bufs.split(std::io::Read::chain(&two[..100], &two[100..]), Vec::new());
+        assert_eq!(r.next_packet().unwrap().unwrap().0, b'L');
+        for _ in 0..2 {
+            let (c, d) = r.next_packet().unwrap().unwrap();
+            assert_eq!((c, d), (b'B', &big[..]));
+        }
+        assert!(r.next_packet().unwrap().is_none());
     }
 
     #[test]
@@ -525,11 +547,11 @@ mod tests {
         {
             let (_, mut w) = bufs.split(&b""[..], &mut sink);
             w.write_all(b"head").unwrap();
-            w.write_all(&vec![1u8; BUFFER + 10]).unwrap();
+            w.write_all(&vec![1u8; OUTPUT + 10]).unwrap();
             w.write_all(b"tail").unwrap();
             w.flush().unwrap();
         }
-        assert_eq!(sink.len(), 8 + BUFFER + 10);
+        assert_eq!(sink.len(), 8 + OUTPUT + 10);
         assert!(sink.starts_with(b"head\x01") && sink.ends_with(b"\x01tail"));
     }
 
