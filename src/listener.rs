@@ -134,8 +134,33 @@ impl Stream {
     pub fn halves(&self) -> (Box<dyn Read + '_>, Box<dyn Write + '_>) {
         match self {
             Stream::Unix(s) => (Box::new(s), Box::new(s)),
-            Stream::Tcp(s) => (Box::new(s), Box::new(s)),
+            Stream::Tcp(s) => (Box::new(QuickAck(s)), Box::new(s)),
         }
+    }
+}
+
+/// Reads from a TCP connection and acknowledges at once. The MTA sends
+/// header lines and body chunks without waiting for replies; with Nagle's
+/// algorithm on its side, each small packet after the first waits for our
+/// ACK, which Linux delays up to 40 ms unless asked not to, every time.
+struct QuickAck<'a>(&'a TcpStream);
+
+impl Read for QuickAck<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (&mut &*self.0).read(buf)?;
+        let one: libc::c_int = 1;
+        // Linux clears the flag again by itself, so it is set after each
+        // read; a failure only costs speed.
+        unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        Ok(n)
     }
 }
 
