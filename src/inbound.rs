@@ -434,7 +434,7 @@ fn decrypt_message(
             mime::push_crlf(&mut body, b);
             let new_fields: Vec<(String, String)> = fields
                 .iter()
-                .filter(|f| f.name.len() > 8 && f.name[..8].eq_ignore_ascii_case("content-"))
+                .filter(|f| crate::mime::is_content_field(f.name))
                 .map(|f| (f.name.to_string(), f.unfolded()))
                 .collect();
             ops.extend(crate::outcome::replace_content_fields(headers, &new_fields));

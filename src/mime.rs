@@ -291,6 +291,12 @@ impl ParamParser<'_> {
     }
 }
 
+/// Whether a header field describes the MIME entity (`Content-*`). Compared
+/// as bytes: a name may hold non-ASCII characters.
+pub fn is_content_field(name: &str) -> bool {
+    name.len() > 8 && name.as_bytes()[..8].eq_ignore_ascii_case(b"content-")
+}
+
 /// Appends `input` to `out` with every line ending as CRLF.
 pub fn push_crlf(out: &mut Vec<u8>, input: &[u8]) {
     // Mail from the MTA is CRLF already: one copy, no per-line work.
@@ -621,6 +627,17 @@ mod tests {
         let mut out = Vec::new();
         push_crlf(&mut out, b"a\nb\r\nc\n\nd");
         assert_eq!(out, b"a\r\nb\r\nc\r\n\r\nd");
+    }
+
+    #[test]
+    fn content_fields_by_name_whatever_the_characters() {
+        assert!(is_content_field("Content-Type"));
+        assert!(is_content_field("CONTENT-transfer-encoding"));
+        assert!(!is_content_field("Content-"));
+        // Found by fuzzing: a multi-byte character across byte 8 (the MTA's
+        // invalid UTF-8, read as U+FFFD) panicked a string slice.
+        assert!(!is_content_field("Conten\u{FFFD}\u{FFFD}"));
+        assert!(!is_content_field("X-\u{e9}\u{e9}\u{e9}\u{e9}x"));
     }
 
     #[test]

@@ -35,10 +35,6 @@ pub struct Work {
     pub required: bool,
 }
 
-fn is_content_field(name: &str) -> bool {
-    name.len() > 8 && name[..8].eq_ignore_ascii_case("content-")
-}
-
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> impl Iterator<Item = &'a str> + 'a {
     let name = name.to_string();
     headers
@@ -240,7 +236,7 @@ fn encryption(cfg: &Config, sender: &str, rcpts: &[String]) -> Result<Encryption
 fn content_header_block(headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
     let mut block = Vec::new();
     let mut has_ct = false;
-    for (name, value) in headers.iter().filter(|(n, _)| is_content_field(n)) {
+    for (name, value) in headers.iter().filter(|(n, _)| mime::is_content_field(n)) {
         has_ct |= name.eq_ignore_ascii_case("Content-Type");
         block.extend_from_slice(name.as_bytes());
         block.extend_from_slice(b": ");
@@ -267,7 +263,7 @@ fn content_header_block(headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
 fn header_ops(headers: &[(String, String)], signed: &sign::Wrapped) -> Vec<HeaderOp> {
     let mut ops = Vec::new();
     let mut names: Vec<(String, usize)> = Vec::new(); // lower-case name, count
-    for (name, _) in headers.iter().filter(|(n, _)| is_content_field(n)) {
+    for (name, _) in headers.iter().filter(|(n, _)| mime::is_content_field(n)) {
         let lower = name.to_ascii_lowercase();
         match names.iter_mut().find(|(n, _)| *n == lower) {
             Some((_, c)) => *c += 1,

@@ -117,11 +117,13 @@ pub fn replace_content_fields(
     headers: &[(String, String)],
     new: &[(String, String)],
 ) -> Vec<HeaderOp> {
-    let is_content = |n: &str| n.len() > 8 && n[..8].eq_ignore_ascii_case("content-");
     // Occurrences per name, in one pass (a message may carry very many).
     let mut counts: Vec<(String, usize)> = Vec::new();
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for (n, _) in headers.iter().filter(|(n, _)| is_content(n)) {
+    for (n, _) in headers
+        .iter()
+        .filter(|(n, _)| crate::mime::is_content_field(n))
+    {
         match index.get(&n.to_ascii_lowercase()) {
             Some(&i) => counts[i].1 += 1,
             None => {

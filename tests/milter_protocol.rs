@@ -431,3 +431,27 @@ fn broken_packets_close_the_connection_and_the_milter_serves_on() {
     }
     assert!(signs(&m, "AFTER1", "alice@example.com"));
 }
+
+/// Found by fuzzing: a header name with a multi-byte character across its
+/// eighth byte made the outbound path panic (a tempfail every time).
+#[test]
+fn odd_header_names_are_signed_not_deferred() {
+    let m = Milter::start("", &pki().key_table());
+    let mut c = MilterClient::connect(&m.socket_path).unwrap();
+    c.connect_info("127.0.0.1").unwrap();
+    let (mut headers, body) =
+        split_message(b"From: alice@example.com\r\nSubject: odd\r\n\r\nhi\r\n");
+    headers.push(("Conten\u{FFFD}\u{FFFD}".into(), "x".into()));
+    let r = c
+        .message(
+            "ODD1",
+            None,
+            "alice@example.com",
+            &["x@example.net"],
+            &headers,
+            &body,
+        )
+        .unwrap();
+    c.quit();
+    assert!(r.new_body().is_some(), "{:?}\n{}", r.reply, m.log());
+}
