@@ -331,6 +331,8 @@ fn canonical(bytes: &[u8]) -> Cow<'_, [u8]> {
 // CMS internals the openssl crate does not expose.
 
 extern "C" {
+    fn BIO_f_null() -> *const openssl_sys::BIO_METHOD;
+    fn BIO_push(b: *mut openssl_sys::BIO, append: *mut openssl_sys::BIO) -> *mut openssl_sys::BIO;
     fn CMS_get0_type(cms: *const openssl_sys::CMS_ContentInfo) -> *const openssl_sys::ASN1_OBJECT;
     fn CMS_get0_SignerInfos(
         cms: *mut openssl_sys::CMS_ContentInfo,
@@ -459,6 +461,79 @@ fn asn1_to_unix(t: &openssl::asn1::Asn1TimeRef) -> Option<i64> {
     Some(d.days as i64 * 86400 + d.secs as i64)
 }
 
+/// `CMS_verify` of the signature over `detached` (clear-signed) or the
+/// content inside (opaque, written to `out`). OpenSSL 3.0 leaks a BIO each
+/// time it fails to set up the digests (an unknown digest algorithm, say)
+/// when the detached content is a memory BIO, so it is handed over behind
+/// a pass-through filter. Found by fuzzing: ~270 bytes per such message.
+fn cms_verify(
+    cms: &mut CmsContentInfo,
+    certs: &openssl::stack::StackRef<X509>,
+    detached: Option<&[u8]>,
+    out: Option<&mut Vec<u8>>,
+    flags: CMSOptions,
+) -> Result<(), openssl::error::ErrorStack> {
+    use openssl::error::ErrorStack;
+    // SAFETY: every BIO made here is freed before returning; `detached`
+    // outlives the read-only memory BIO over it.
+    unsafe {
+        let content = match detached {
+            Some(data) => {
+                let len = c_int::try_from(data.len()).map_err(|_| ErrorStack::get())?;
+                let mem = openssl_sys::BIO_new_mem_buf(data.as_ptr().cast(), len);
+                if mem.is_null() {
+                    return Err(ErrorStack::get());
+                }
+                let filter = openssl_sys::BIO_new(BIO_f_null());
+                if filter.is_null() {
+                    openssl_sys::BIO_free_all(mem);
+                    return Err(ErrorStack::get());
+                }
+                BIO_push(filter, mem)
+            }
+            None => std::ptr::null_mut(),
+        };
+        let sink = openssl_sys::BIO_new(openssl_sys::BIO_s_mem());
+        let rc = if sink.is_null() {
+            0
+        } else {
+            openssl_sys::CMS_verify(
+                cms.as_ptr(),
+                certs.as_ptr(),
+                std::ptr::null_mut(),
+                content,
+                sink,
+                flags.bits(),
+            )
+        };
+        let result = if rc == 1 {
+            Ok(())
+        } else {
+            Err(ErrorStack::get())
+        };
+        if let (Ok(()), Some(out)) = (&result, out) {
+            let mut ptr: *mut std::os::raw::c_char = std::ptr::null_mut();
+            let len = openssl_sys::BIO_ctrl(
+                sink,
+                openssl_sys::BIO_CTRL_INFO,
+                0,
+                (&mut ptr as *mut *mut std::os::raw::c_char).cast(),
+            );
+            out.clear();
+            if !ptr.is_null() && len > 0 {
+                out.extend_from_slice(std::slice::from_raw_parts(ptr.cast::<u8>(), len as usize));
+            }
+        }
+        if !sink.is_null() {
+            openssl_sys::BIO_free_all(sink);
+        }
+        if !content.is_null() {
+            openssl_sys::BIO_free_all(content);
+        }
+        result
+    }
+}
+
 /// Checks the CMS signature over the content, then every signer; the best
 /// signer decides.
 fn check_signed(
@@ -511,7 +586,7 @@ fn check_signed(
     // The certificate checks are ours, with reasons; OpenSSL checks the
     // signature and the digest of exactly these bytes.
     let flags = CMSOptions::NO_SIGNER_CERT_VERIFY | CMSOptions::BINARY;
-    if let Err(e) = cms.verify(Some(&stack), None, detached, out, flags) {
+    if let Err(e) = cms_verify(cms, &stack, detached, out, flags) {
         let reasons: Vec<String> = e
             .errors()
             .iter()

@@ -436,6 +436,20 @@ fn hostile_messages() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         "pass",
     ));
 
+    // A digest algorithm OpenSSL does not know (SHA-256's OID, last arc
+    // changed), in digestAlgorithms and the SignerInfo. Found by fuzzing:
+    // OpenSSL 3.0's CMS_verify leaked a BIO on it (see verify::cms_verify).
+    let unknown = replace_all(
+        &sig,
+        &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01],
+        &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x7f],
+    );
+    cases.push((
+        "unknown digest algorithm",
+        clear_signed("alice@example.com", CONTENT, &unknown, "hostile-boundary"),
+        "any-but-pass",
+    ));
+
     // CMS with a huge length field (4-byte length, 2 GB), and an indefinite
     // length that never ends.
     let mut der = sig.clone();
