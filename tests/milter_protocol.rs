@@ -6,7 +6,7 @@ mod common;
 mod milter_client;
 
 use common::*;
-use milter_client::{split_message, MilterClient, Modification, Reply};
+use milter_client::{send_parts, split_message, MilterClient, Modification, Reply};
 
 fn data(name: &str) -> Vec<u8> {
     std::fs::read(project_dir().join("tests/data").join(name)).unwrap()
@@ -345,14 +345,17 @@ fn owned_key_table(dir: &std::path::Path, names: &[&str]) -> String {
 }
 
 fn signs(m: &Milter, qid: &str, from: &str) -> bool {
-    let mut c = MilterClient::connect(&m.socket_path).unwrap();
-    c.connect_info("127.0.0.1").unwrap();
     let raw = format!("From: {from}\r\nSubject: reload\r\n\r\nhi\r\n");
     let (headers, body) = split_message(raw.as_bytes());
-    let r = c
-        .message(qid, None, from, &["x@example.net"], &headers, &body)
-        .unwrap();
-    c.quit();
+    let r = send_parts(
+        &m.socket_path,
+        "127.0.0.1",
+        qid,
+        from,
+        &["x@example.net"],
+        &headers,
+        &body,
+    );
     r.new_body().is_some()
 }
 
@@ -437,21 +440,17 @@ fn broken_packets_close_the_connection_and_the_milter_serves_on() {
 #[test]
 fn odd_header_names_are_signed_not_deferred() {
     let m = Milter::start("", &pki().key_table());
-    let mut c = MilterClient::connect(&m.socket_path).unwrap();
-    c.connect_info("127.0.0.1").unwrap();
     let (mut headers, body) =
         split_message(b"From: alice@example.com\r\nSubject: odd\r\n\r\nhi\r\n");
     headers.push(("Conten\u{FFFD}\u{FFFD}".into(), "x".into()));
-    let r = c
-        .message(
-            "ODD1",
-            None,
-            "alice@example.com",
-            &["x@example.net"],
-            &headers,
-            &body,
-        )
-        .unwrap();
-    c.quit();
+    let r = send_parts(
+        &m.socket_path,
+        "127.0.0.1",
+        "ODD1",
+        "alice@example.com",
+        &["x@example.net"],
+        &headers,
+        &body,
+    );
     assert!(r.new_body().is_some(), "{:?}\n{}", r.reply, m.log());
 }

@@ -387,10 +387,28 @@ pub fn send_one(
     raw: &[u8],
 ) -> (MessageResult, Vec<u8>) {
     let (h, b) = split_message(raw);
-    let mut c = MilterClient::connect(socket).unwrap();
-    c.connect_info(client_ip).unwrap();
-    let r = c.message(queue_id, None, from, rcpts, &h, &b).unwrap();
-    c.quit();
+    let r = send_parts(socket, client_ip, queue_id, from, rcpts, &h, &b);
     let out = r.apply(&h, &b);
     (r, out)
+}
+
+/// One message given as header fields and body on a new connection from
+/// `client_ip`: the milter's result.
+#[allow(dead_code)]
+pub fn send_parts(
+    socket: &std::path::Path,
+    client_ip: &str,
+    queue_id: &str,
+    from: &str,
+    rcpts: &[&str],
+    headers: &[(String, String)],
+    body: &[u8],
+) -> MessageResult {
+    let mut c = MilterClient::connect(socket).unwrap();
+    c.connect_info(client_ip).unwrap();
+    let r = c
+        .message(queue_id, None, from, rcpts, headers, body)
+        .unwrap();
+    c.quit();
+    r
 }
