@@ -299,8 +299,13 @@ pub fn is_content_field(name: &str) -> bool {
 
 /// Appends `input` to `out` with every line ending as CRLF.
 pub fn push_crlf(out: &mut Vec<u8>, input: &[u8]) {
+    push_crlf_scanned(out, input, &line_scan(input));
+}
+
+/// `push_crlf` for a text whose `line_scan` is at hand.
+fn push_crlf_scanned(out: &mut Vec<u8>, input: &[u8], lines: &Lines) {
     // Mail from the MTA is CRLF already: one copy, no per-line work.
-    if !line_scan(input).bare_lf {
+    if !lines.bare_lf {
         out.extend_from_slice(input);
         return;
     }
@@ -317,7 +322,7 @@ pub fn push_crlf(out: &mut Vec<u8>, input: &[u8]) {
 }
 
 /// The line structure of a text, found in one pass.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Lines {
     /// A CR not followed by LF.
     bare_cr: bool,
@@ -357,11 +362,7 @@ fn line_end_masks(block: &[u8; 64]) -> (u64, u64) {
 }
 
 fn line_scan(text: &[u8]) -> Lines {
-    let mut r = Lines {
-        bare_cr: false,
-        bare_lf: false,
-        longest: 0,
-    };
+    let mut r = Lines::default();
     let mut line_start = 0;
     let mut prev_cr = false;
     let mut base = 0;
@@ -419,11 +420,17 @@ fn line_scan(text: &[u8]) -> Lines {
 /// bytes, NUL, a CR that does not start a line end, or a line over the SMTP
 /// limit of 998 octets.
 pub fn needs_7bit_encoding(body: &[u8]) -> bool {
-    if !body.is_ascii() || memchr(0, body).is_some() {
-        return true;
+    relay_safe_lines(body).is_none()
+}
+
+/// The line structure of a text a relay carries unchanged; None when it
+/// needs re-encoding. Callers that copy the text next reuse the scan.
+fn relay_safe_lines(text: &[u8]) -> Option<Lines> {
+    if !text.is_ascii() || memchr(0, text).is_some() {
+        return None;
     }
-    let lines = line_scan(body);
-    lines.bare_cr || lines.longest > 998
+    let lines = line_scan(text);
+    (!lines.bare_cr && lines.longest <= 998).then_some(lines)
 }
 
 /// Writes an entity (header block and body) to `out` in canonical form: CRLF
@@ -440,10 +447,10 @@ pub fn write_7bit(
     if depth > limits.max_depth {
         return Err(MimeError::TooDeep(limits.max_depth));
     }
-    if !needs_7bit_encoding(body) {
+    if let Some(lines) = relay_safe_lines(body) {
         push_crlf(out, header_block);
         out.extend_from_slice(b"\r\n");
-        push_crlf(out, body);
+        push_crlf_scanned(out, body, &lines);
         return Ok(());
     }
     let fields = parse_fields(header_block);
@@ -480,8 +487,8 @@ pub fn write_7bit(
         }
         // Preamble and epilogue are not shown to anyone; drop them rather than
         // sign 8-bit bytes a relay may alter.
-        if !needs_7bit_encoding(mp.preamble) {
-            push_crlf(out, mp.preamble);
+        if let Some(lines) = relay_safe_lines(mp.preamble) {
+            push_crlf_scanned(out, mp.preamble, &lines);
         }
         for part in &mp.parts {
             out.extend_from_slice(b"\r\n--");
@@ -493,8 +500,8 @@ pub fn write_7bit(
         out.extend_from_slice(b"\r\n--");
         out.extend_from_slice(boundary.as_bytes());
         out.extend_from_slice(b"--\r\n");
-        if !needs_7bit_encoding(mp.epilogue) {
-            push_crlf(out, mp.epilogue);
+        if let Some(lines) = relay_safe_lines(mp.epilogue) {
+            push_crlf_scanned(out, mp.epilogue, &lines);
         }
         return Ok(());
     }
@@ -655,11 +662,7 @@ mod tests {
 
     /// The line facts read byte by byte, the obvious way.
     fn lines_slowly(t: &[u8]) -> Lines {
-        let mut r = Lines {
-            bare_cr: false,
-            bare_lf: false,
-            longest: 0,
-        };
+        let mut r = Lines::default();
         let mut len = 0;
         for (i, &b) in t.iter().enumerate() {
             match b {
