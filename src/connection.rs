@@ -49,15 +49,15 @@ struct Macros {
 }
 
 impl Macros {
-    fn stage_of(cmd: u8) -> Option<usize> {
+    fn stage_of(cmd: u8) -> Option<u32> {
         Some(match cmd {
-            b'C' => 0,
-            b'H' => 1,
-            b'M' => 2,
-            b'R' => 3,
-            b'T' => 4,
-            b'E' => 5,
-            b'N' => 6,
+            b'C' => stage::CONNECT,
+            b'H' => stage::HELO,
+            b'M' => stage::ENVFROM,
+            b'R' => stage::ENVRCPT,
+            b'T' => stage::DATA,
+            b'E' => stage::EOM,
+            b'N' => stage::EOH,
             _ => return None,
         })
     }
@@ -67,12 +67,12 @@ impl Macros {
             return;
         };
         // A new message: what the previous one's later stages said is stale.
-        if i == 2 {
-            for later in &mut self.by_stage[3..] {
-                later.clear();
+        if i == stage::ENVFROM {
+            for later in [stage::ENVRCPT, stage::DATA, stage::EOH, stage::EOM] {
+                self.by_stage[later as usize].clear();
             }
         }
-        self.by_stage[i] = pairs
+        self.by_stage[i as usize] = pairs
             .iter()
             .map(|(n, v)| {
                 let n = String::from_utf8_lossy(n);
@@ -85,11 +85,19 @@ impl Macros {
     /// The latest stage's value first; `i` and `{i}` are the same macro.
     fn get(&self, name: &str) -> Option<&str> {
         let name = name.trim_start_matches('{').trim_end_matches('}');
-        [5, 6, 4, 3, 2, 1, 0]
-            .iter()
-            .flat_map(|&i| self.by_stage[i].iter())
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        [
+            stage::EOM,
+            stage::EOH,
+            stage::DATA,
+            stage::ENVRCPT,
+            stage::ENVFROM,
+            stage::HELO,
+            stage::CONNECT,
+        ]
+        .iter()
+        .flat_map(|&i| self.by_stage[i as usize].iter())
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
     }
 
     fn queue_id(&self) -> Option<String> {
