@@ -427,6 +427,7 @@ struct RawVerify {
 #[serde(deny_unknown_fields)]
 struct RawDecrypt {
     enabled: Option<bool>,
+    release_unauthenticated: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -613,6 +614,8 @@ pub struct Config {
     pub encrypt: Option<Encryption>,
     /// Inbound decryption with the key table's keys.
     pub decrypt: bool,
+    /// Release decrypted CBC plaintext that no signature covers (EFAIL: off).
+    pub release_unauthenticated: bool,
     /// Where harvested certificates are kept; `None` when harvesting is off.
     pub harvest_dir: Option<PathBuf>,
     /// How often the stats line is logged; zero: never.
@@ -663,6 +666,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "verify.max_date_skew",
     "stats_interval",
     "decrypt.enabled",
+    "decrypt.release_unauthenticated",
     "harvest.enabled",
     "harvest.dir",
     "encrypt.cipher",
@@ -933,6 +937,7 @@ impl Config {
             verify,
             encrypt,
             decrypt: raw.decrypt.enabled.unwrap_or(false),
+            release_unauthenticated: raw.decrypt.release_unauthenticated.unwrap_or(false),
             harvest_dir,
             stats_interval: std::time::Duration::from_secs(
                 raw.stats_interval.map_or(3600, |s| s.0),

@@ -1,41 +1,50 @@
-//! Inbound mail: remove headers that claim to be ours, decrypt a message
-//! encrypted to one of our keys (when enabled), verify the S/MIME signature,
-//! report it in our own Authentication-Results header, and harvest the
-//! certificates of signers who pass. Only decryption changes the body.
+//! Inbound mail, in one pass: remove what claims to be ours, identify the
+//! structure once, decrypt a message encrypted to one of our keys (when
+//! enabled), verify the S/MIME signature, harvest the signer's certificate,
+//! and report in our own Authentication-Results header. Only decryption
+//! changes the body. The rules are in doc/inbound-verdicts.md.
 
-use crate::address;
+use crate::address::{self, FromIdentity};
 use crate::auth_results;
 use crate::config::{Config, FailAction};
 use crate::decrypt::{self, Decryption};
-use crate::mime::{self, ContentType};
+use crate::mime::{self, ContentType, HiddenField};
 use crate::outcome::{Changes, HeaderOp, Outcome, Verdict};
-use crate::verify::{self, SmimeResult};
+use crate::verify::{self, FromView, SmimeResult};
 use std::sync::Arc;
 
 const AR: &str = "Authentication-Results";
 /// Says that (and how) a message was decrypted at the gateway, so that no
 /// reader takes it for mail that travelled in plaintext.
 pub const DECRYPTED: &str = "X-SMIME-Decrypted";
+/// What every decryption failure says, to the sender and in the header:
+/// no detail a padding oracle could use (the log has the reason).
+const DECRYPTION_FAILED: &str = "decryption failed";
 
 /// Work left for end of message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     /// Headers that claim to be ours (our authserv-id, our decryption
-    /// header), to delete: removing them keeps a sender from forging them.
+    /// header), to delete, and fields hiding them behind a bare CR, to
+    /// flatten: a sender must not forge them.
     pub removals: Vec<HeaderOp>,
     /// Whether the body is needed (signed, encrypted, or possibly mixed).
     pub needs_body: bool,
 }
 
-fn first<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+/// The header name as a reader matches it: `Name :` is `Name`.
+fn is_named(field: &str, name: &str) -> bool {
+    field
+        .trim_end_matches([' ', '\t'])
+        .eq_ignore_ascii_case(name)
 }
 
-fn content_type(headers: &[(String, String)]) -> Option<ContentType> {
-    first(headers, "Content-Type").and_then(|v| ContentType::parse(&mime::unfold(v)))
+fn values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| is_named(n, name))
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 /// application/pkcs7-mime that is (or, as a `.p7m` without smime-type, may
@@ -49,12 +58,15 @@ fn may_be_enveloped(ct: &ContentType) -> bool {
     }
     match ct.param("smime-type").map(str::to_ascii_lowercase) {
         Some(t) => t == "enveloped-data" || t == "authenveloped-data",
-        None => ct
-            .param("name")
-            .unwrap_or("")
-            .to_ascii_lowercase()
-            .ends_with(".p7m"),
+        None => is_p7m(ct),
     }
+}
+
+fn is_p7m(ct: &ContentType) -> bool {
+    ct.param("name")
+        .unwrap_or("")
+        .to_ascii_lowercase()
+        .ends_with(".p7m")
 }
 
 /// What to do once the body has arrived.
@@ -69,50 +81,92 @@ fn decryption_on(cfg: &Config) -> bool {
     cfg.decrypt && !cfg.keys.is_empty()
 }
 
-/// Deletions of the fields named `name` for which `ours` holds, last first.
-fn deletions(
+/// Header changes that take out what claims to be ours: fields named
+/// `name` for which `ours` holds are deleted (last first), and a field that
+/// hides one behind a bare CR is flattened so no reader sees it.
+fn forged_header_ops(
     headers: &[(String, String)],
+    hidden: &[HiddenField],
     name: &str,
     ours: impl Fn(&str) -> bool,
 ) -> Vec<HeaderOp> {
-    let idx: Vec<usize> = headers
+    let mut deleted = Vec::new();
+    let mut ops = Vec::new();
+    // The name as the MTA matches it (Postfix: without the white space of
+    // `Name :`), and the field's index among those of that name.
+    let name_of = |i: usize| headers[i].0.trim_end_matches([' ', '\t']).to_string();
+    let index_of = |i: usize| {
+        let n = name_of(i);
+        headers[..=i]
+            .iter()
+            .filter(|(x, _)| is_named(x, &n))
+            .count()
+    };
+    for (i, (n, v)) in headers.iter().enumerate() {
+        if is_named(n, name) && ours(&mime::unfold(v)) {
+            deleted.push(i);
+        }
+    }
+    let mut carriers: Vec<usize> = hidden
         .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .enumerate()
-        .filter(|(_, (_, v))| ours(&mime::unfold(v)))
-        .map(|(i, _)| i + 1)
+        .filter(|h| is_named(&h.name, name) && ours(&h.value))
+        .map(|h| h.carrier)
+        .filter(|c| !deleted.contains(c))
         .collect();
-    idx.into_iter()
-        .rev()
-        .map(|index| HeaderOp::Change {
-            name: name.into(),
-            index,
+    carriers.dedup();
+    // Rewrites first: a deletion may renumber the fields after it.
+    for c in carriers {
+        ops.push(HeaderOp::Change {
+            name: name_of(c),
+            index: index_of(c),
+            value: Some(mime::flatten_hidden_lines(&headers[c].1)),
+        });
+    }
+    for &i in deleted.iter().rev() {
+        ops.push(HeaderOp::Change {
+            name: name_of(i),
+            index: index_of(i),
             value: None,
-        })
-        .collect()
+        });
+    }
+    ops
 }
 
 /// Decides at end of headers.
 pub fn plan(cfg: &Config, headers: &[(String, String)]) -> Plan {
     let decrypt_on = decryption_on(cfg);
-    if cfg.verify.is_none() && !decrypt_on {
-        return Plan::Done(Outcome::unchanged(
-            "inbound, verification and decryption off",
-        ));
-    }
+    let hidden = mime::hidden_fields(headers);
     let mut removals = Vec::new();
     if cfg.verify.is_some() {
-        removals.extend(deletions(headers, AR, |v| {
+        removals.extend(forged_header_ops(headers, &hidden, AR, |v| {
             auth_results::claims_our_id(v, &cfg.authserv_id)
         }));
     }
-    if decrypt_on {
-        removals.extend(deletions(headers, DECRYPTED, |_| true));
+    // Ours whether or not decryption is on: no reader may take a sender's
+    // for the gateway's word.
+    removals.extend(forged_header_ops(headers, &hidden, DECRYPTED, |_| true));
+    if cfg.verify.is_none() && !decrypt_on {
+        return if removals.is_empty() {
+            Plan::Done(Outcome::unchanged(
+                "inbound, verification and decryption off",
+            ))
+        } else {
+            Plan::Verify(Pending {
+                removals,
+                needs_body: false,
+            })
+        };
     }
-    let needs_body = content_type(headers).is_some_and(|ct| {
-        verify::signed_form(&ct).is_some()
-            || (decrypt_on && (may_be_enveloped(&ct) || ct.is_multipart()))
-    });
+    let needs_body = values(headers, "Content-Type")
+        .into_iter()
+        .filter_map(|v| ContentType::parse(&mime::unfold(v)))
+        .any(|ct| {
+            verify::signed_form(&ct).is_some()
+                || (decrypt_on
+                    && (may_be_enveloped(&ct)
+                        || ct.is_multipart()
+                        || ct.mime_type == "application/octet-stream"))
+        });
     if !needs_body && removals.is_empty() {
         return Plan::Done(Outcome::unchanged("not signed"));
     }
@@ -122,20 +176,104 @@ pub fn plan(cfg: &Config, headers: &[(String, String)]) -> Plan {
     })
 }
 
+/// The message's structure, read once from its header.
+struct Structure {
+    ct: Option<ContentType>,
+    cte: Option<String>,
+    /// Why the unsigned header can be read two ways (duplicate or hidden
+    /// Content-Type, ambiguous parameters...).
+    problem: Option<&'static str>,
+    /// Whether any Content-Type (also a duplicate) says signed.
+    signed: bool,
+    /// Whether a reader may take it for S/MIME, so that ambiguity matters.
+    looks_signed: bool,
+}
+
+fn structure(headers: &[(String, String)], hidden: &[HiddenField]) -> Structure {
+    let cts: Vec<String> = values(headers, "Content-Type")
+        .into_iter()
+        .map(mime::unfold)
+        .collect();
+    let ctes: Vec<String> = values(headers, "Content-Transfer-Encoding")
+        .into_iter()
+        .map(mime::unfold)
+        .collect();
+    let parsed: Vec<ContentType> = cts.iter().filter_map(|v| ContentType::parse(v)).collect();
+    let hidden_ct = hidden
+        .iter()
+        .any(|h| mime::is_content_field(&h.name) || is_named(&h.name, "MIME-Version"));
+    let problem = if hidden_ct {
+        Some("Content-* field hidden in another field")
+    } else {
+        verify::header_problem(&cts, &ctes)
+    };
+    // What a reader that reads RFC 2231 parameters or a duplicate field
+    // may take for signed, we must not take for unsigned.
+    let looks_signed = |c: &ContentType| {
+        verify::signed_form(c).is_some()
+            || (c.mime_type == "multipart/signed"
+                && !c
+                    .param("protocol")
+                    .is_some_and(|p| p.to_ascii_lowercase().contains("pgp")))
+            || matches!(
+                c.mime_type.as_str(),
+                "application/pkcs7-mime" | "application/x-pkcs7-mime"
+            )
+    };
+    Structure {
+        looks_signed: parsed.iter().any(looks_signed),
+        signed: parsed.iter().any(|c| verify::signed_form(c).is_some()),
+        ct: parsed.into_iter().next(),
+        cte: ctes.into_iter().next(),
+        problem,
+    }
+}
+
+/// The From a reader sees: one field, one mailbox, nothing that shows
+/// another address, no From hidden in another field.
+fn from_view<'a>(
+    headers: &[(String, String)],
+    hidden: &[HiddenField],
+    identity: &'a mut Option<FromIdentity>,
+) -> FromView<'a> {
+    let froms = values(headers, "From");
+    if hidden.iter().any(|h| is_named(&h.name, "From")) {
+        return FromView::Unusable {
+            address: None,
+            why: "ambiguous From: From hidden in another field",
+        };
+    }
+    let [one] = froms.as_slice() else {
+        return FromView::Unusable {
+            address: None,
+            why: "ambiguous From: not exactly one From field",
+        };
+    };
+    *identity = Some(address::from_identity(&mime::unfold(one)));
+    match identity.as_ref().expect("just set") {
+        FromIdentity::One(a) => FromView::One(a),
+        FromIdentity::ShowsOther { address, what } => FromView::Unusable {
+            address: Some(address),
+            why: match *what {
+                "comment" => "From shows another address (comment)",
+                "group name" => "From shows another address (group name)",
+                "encoded word" => "From shows another address (encoded word)",
+                "quoted local part" => "From shows another address (quoted local part)",
+                _ => "From shows another address (display name)",
+            },
+        },
+        FromIdentity::Ambiguous(_) => FromView::Unusable {
+            address: None,
+            why: "ambiguous From",
+        },
+    }
+}
+
 /// The EnvelopedData that is the whole message: the body itself, or the
 /// direct content of an outer signature (encrypt-then-sign: that signature
 /// vouches for ciphertext only, and is not counted, as Thunderbird does).
 fn whole_body_encryption(ct: &ContentType, cte: Option<&str>, body: &[u8]) -> Option<Vec<u8>> {
-    let der_if_enveloped = |ct: &ContentType, cte: Option<&str>, body: &[u8]| -> Option<Vec<u8>> {
-        if !may_be_enveloped(ct) {
-            return None;
-        }
-        let der = verify::decode_body(cte, body).ok()?;
-        decrypt::cms_type(&der)
-            .filter(|n| decrypt::is_enveloped(*n))
-            .map(|_| der)
-    };
-    if let Some(der) = der_if_enveloped(ct, cte, body) {
+    if let Some(der) = enveloped_der(ct, cte, body) {
         return Some(der);
     }
     verify::signed_form(ct)?;
@@ -143,29 +281,74 @@ fn whole_body_encryption(ct: &ContentType, cte: Option<&str>, body: &[u8]) -> Op
     let (h, b) = mime::split_entity(&content);
     let fields = mime::parse_fields(h);
     let inner = mime::field_value(&fields, "Content-Type").and_then(|v| ContentType::parse(&v))?;
-    der_if_enveloped(
-        &inner,
-        mime::field_value(&fields, "Content-Transfer-Encoding").as_deref(),
-        b,
-    )
+    let inner_cte = mime::field_value(&fields, "Content-Transfer-Encoding");
+    if !may_be_enveloped(&inner) {
+        return None;
+    }
+    enveloped_der(&inner, inner_cte.as_deref(), b)
 }
 
-/// A multipart that carries an encrypted part beside plaintext ones: never
-/// decrypted (EFAIL), but said so.
-fn has_encrypted_part(ct: &ContentType, body: &[u8]) -> bool {
-    let Some(boundary) = ct.param("boundary") else {
-        return false;
+fn enveloped_der(ct: &ContentType, cte: Option<&str>, body: &[u8]) -> Option<Vec<u8>> {
+    let maybe = may_be_enveloped(ct) || (ct.mime_type == "application/octet-stream" && is_p7m(ct));
+    if !maybe {
+        return None;
+    }
+    let der = verify::decode_body(cte, body).ok()?;
+    decrypt::cms_type(&der)
+        .filter(|n| decrypt::is_enveloped(*n))
+        .map(|_| der)
+}
+
+/// An encrypted entity we leave alone (EFAIL: never merged with plaintext
+/// from outside it), and why; `None` when there is none. Bounded by the
+/// configured depth and part limits.
+fn unhandled_encryption(
+    cfg: &Config,
+    ct: &ContentType,
+    cte: Option<&str>,
+    body: &[u8],
+    depth: usize,
+    parts: &mut usize,
+) -> Option<&'static str> {
+    if depth > cfg.max_mime_depth || *parts > cfg.max_mime_parts {
+        return None;
+    }
+    if enveloped_der(ct, cte, body).is_some() {
+        return Some(if depth == 0 {
+            "application/octet-stream encrypted attachment"
+        } else {
+            "encrypted part nested under other layers"
+        });
+    }
+    let inner: Vec<Vec<u8>> = if verify::signed_form(ct).is_some() {
+        verify::signed_content(ct, cte, body).into_iter().collect()
+    } else if ct.is_multipart() {
+        let mp = mime::split_multipart(body, ct.param("boundary")?).ok()?;
+        mp.parts.iter().map(|p| p.to_vec()).collect()
+    } else {
+        return None;
     };
-    let Ok(mp) = mime::split_multipart(body, boundary) else {
-        return false;
-    };
-    mp.parts.iter().any(|p| {
-        let (h, _) = mime::split_entity(p);
+    for entity in &inner {
+        *parts += 1;
+        let (h, b) = mime::entity_parts(entity);
         let fields = mime::parse_fields(h);
-        mime::field_value(&fields, "Content-Type")
-            .and_then(|v| ContentType::parse(&v))
-            .is_some_and(|c| may_be_enveloped(&c))
-    })
+        let Some(ict) =
+            mime::field_value(&fields, "Content-Type").and_then(|v| ContentType::parse(&v))
+        else {
+            continue;
+        };
+        let icte = mime::field_value(&fields, "Content-Transfer-Encoding");
+        if let Some(why) = unhandled_encryption(cfg, &ict, icte.as_deref(), b, depth + 1, parts) {
+            return Some(
+                if depth == 0 && ct.is_multipart() && verify::signed_form(ct).is_none() {
+                    "encrypted part mixed with plaintext parts"
+                } else {
+                    why
+                },
+            );
+        }
+    }
+    None
 }
 
 /// Verifies an entity and reports the result: our header on top, and the
@@ -174,51 +357,37 @@ struct Verified {
     ops: Vec<HeaderOp>,
     detail: Option<String>,
     notes: Vec<String>,
-    bad: bool,
+    result: Option<SmimeResult>,
 }
 
-fn verify_and_report(
-    cfg: &Config,
-    headers: &[(String, String)],
-    ct: &ContentType,
-    cte: Option<&str>,
-    body: &[u8],
+impl Verified {
+    fn bad(&self) -> bool {
+        matches!(
+            self.result,
+            Some(SmimeResult::Fail | SmimeResult::Permerror)
+        )
+    }
+}
+
+/// What the verification of one message needs from its header.
+struct Inputs<'a> {
+    from: FromView<'a>,
+    date: Option<i64>,
     now: Option<i64>,
-    decrypted: bool,
-) -> Verified {
+}
+
+fn report(cfg: &Config, mut v: verify::Verdict, decrypted: bool, harvest: bool) -> Verified {
     let mut r = Verified {
         ops: Vec::new(),
         detail: None,
         notes: Vec::new(),
-        bad: false,
-    };
-    let Some(ver) = &cfg.verify else { return r };
-    let froms: Vec<&str> = headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("From"))
-        .map(|(_, v)| v.as_str())
-        .collect();
-    let from = match froms.as_slice() {
-        [one] => address::single_address(&mime::unfold(one)),
-        _ => None,
-    };
-    let date = first(headers, "Date").and_then(|d| verify::parse_date(&mime::unfold(d)));
-    let ctx = verify::Context {
-        trust: &ver.trust,
-        settings: &ver.settings,
-        from: from.as_deref(),
-        date,
-        now,
-    };
-    let Some(mut v) = verify::verify_entity(&ctx, ct, cte, body, "1", 0) else {
-        r.notes.push("not signed".into());
-        return r;
+        result: Some(v.result),
     };
     let mut detail = format!("smime={}", v.result);
     if let Some(id) = &v.identifier {
         detail.push_str(&format!(" signer={id}"));
     }
-    if v.result == SmimeResult::Pass {
+    if harvest && v.result == SmimeResult::Pass {
         if let (Some(dir), Some(signer)) = (&cfg.harvest_dir, &v.signer) {
             match crate::harvest::store(dir, signer) {
                 Ok(addrs) if !addrs.is_empty() => {
@@ -242,7 +411,6 @@ fn verify_and_report(
         });
     }
     r.notes.extend(v.reason.clone());
-    r.bad = matches!(v.result, SmimeResult::Fail | SmimeResult::Permerror);
     r.ops.push(HeaderOp::Insert {
         index: 0,
         name: AR.into(),
@@ -250,6 +418,24 @@ fn verify_and_report(
     });
     r.detail = Some(detail);
     r
+}
+
+fn verify_entity(
+    cfg: &Config,
+    inputs: &Inputs<'_>,
+    ct: &ContentType,
+    cte: Option<&str>,
+    body: &[u8],
+) -> Option<verify::Verdict> {
+    let ver = cfg.verify.as_ref()?;
+    let ctx = verify::Context {
+        trust: &ver.trust,
+        settings: &ver.settings,
+        from: inputs.from,
+        date: inputs.date,
+        now: inputs.now,
+    };
+    verify::verify_entity(&ctx, ct, cte, body, "1", 0)
 }
 
 fn outcome(
@@ -269,6 +455,34 @@ fn outcome(
     }
 }
 
+/// The outcome for a verified message: `bad_signature` acts on fail and
+/// permerror, never with a partial change.
+fn finish(
+    cfg: &Config,
+    mut ops: Vec<HeaderOp>,
+    mut notes: Vec<String>,
+    v: Verified,
+    action: &'static str,
+    body: Option<Vec<u8>>,
+) -> Outcome {
+    notes.extend(v.notes.iter().cloned());
+    if v.bad() && cfg.actions.bad_signature != FailAction::Accept {
+        let mut o = Outcome::failure(cfg.actions.bad_signature, notes.join(", "));
+        o.detail = v.detail;
+        return o;
+    }
+    ops.extend(v.ops);
+    outcome(action, ops, body, v.detail, notes)
+}
+
+fn decrypted_header(cfg: &Config, state: &str) -> HeaderOp {
+    HeaderOp::Insert {
+        index: 0,
+        name: DECRYPTED.into(),
+        value: format!("{state}; by={}", cfg.authserv_id),
+    }
+}
+
 /// At end of message. `body` is `None` when the message was too large to
 /// keep; `rcpts` are the envelope recipients (whose keys may decrypt).
 pub fn verify_message(
@@ -279,101 +493,148 @@ pub fn verify_message(
     rcpts: &[String],
     now: Option<i64>,
 ) -> Outcome {
+    let o = verify_message_once(cfg, p, headers, body, rcpts, now);
+    // Every value is built safe; this is the last line of defence: a
+    // field we cannot write as one field is a failure, never a pass.
+    match o.changes.headers.iter().find_map(unsafe_value) {
+        None => o,
+        Some(name) => Outcome::failure(
+            cfg.actions.internal_error,
+            format!("refusing to write an unsafe {name} header"),
+        ),
+    }
+}
+
+/// The name of a header change whose value is not one safe field.
+pub fn unsafe_value(op: &HeaderOp) -> Option<&str> {
+    match op {
+        // A sender's field, flattened: its lines as long as the sender made them.
+        HeaderOp::Change {
+            name,
+            value: Some(v),
+            ..
+        } => (!mime::header_value_is_one_field(v)).then_some(name.as_str()),
+        HeaderOp::Add { name, value } | HeaderOp::Insert { name, value, .. } => {
+            (!mime::header_value_is_safe(value)).then_some(name.as_str())
+        }
+        HeaderOp::Change { value: None, .. } => None,
+    }
+}
+
+fn verify_message_once(
+    cfg: &Config,
+    p: &Pending,
+    headers: &[(String, String)],
+    body: Option<&[u8]>,
+    rcpts: &[String],
+    now: Option<i64>,
+) -> Outcome {
     let mut ops = p.removals.clone();
     let mut notes = Vec::new();
+    let mut deleted = 0;
     for name in [AR, DECRYPTED] {
         let n = ops
             .iter()
-            .filter(|o| matches!(o, HeaderOp::Change { name: x, .. } if x == name))
+            .filter(
+                |o| matches!(o, HeaderOp::Change { name: x, value: None, .. } if is_named(x, name)),
+            )
             .count();
         if n > 0 {
             notes.push(format!("removed {n} forged {name}"));
         }
+        deleted += n;
     }
-    let ct = content_type(headers);
-    let cte = first(headers, "Content-Transfer-Encoding").map(mime::unfold);
-
-    let Some(body) = body else {
-        // Signed, but beyond max_message_size: say so rather than guess.
-        if cfg.verify.is_some()
-            && ct
-                .as_ref()
-                .is_some_and(|c| verify::signed_form(c).is_some())
-        {
-            let v = verify::Verdict::error(
-                SmimeResult::Neutral,
-                "1",
-                format!(
-                    "message larger than {} bytes not verified",
-                    cfg.max_message_size
-                ),
-            );
-            ops.push(HeaderOp::Insert {
-                index: 0,
-                name: AR.into(),
-                value: auth_results::header_value(&cfg.authserv_id, &v),
-            });
-            return outcome("verified", ops, None, Some("smime=neutral".into()), notes);
-        }
+    let flattened = ops.len() - deleted;
+    if flattened > 0 {
+        notes.push(format!(
+            "flattened {flattened} field(s) hiding a forged header"
+        ));
+    }
+    if cfg.verify.is_none() && !decryption_on(cfg) {
         return outcome("unchanged", ops, None, None, notes);
+    }
+    let hidden = mime::hidden_fields(headers);
+    let s = structure(headers, &hidden);
+    let mut identity = None;
+    let inputs = Inputs {
+        from: from_view(headers, &hidden, &mut identity),
+        date: values(headers, "Date")
+            .first()
+            .and_then(|d| verify::parse_date(&mime::unfold(d))),
+        now,
     };
-    let Some(ct) = ct else {
+    let verify_on = cfg.verify.is_some();
+
+    // A signed message with an ambiguous unsigned header, or too large to
+    // check: no limit may turn a failure into something milder.
+    let early = if !verify_on || !s.looks_signed {
+        None
+    } else if let Some(why) = s.problem {
+        Some(verify::Verdict::error(SmimeResult::Permerror, "1", why))
+    } else if body.is_none() && s.signed {
+        Some(verify::Verdict::error(
+            SmimeResult::Permerror,
+            "1",
+            format!(
+                "message larger than {} bytes not verified",
+                cfg.max_message_size
+            ),
+        ))
+    } else {
+        None
+    };
+    if let Some(v) = early {
+        let r = report(cfg, v, false, false);
+        return finish(cfg, ops, notes, r, "verified", None);
+    }
+    let (Some(body), Some(ct)) = (body, s.ct.as_ref()) else {
         notes.push("not signed".into());
         return outcome("unchanged", ops, None, None, notes);
     };
+    let cte = s.cte.as_deref();
 
-    if let Some(der) = whole_body_encryption(&ct, cte.as_deref(), body) {
-        return decrypt_message(cfg, ops, notes, &der, headers, rcpts, now);
-    }
-    if decryption_on(cfg)
-        && ct.is_multipart()
-        && verify::signed_form(&ct).is_none()
-        && has_encrypted_part(&ct, body)
-    {
-        let value = format!(
-            "no (encrypted part mixed with plaintext parts, not decrypted); by={}",
-            cfg.authserv_id
-        );
-        ops.push(HeaderOp::Insert {
-            index: 0,
-            name: DECRYPTED.into(),
-            value,
-        });
-        notes.push("encrypted part mixed with plaintext: not decrypted".into());
-        return outcome("unchanged", ops, None, None, notes);
-    }
-
-    let v = verify_and_report(cfg, headers, &ct, cte.as_deref(), body, now, false);
-    notes.extend(v.notes);
-    if v.bad && cfg.actions.bad_signature != FailAction::Accept {
-        let mut o = Outcome::failure(cfg.actions.bad_signature, notes.join(", "));
-        o.detail = v.detail;
-        return o;
-    }
-    let action = if v.detail.is_some() {
-        "verified"
-    } else {
-        "unchanged"
-    };
-    ops.extend(v.ops);
-    outcome(action, ops, None, v.detail, notes)
-}
-
-/// Decrypts a message that is one EnvelopedData, with the keys of its
-/// recipients; the plaintext entity replaces the body and Content-* fields.
-fn decrypt_message(
-    cfg: &Config,
-    mut ops: Vec<HeaderOp>,
-    mut notes: Vec<String>,
-    der: &[u8],
-    headers: &[(String, String)],
-    rcpts: &[String],
-    now: Option<i64>,
-) -> Outcome {
-    if !decryption_on(cfg) {
+    if decryption_on(cfg) {
+        if let Some(der) = whole_body_encryption(ct, cte, body) {
+            if let Some(o) =
+                decrypt_message(cfg, &mut ops, &mut notes, &der, &inputs, headers, rcpts)
+            {
+                return o;
+            }
+        } else if let Some(why) = unhandled_encryption(cfg, ct, cte, body, 0, &mut 0) {
+            ops.push(decrypted_header(cfg, &format!("no ({why}, not decrypted)")));
+            notes.push(format!("{why}: not decrypted"));
+        }
+    } else if may_be_enveloped(ct) {
         notes.push("encrypted; decryption off".into());
         return outcome("unchanged", ops, None, None, notes);
     }
+    let Some(v) = verify_entity(cfg, &inputs, ct, cte, body) else {
+        notes.push("not signed".into());
+        let action = if ops.is_empty() {
+            "unchanged"
+        } else {
+            "reported"
+        };
+        return outcome(action, ops, None, None, notes);
+    };
+    let r = report(cfg, v, false, true);
+    finish(cfg, ops, notes, r, "verified", None)
+}
+
+/// Decrypts a message that is one EnvelopedData, with the keys of its
+/// recipients; the plaintext entity replaces the body and Content-* fields
+/// when it is authenticated (doc/inbound-verdicts.md §7). `None`: the
+/// message stays as received (not ours, withheld, failed and accepted) and
+/// is verified as a reader will see it; `ops` and `notes` say why.
+fn decrypt_message(
+    cfg: &Config,
+    ops: &mut Vec<HeaderOp>,
+    notes: &mut Vec<String>,
+    der: &[u8],
+    inputs: &Inputs<'_>,
+    headers: &[(String, String)],
+    rcpts: &[String],
+) -> Option<Outcome> {
     let mut keys: Vec<Arc<crate::keystore::SigningKey>> = Vec::new();
     for r in rcpts {
         if let Some(k) = cfg.keys.find(r) {
@@ -398,79 +659,252 @@ fn decrypt_message(
         } else {
             "encrypted to keys we do not hold".into()
         });
-        return outcome("unchanged", ops, None, None, notes);
+        return None;
     }
-    match decrypt::decrypt(der, &keys) {
+    let mut failed = |why: &str| {
+        notes.push(format!("{DECRYPTION_FAILED}: {why}"));
+        if cfg.actions.decrypt_failed != FailAction::Accept {
+            let mut o = Outcome::failure(cfg.actions.decrypt_failed, DECRYPTION_FAILED);
+            o.reason = Some(notes.join(", "));
+            return Some(o);
+        }
+        ops.push(decrypted_header(cfg, "failed"));
+        None
+    };
+    let (plaintext, key, kind) = match decrypt::decrypt(der, &keys) {
         Decryption::NotForUs => {
             notes.push("encrypted to keys we do not hold".into());
-            outcome("unchanged", ops, None, None, notes)
+            return None;
         }
-        Decryption::Failed(why) => {
-            let reason = format!("decryption failed: {why}");
-            if cfg.actions.decrypt_failed != FailAction::Accept {
-                return Outcome::failure(cfg.actions.decrypt_failed, reason);
-            }
-            let value = format!(
-                "failed ({}); by={}",
-                why.replace(['(', ')'], ""),
-                cfg.authserv_id
-            );
-            ops.push(HeaderOp::Insert {
-                index: 0,
-                name: DECRYPTED.into(),
-                value,
-            });
-            notes.push(reason);
-            outcome("unchanged", ops, None, None, notes)
-        }
+        Decryption::Failed(why) => return failed(&why),
         Decryption::Decrypted {
             plaintext,
             key,
             kind,
-        } => {
-            let (h, b) = mime::split_entity(&plaintext);
-            let fields = mime::parse_fields(h);
-            let mut body = Vec::with_capacity(b.len() + b.len() / 16);
-            mime::push_crlf(&mut body, b);
-            let new_fields: Vec<(String, String)> = fields
-                .iter()
-                .filter(|f| crate::mime::is_content_field(f.name))
-                .map(|f| (f.name.to_string(), f.unfolded()))
-                .collect();
-            ops.extend(crate::outcome::replace_content_fields(headers, &new_fields));
-            let inner_ct = mime::field_value(&fields, "Content-Type")
-                .and_then(|v| ContentType::parse(&v))
-                .unwrap_or(ContentType {
-                    mime_type: "text/plain".into(),
-                    params: vec![],
-                });
-            let inner_cte = mime::field_value(&fields, "Content-Transfer-Encoding");
-            let v = verify_and_report(
-                cfg,
-                headers,
-                &inner_ct,
-                inner_cte.as_deref(),
-                &body,
-                now,
-                true,
-            );
-            notes.extend(v.notes);
-            if v.bad && cfg.actions.bad_signature != FailAction::Accept {
-                let mut o = Outcome::failure(cfg.actions.bad_signature, notes.join(", "));
-                o.detail = v.detail;
-                return o;
+        } => (plaintext, key, kind),
+    };
+    // A first line with a colon is a header, valid or not (then refused):
+    // header text must never slip into the body, nor the other way round.
+    let first = plaintext.split(|&c| c == b'\n').next().unwrap_or(&[]);
+    let (h, b) = if memchr::memchr(b':', first).is_some() {
+        mime::split_entity(&plaintext)
+    } else {
+        mime::entity_parts(&plaintext)
+    };
+    // Copied into the outer header: each field one field, whatever the bytes.
+    let mut new_fields = match plaintext_content_fields(h) {
+        Ok(f) => f,
+        Err(why) => return failed(why),
+    };
+    let fields = mime::parse_fields(h);
+    let inner_ct = mime::field_value(&fields, "Content-Type")
+        .and_then(|v| ContentType::parse(&v))
+        .unwrap_or(ContentType {
+            mime_type: "text/plain".into(),
+            params: vec![],
+        });
+    let inner_cte = mime::field_value(&fields, "Content-Transfer-Encoding");
+    let mut body = Vec::with_capacity(b.len() + b.len() / 16);
+    mime::push_crlf(&mut body, b);
+    let verdict = verify_entity(cfg, inputs, &inner_ct, inner_cte.as_deref(), &body);
+
+    // CBC authenticates nothing (EFAIL): release only what GCM or a valid
+    // signature over all of it vouches for, unless the admin opts in.
+    let authenticated = kind == "authEnveloped-data"
+        || (verdict
+            .as_ref()
+            .is_some_and(|v| v.result == SmimeResult::Pass)
+            && signature_covers_all(&inner_ct, &body));
+    if !authenticated && !cfg.release_unauthenticated {
+        ops.push(decrypted_header(
+            cfg,
+            "no (unauthenticated CBC plaintext withheld, EFAIL)",
+        ));
+        notes.push(format!(
+            "decrypted with {key}, withheld: CBC plaintext no signature covers"
+        ));
+        return None;
+    }
+    if new_fields.is_empty() {
+        new_fields.push(("Content-Type".into(), "text/plain".into()));
+    }
+    let mut ops = std::mem::take(ops);
+    let notes = std::mem::take(notes);
+    ops.extend(crate::outcome::replace_content_fields(headers, &new_fields));
+    ops.push(HeaderOp::Insert {
+        index: 0,
+        name: DECRYPTED.into(),
+        value: format!("yes; by={}; key={key}; type={kind}", cfg.authserv_id),
+    });
+    let Some(v) = verdict else {
+        return Some(outcome(
+            "decrypted",
+            ops,
+            Some(body),
+            Some(format!("key={key}")),
+            notes,
+        ));
+    };
+    let mut r = report(cfg, v, true, true);
+    r.detail = r.detail.map(|d| format!("key={key} {d}"));
+    Some(finish(cfg, ops, notes, r, "decrypted", Some(body)))
+}
+
+/// The Content-* fields of a decrypted entity's header, to copy into the
+/// outer header: strict syntax (every line a `Name: value` field or its
+/// continuation), no control character but tab, the sender's folding kept
+/// (blank continuation lines dropped), no line over 998 octets.
+fn plaintext_content_fields(block: &[u8]) -> Result<Vec<(String, String)>, &'static str> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    let text = std::str::from_utf8(block).map_err(|_| "8-bit header in the plaintext")?;
+    // Readers that split at CRLF only and those that split at LF too must
+    // see the same fields.
+    let bare_lf = text
+        .bytes()
+        .enumerate()
+        .any(|(i, c)| c == b'\n' && (i == 0 || text.as_bytes()[i - 1] != b'\r'));
+    if bare_lf && text.contains("\r\n") {
+        return Err("mixed line ends in the plaintext header");
+    }
+    for line in text.split_terminator('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.starts_with([' ', '\t']) {
+            let Some((_, v)) = current.as_mut() else {
+                return Err("header of the plaintext starts with a continuation");
+            };
+            if !line.trim().is_empty() {
+                v.push('\n');
+                v.push_str(line);
             }
-            ops.extend(v.ops);
-            ops.push(HeaderOp::Insert {
-                index: 0,
-                name: DECRYPTED.into(),
-                value: format!("yes; by={}; key={key}; type={kind}", cfg.authserv_id),
-            });
-            let detail = Some(match v.detail {
-                Some(d) => format!("key={key} {d}"),
-                None => format!("key={key}"),
-            });
-            outcome("decrypted", ops, Some(body), detail, notes)
+            continue;
         }
+        out.extend(current.take());
+        let Some((name, value)) = line.split_once(':') else {
+            return Err("header line of the plaintext is not a field");
+        };
+        if name.is_empty() || !name.bytes().all(|c| c.is_ascii_graphic()) {
+            return Err("invalid field name in the plaintext");
+        }
+        current = Some((
+            name.to_string(),
+            value.trim_start_matches([' ', '\t']).to_string(),
+        ));
+    }
+    out.extend(current);
+    out.retain(|(n, _)| mime::is_content_field(n));
+    for (_, v) in &mut out {
+        *v = v.trim_end_matches([' ', '\t']).to_string();
+        if !mime::header_value_is_safe(v) {
+            return Err("unsafe header field in the plaintext");
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a signed plaintext entity is all signed: nothing but white
+/// space and a client's usual notice around a multipart/signed, where CBC
+/// gadgets could sit (a changed block never reads as an exact notice).
+/// An opaque signature is all of its entity: bytes after it do not parse.
+fn signature_covers_all(ct: &ContentType, body: &[u8]) -> bool {
+    match verify::signed_form(ct) {
+        Some(verify::SignedForm::Clear) => ct
+            .param("boundary")
+            .and_then(|b| mime::split_multipart(body, b).ok())
+            .is_some_and(|mp| {
+                mp.closed && verify::outside_text(mp.preamble, mp.epilogue) == Ok(false)
+            }),
+        Some(verify::SignedForm::Opaque) => true,
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn forged_fields_are_deleted_and_hidden_ones_flattened() {
+        let h = fields(&[
+            ("Authentication-Results", "other.example; spf=pass"),
+            (
+                "Subject",
+                "hi\rAuthentication-Results: mx.example; smime=pass",
+            ),
+            ("Authentication-Results ", "mx.example.; smime=pass"),
+            ("Authentication-Results", "(x) MX.example; smime=pass"),
+        ]);
+        let hidden = mime::hidden_fields(&h);
+        let ops = forged_header_ops(&h, &hidden, AR, |v| {
+            auth_results::claims_our_id(v, "mx.example")
+        });
+        assert_eq!(
+            ops,
+            vec![
+                HeaderOp::Change {
+                    name: "Subject".into(),
+                    index: 1,
+                    value: Some("hi Authentication-Results: mx.example; smime=pass".into()),
+                },
+                HeaderOp::Change {
+                    name: "Authentication-Results".into(),
+                    index: 3,
+                    value: None,
+                },
+                HeaderOp::Change {
+                    name: "Authentication-Results".into(),
+                    index: 2,
+                    value: None,
+                },
+            ]
+        );
+        let mut applied = h.clone();
+        crate::outcome::apply_header_ops(&mut applied, &ops);
+        assert_eq!(
+            applied,
+            fields(&[
+                ("Authentication-Results", "other.example; spf=pass"),
+                (
+                    "Subject",
+                    "hi Authentication-Results: mx.example; smime=pass"
+                ),
+            ])
+        );
+    }
+
+    #[test]
+    fn the_from_a_reader_sees() {
+        let view = |h: &[(&str, &str)]| {
+            let h = fields(h);
+            let hidden = mime::hidden_fields(&h);
+            let mut id = None;
+            match from_view(&h, &hidden, &mut id) {
+                FromView::One(a) => a.to_string(),
+                FromView::Unusable { why, .. } => why.to_string(),
+            }
+        };
+        assert_eq!(
+            view(&[("From", "Alice <alice@example.com>")]),
+            "alice@example.com"
+        );
+        assert!(
+            view(&[("From", "a@example.com"), ("From", "b@example.com")]).starts_with("ambiguous")
+        );
+        assert!(view(&[
+            ("From", "a@example.com"),
+            ("Subject", "x\rFrom: ceo@bank.example")
+        ])
+        .starts_with("ambiguous"));
+        assert!(
+            view(&[("From", "\"ceo@bank.example\" <evil@attacker.example>")])
+                .starts_with("From shows another address")
+        );
+        assert!(view(&[]).starts_with("ambiguous"));
     }
 }

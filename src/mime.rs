@@ -84,6 +84,20 @@ pub fn split_entity(entity: &[u8]) -> (&[u8], &[u8]) {
     (entity, &entity[entity.len()..])
 }
 
+/// `split_entity` for content that may have no header at all (eContent
+/// or plaintext "Hello\r\n"): when its first line is not a header field,
+/// all of it is body, never dropped as a header block.
+pub fn entity_parts(entity: &[u8]) -> (&[u8], &[u8]) {
+    let first = entity.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let is_field = memchr(b':', first)
+        .is_some_and(|c| c > 0 && first[..c].iter().all(|b| b.is_ascii_graphic()));
+    if is_field || entity.starts_with(b"\r\n") || entity.starts_with(b"\n") {
+        split_entity(entity)
+    } else {
+        (&entity[..0], entity)
+    }
+}
+
 /// The fields of a header block. Lines that are not fields (no colon) are
 /// kept as part of the previous field so that nothing is silently dropped.
 pub fn parse_fields(block: &[u8]) -> Vec<Field<'_>> {
@@ -94,9 +108,20 @@ pub fn parse_fields(block: &[u8]) -> Vec<Field<'_>> {
         let line = &block[start..end];
         let continuation = matches!(line.first(), Some(b' ' | b'\t'));
         let colon = memchr(b':', line);
+        // `Name :` is a field too (RFC 5322 §4.5 obsolete syntax), as
+        // Postfix reads it.
+        let name_len = colon.map(|c| {
+            line[..c]
+                .iter()
+                .rposition(|b| !matches!(b, b' ' | b'\t'))
+                .map_or(0, |p| p + 1)
+        });
         match (continuation, colon, fields.last_mut()) {
-            (false, Some(c), _) if c > 0 && line[..c].iter().all(|b| b.is_ascii_graphic()) => {
-                let name = std::str::from_utf8(&line[..c]).unwrap_or("");
+            (false, Some(c), _)
+                if name_len
+                    .is_some_and(|n| n > 0 && line[..n].iter().all(|b| b.is_ascii_graphic())) =>
+            {
+                let name = std::str::from_utf8(&line[..name_len.unwrap_or(0)]).unwrap_or("");
                 fields.push(Field {
                     name,
                     raw: &block[start..end],
@@ -295,6 +320,197 @@ impl ParamParser<'_> {
 /// as bytes: a name may hold non-ASCII characters.
 pub fn is_content_field(name: &str) -> bool {
     name.len() > 8 && name.as_bytes()[..8].eq_ignore_ascii_case(b"content-")
+}
+
+/// Whether a header value we emit is one field to every reader: no CR, no
+/// NUL or other control character but tab, LF only as our folding (LF then
+/// a tab or space, never a blank continuation line), no line over 998
+/// octets (RFC 5322 §2.1.1, §2.2.3).
+pub fn header_value_is_safe(value: &str) -> bool {
+    header_value_is_one_field(value) && value.split('\n').all(|l| l.len() <= 998)
+}
+
+/// `header_value_is_safe` without the line length: one field to every
+/// reader, whatever its length.
+pub fn header_value_is_one_field(value: &str) -> bool {
+    let b = value.as_bytes();
+    if b.iter()
+        .any(|&c| (c < b' ' && c != b'\t' && c != b'\n') || c == 0x7f)
+    {
+        return false;
+    }
+    value.split('\n').enumerate().all(|(i, line)| {
+        i == 0 || (line.starts_with([' ', '\t']) && !line.trim_matches([' ', '\t']).is_empty())
+    })
+}
+
+/// A field that a reader would find inside another field's value: after a
+/// bare CR, or an LF not followed by white space, readers such as Python's
+/// `email` start a new line, and a line `Name: ...` there is a field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HiddenField {
+    /// Which field carries it (index into the header list).
+    pub carrier: usize,
+    pub name: String,
+    pub value: String,
+}
+
+/// Every field hidden behind a bare CR or LF in these header values.
+pub fn hidden_fields(headers: &[(String, String)]) -> Vec<HiddenField> {
+    let mut out = Vec::new();
+    for (i, (_, v)) in headers.iter().enumerate() {
+        let b = v.as_bytes();
+        if memchr::memchr2(b'\r', b'\n', b).is_none() {
+            continue;
+        }
+        let mut start = 0;
+        let mut pos = 0;
+        let mut lines: Vec<&str> = Vec::new();
+        while pos < b.len() {
+            let c = b[pos];
+            if c == b'\r' || c == b'\n' {
+                lines.push(&v[start..pos]);
+                pos += if c == b'\r' && b.get(pos + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                start = pos;
+            } else {
+                pos += 1;
+            }
+        }
+        lines.push(&v[start..]);
+        for line in lines.into_iter().skip(1) {
+            if line.starts_with([' ', '\t']) {
+                continue; // a continuation, as folding is
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                let name = name.trim_end_matches([' ', '\t']);
+                if !name.is_empty() && name.bytes().all(|c| c.is_ascii_graphic()) {
+                    out.push(HiddenField {
+                        carrier: i,
+                        name: name.to_string(),
+                        value: value.trim().to_string(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The value with every line break a reader could see that is not folding
+/// (bare CR, LF without white space after it) and every other control
+/// character but tab made a space: what hid a field is plain text then.
+pub fn flatten_hidden_lines(value: &str) -> String {
+    let b = value.as_bytes();
+    let mut out = String::with_capacity(value.len());
+    for (i, c) in value.char_indices() {
+        let keep_fold = c == '\n' && matches!(b.get(i + 1), Some(b' ' | b'\t')) && {
+            let rest = &value[i + 1..];
+            let line = rest.split('\n').next().unwrap_or("");
+            !line.trim_matches([' ', '\t', '\r']).is_empty()
+        };
+        if keep_fold || c == '\t' || !c.is_control() {
+            out.push(c);
+        } else if c == '\r' && b.get(i + 1) == Some(&b'\n') {
+            // CRLF folding: keep the LF only.
+        } else {
+            out.push(' ');
+        }
+    }
+    out
+}
+
+/// Why a Content-Type value can be read more than one way, for the layers
+/// of a signed message that no signature covers (doc/inbound-verdicts.md
+/// §3): a comment, a duplicate parameter, an RFC 2231 form of a parameter
+/// that decides the structure, text that is not a parameter, a control
+/// character, or an unquoted value with special characters.
+pub fn content_type_ambiguity(value: &str) -> Option<&'static str> {
+    const DECISIVE: [&str; 4] = ["boundary", "protocol", "smime-type", "micalg"];
+    let s = value.as_bytes();
+    if s.iter().any(|&c| c < b' ' && c != b'\t' || c == 0x7f) {
+        return Some("control character in Content-Type");
+    }
+    if memchr_iter(b'(', s).any(|i| !in_quotes(s, i)) {
+        return Some("comment in Content-Type");
+    }
+    let mut p = ParamParser { s, i: 0 };
+    let is_ws = |c: u8| c == b' ' || c == b'\t';
+    let skip_ws = |p: &mut ParamParser<'_>| {
+        while p.peek().is_some_and(is_ws) {
+            p.i += 1;
+        }
+    };
+    skip_ws(&mut p);
+    if p.token().is_empty() || !p.eat(b'/') || p.token().is_empty() {
+        return Some("Content-Type without type/subtype");
+    }
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        skip_ws(&mut p);
+        if p.i >= s.len() {
+            return None;
+        }
+        if !p.eat(b';') {
+            return Some("text in Content-Type that is not a parameter");
+        }
+        skip_ws(&mut p);
+        if p.i >= s.len() {
+            return None; // a trailing `;`
+        }
+        let name = p.token().to_ascii_lowercase();
+        skip_ws(&mut p);
+        if name.is_empty() || !p.eat(b'=') {
+            return Some("text in Content-Type that is not a parameter");
+        }
+        skip_ws(&mut p);
+        if p.peek() == Some(b'"') {
+            let start = p.i;
+            p.quoted();
+            if s[p.i - 1] != b'"' || p.i - start < 2 {
+                return Some("unterminated quoted string in Content-Type");
+            }
+        } else {
+            let start = p.i;
+            while p.peek().is_some_and(|c| c > b' ' && c != b';') {
+                p.i += 1;
+            }
+            let v = &s[start..p.i];
+            if v.is_empty()
+                || !v
+                    .iter()
+                    .all(|&c| c < 0x7f && (c == b'/' || !b"()<>@,;:\\\"[]?=".contains(&c)))
+            {
+                return Some("unquoted parameter value with special characters");
+            }
+        }
+        let base = name.split('*').next().unwrap_or("").to_string();
+        if name.contains('*') && DECISIVE.contains(&base.as_str()) {
+            return Some("RFC 2231 form of a structural parameter");
+        }
+        if seen.contains(&base) && (DECISIVE.contains(&base.as_str()) || !name.contains('*')) {
+            return Some("duplicate Content-Type parameter");
+        }
+        seen.push(base);
+    }
+}
+
+/// Whether byte `i` of a value lies inside a quoted string.
+fn in_quotes(s: &[u8], i: usize) -> bool {
+    let (mut q, mut esc) = (false, false);
+    for &c in &s[..i] {
+        if esc {
+            esc = false;
+        } else if c == b'\\' && q {
+            esc = true;
+        } else if c == b'"' {
+            q = !q;
+        }
+    }
+    q
 }
 
 /// Appends `input` to `out` with every line ending as CRLF.
@@ -628,6 +844,65 @@ mod tests {
         max_depth: 32,
         max_parts: 100,
     };
+
+    #[test]
+    fn header_values_we_emit_are_one_field() {
+        assert!(header_value_is_safe("mx; smime=pass\n body.smime-part=1"));
+        assert!(header_value_is_safe("a\tb"));
+        for bad in [
+            "a\rb", "a\nb", "a\n \nb", "a\n ", "a\0b", "a\r\n b", "\u{7f}",
+        ] {
+            assert!(!header_value_is_safe(bad), "{bad:?}");
+        }
+        assert!(!header_value_is_safe(&"x".repeat(999)));
+        assert!(header_value_is_one_field(&"x".repeat(999)));
+    }
+
+    #[test]
+    fn fields_hidden_behind_a_bare_cr_are_found() {
+        let h = |v: &str| vec![("Subject".to_string(), v.to_string())];
+        let found = hidden_fields(&h("hi\rAuthentication-Results : mx; smime=pass"));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].name, "Authentication-Results");
+        assert_eq!(found[0].value, "mx; smime=pass");
+        assert_eq!(
+            hidden_fields(&h("hi\nFrom: ceo@bank.example"))[0].name,
+            "From"
+        );
+        // Folding is not a new line.
+        assert!(hidden_fields(&h("hi\r\n\tFrom: x")).is_empty());
+        assert!(hidden_fields(&h("hi\n From: x")).is_empty());
+        assert!(hidden_fields(&h("plain")).is_empty());
+        assert_eq!(
+            flatten_hidden_lines("hi\rA-R: x\r\n\tmore\0"),
+            "hi A-R: x\n\tmore "
+        );
+        assert!(header_value_is_one_field(&flatten_hidden_lines(
+            "a\r\rb\n\nc\n \n"
+        )));
+    }
+
+    #[test]
+    fn content_without_header_is_all_body() {
+        assert_eq!(
+            entity_parts(b"Hello\r\nworld\r\n"),
+            (&b""[..], &b"Hello\r\nworld\r\n"[..])
+        );
+        assert_eq!(
+            entity_parts(b"Content-Type: text/plain\r\n\r\nHello\r\n"),
+            (&b"Content-Type: text/plain\r\n"[..], &b"Hello\r\n"[..])
+        );
+        assert_eq!(entity_parts(b"\r\nHello"), (&b""[..], &b"Hello"[..]));
+    }
+
+    #[test]
+    fn obsolete_space_before_the_colon_is_a_field() {
+        let f = parse_fields(b"Subject : hi\r\nX-A\t: b\r\n");
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].name, "Subject");
+        assert_eq!(f[1].name, "X-A");
+        assert_eq!(f[0].unfolded(), "hi");
+    }
 
     #[test]
     fn crlf_canonical_form() {

@@ -160,7 +160,9 @@ pub fn apply_header_ops(fields: &mut Vec<(String, String)>, ops: &[HeaderOp]) {
                 let pos = fields
                     .iter()
                     .enumerate()
-                    .filter(|(_, (n, _))| n.eq_ignore_ascii_case(name))
+                    .filter(|(_, (n, _))| {
+                        n.trim_end_matches([' ', '\t']).eq_ignore_ascii_case(name)
+                    })
                     .nth(index.saturating_sub(1))
                     .map(|(i, _)| i);
                 match (pos, value) {

@@ -377,5 +377,24 @@ pub fn summary_line(m: &Message, o: &Outcome) -> String {
     if let Some(r) = &o.reason {
         s.push_str(&format!(" reason=\"{}\"", r.replace('"', "'")));
     }
-    s
+    escape_controls(&s)
+}
+
+/// No byte from a message or certificate may split or forge a log line:
+/// control characters are written as escapes.
+pub fn escape_controls(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }

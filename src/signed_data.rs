@@ -30,8 +30,9 @@ pub struct Parsed {
 }
 
 /// Parses a CMS ContentInfo, with certificates through the cache when it
-/// is a SignedData whose structure we can follow.
-pub fn parse(der: &[u8]) -> Option<Parsed> {
+/// is a SignedData whose structure we can follow. Bytes after the DER are
+/// an error: a signature says one thing (doc/inbound-verdicts.md §5).
+pub fn parse(der: &[u8]) -> Result<Parsed, &'static str> {
     // More certificates than a signature may carry are not worth caching:
     // OpenSSL parses them and the caller refuses the signature.
     if let Some((stripped, cert_ders)) = split(der).filter(|(_, c)| c.len() <= MAX_CERTS) {
@@ -39,15 +40,40 @@ pub fn parse(der: &[u8]) -> Option<Parsed> {
             let certs: Option<Vec<X509>> = cert_ders.into_iter().map(cached).collect();
             // A certificate we cannot parse: OpenSSL's own parse decides.
             if let Some(certs) = certs {
-                return Some(Parsed {
+                return Ok(Parsed {
                     cms,
                     certs: Some(certs),
                 });
             }
         }
     }
-    let cms = CmsContentInfo::from_der(der).ok()?;
-    Some(Parsed { cms, certs: None })
+    let cms = parse_whole(der)?;
+    Ok(Parsed { cms, certs: None })
+}
+
+/// OpenSSL's parse, which must use every byte.
+fn parse_whole(der: &[u8]) -> Result<CmsContentInfo, &'static str> {
+    use foreign_types::ForeignType;
+    let len = std::os::raw::c_long::try_from(der.len()).map_err(|_| "signature too large")?;
+    let mut p = der.as_ptr();
+    // SAFETY: d2i reads at most `len` bytes from `p` and advances it; the
+    // returned object is owned by the CmsContentInfo made from it.
+    let (cms, used) = unsafe {
+        let cms = openssl_sys::d2i_CMS_ContentInfo(std::ptr::null_mut(), &mut p, len);
+        if cms.is_null() {
+            // Leave no error on this thread's queue for the next call.
+            let _ = openssl::error::ErrorStack::get();
+            return Err("signature not DER");
+        }
+        (
+            CmsContentInfo::from_ptr(cms),
+            p as usize - der.as_ptr() as usize,
+        )
+    };
+    if used != der.len() {
+        return Err("bytes after the signature's DER");
+    }
+    Ok(cms)
 }
 
 fn cache() -> &'static Mutex<LruCache<Vec<u8>, X509>> {
@@ -347,6 +373,28 @@ mod tests {
     }
 
     #[test]
+    fn bytes_after_the_der_are_refused() {
+        let (cert, key) = self_signed("signer");
+        let der = CmsContentInfo::sign(
+            Some(&cert),
+            Some(&key),
+            None,
+            Some(&b"x"[..]),
+            openssl::cms::CMSOptions::BINARY,
+        )
+        .unwrap()
+        .to_der()
+        .unwrap();
+        assert!(parse(&der).is_ok());
+        let mut longer = der.clone();
+        longer.extend_from_slice(b"\0junk");
+        assert_eq!(
+            parse(&longer).err(),
+            Some("bytes after the signature's DER")
+        );
+    }
+
+    #[test]
     fn garbage_and_truncation_fall_back_without_panic() {
         for input in [
             &b""[..],
@@ -357,7 +405,7 @@ mod tests {
             &[0x30, 0x80, 0xa0, 0x80, 0x30, 0x80],
         ] {
             assert!(split(input).is_none());
-            assert!(parse(input).is_none());
+            assert!(parse(input).is_err());
         }
     }
 }

@@ -25,17 +25,23 @@ pub struct TestArgs {
 
 /// Processes `input` (a message with LF or CRLF line ends) and writes the
 /// message as delivered to `out`, the summary to `err`. Returns the exit code.
-pub fn run(
-    cfg: Arc<Config>,
-    args: &TestArgs,
-    input: &[u8],
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> std::io::Result<i32> {
+/// One message through the session code: what the milter decided, and
+/// the message as the MTA handed it over.
+pub struct Processed {
+    pub outcome: crate::outcome::Outcome,
+    /// The summary log line.
+    pub summary: Option<String>,
+    /// Refused recipients, as the MTA would be told.
+    pub refused: Vec<String>,
+    pub headers: Vec<(String, String)>,
+    pub smtp_body: Vec<u8>,
+    crlf_input: bool,
+}
+
+/// Runs `input` through the same code the milter runs.
+pub fn process(cfg: Arc<Config>, args: &TestArgs, input: &[u8]) -> Processed {
     let crlf_input = memchr::memmem::find(input, b"\r\n").is_some();
     let (block, body) = mime::split_entity(input);
-    // As an MTA hands them over: name, value without the leading space,
-    // folding kept; body in SMTP form (CRLF).
     let headers: Vec<(String, String)> = mime::parse_fields(block)
         .iter()
         .map(|f| {
@@ -62,6 +68,7 @@ pub fn run(
     if let Some(m) = s.message.as_mut() {
         m.queue_id = Some("TEST".into());
     }
+    let mut refused = Vec::new();
     let mut outcome = None;
     for r in &args.recipients {
         match s.rcpt(r) {
@@ -69,9 +76,7 @@ pub fn run(
                 outcome = Some(o);
                 break;
             }
-            Step::RejectRecipient(why) | Step::TempfailRecipient(why) => {
-                writeln!(err, "TEST: recipient refused: {why}")?
-            }
+            Step::RejectRecipient(why) | Step::TempfailRecipient(why) => refused.push(why),
             Step::Continue => {}
         }
     }
@@ -89,7 +94,6 @@ pub fn run(
         }
     }
     if outcome.is_none() {
-        // In chunks, as the MTA sends the body.
         for chunk in smtp_body.chunks(65535) {
             if let Step::Done(o) = s.body(chunk) {
                 outcome = Some(o);
@@ -101,8 +105,40 @@ pub fn run(
         Some(o) => o,
         None => s.end_of_message(),
     };
-    if let Some(m) = &s.message {
-        writeln!(err, "{}", session::summary_line(m, &outcome))?;
+    let summary = s
+        .message
+        .as_ref()
+        .map(|m| session::summary_line(m, &outcome));
+    Processed {
+        outcome,
+        summary,
+        refused,
+        headers,
+        smtp_body,
+        crlf_input,
+    }
+}
+
+pub fn run(
+    cfg: Arc<Config>,
+    args: &TestArgs,
+    input: &[u8],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<i32> {
+    let Processed {
+        outcome,
+        summary,
+        refused,
+        headers,
+        smtp_body,
+        crlf_input,
+    } = process(cfg, args, input);
+    for why in refused {
+        writeln!(err, "TEST: recipient refused: {why}")?;
+    }
+    if let Some(line) = summary {
+        writeln!(err, "{line}")?;
     }
 
     let code = match outcome.verdict {

@@ -10,11 +10,16 @@ use std::process::Command;
 const AUTHSERV: &str = "mx.decrypt.test";
 
 fn config(dir: &Path, harvest: &Path, extra: &str) -> PathBuf {
+    config_with(dir, harvest, "", extra)
+}
+
+/// `config` with more `[decrypt]` settings.
+fn config_with(dir: &Path, harvest: &Path, decrypt: &str, extra: &str) -> PathBuf {
     write_config(
         dir,
         &format!("authserv_id = \"{AUTHSERV}\""),
         &format!(
-            "[decrypt]\nenabled = true\n[harvest]\ndir = \"{}\"\n[verify]\ntrust_anchors = \"{}\"\n{extra}\n{}",
+            "[decrypt]\nenabled = true\n{decrypt}\n[harvest]\ndir = \"{}\"\n[verify]\ntrust_anchors = \"{}\"\n{extra}\n{}",
             harvest.display(),
             pki().path("root.crt").display(),
             pki().key_table()
@@ -49,10 +54,11 @@ fn pipe_input(data: &[u8]) -> std::process::Stdio {
     std::process::Stdio::from(std::fs::File::open(p).unwrap())
 }
 
+/// Header (unfolded, as a reader sees it) and body.
 fn split(msg: &[u8]) -> (String, String) {
     let s = String::from_utf8_lossy(msg).replace("\r\n", "\n");
     let (h, b) = s.split_once("\n\n").unwrap_or((&s, ""));
-    (h.to_string(), b.to_string())
+    (h.replace("\n ", " ").replace("\n\t", "\t"), b.to_string())
 }
 
 fn inbound(cfg: &Path, input: &[u8]) -> TestRun {
@@ -63,7 +69,13 @@ fn inbound(cfg: &Path, input: &[u8]) -> TestRun {
 fn messages_encrypted_by_openssl_and_gpgsm_are_decrypted() {
     let d = tempdir();
     let harvest = tempdir();
-    let cfg = config(d.path(), harvest.path(), "");
+    // CBC plaintext that no signature covers is released only on request.
+    let cfg = config_with(
+        d.path(),
+        harvest.path(),
+        "release_unauthenticated = true",
+        "",
+    );
     let gpgsm = Gpgsm::new();
     let cases = [
         (
@@ -125,6 +137,57 @@ fn messages_encrypted_by_openssl_and_gpgsm_are_decrypted() {
 }
 
 #[test]
+fn unauthenticated_cbc_plaintext_is_withheld_by_default() {
+    let d = tempdir();
+    let harvest = tempdir();
+    let cfg = config(d.path(), harvest.path(), "");
+    let gpgsm = Gpgsm::new();
+    for (name, der, smime_type, released) in [
+        (
+            "aes-256-cbc",
+            openssl_encrypt("carol", ENTITY.as_bytes(), "-aes-256-cbc"),
+            "enveloped-data",
+            false,
+        ),
+        (
+            "gpgsm",
+            gpgsm.encrypt_to("carol", ENTITY.as_bytes()),
+            "enveloped-data",
+            false,
+        ),
+        (
+            "aes-256-gcm",
+            openssl_encrypt("carol", ENTITY.as_bytes(), "-aes-256-gcm"),
+            "authEnveloped-data",
+            true,
+        ),
+    ] {
+        let input = enveloped_message(&der, smime_type, name);
+        let r = inbound(&cfg, &input);
+        assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+        let (head, body) = split(&r.stdout);
+        let out = String::from_utf8_lossy(&r.stdout);
+        if released {
+            assert!(
+                head.starts_with("X-SMIME-Decrypted: yes"),
+                "{name}:\n{head}"
+            );
+            assert!(out.contains("The secret plan."), "{name}");
+        } else {
+            assert!(
+                head.starts_with(&format!(
+                    "X-SMIME-Decrypted: no (unauthenticated CBC plaintext withheld, EFAIL); by={AUTHSERV}"
+                )),
+                "{name}:\n{head}"
+            );
+            assert_eq!(body, split(&input).1, "{name}: still encrypted");
+            assert!(head.contains("application/pkcs7-mime"), "{name}");
+            assert!(!out.contains("secret plan"), "{name}: no plaintext");
+        }
+    }
+}
+
+#[test]
 fn signed_then_encrypted_is_decrypted_and_the_inner_signature_passes() {
     let d = tempdir();
     let harvest = tempdir();
@@ -179,8 +242,9 @@ fn damaged_messages_fail_without_partial_plaintext() {
             r.stderr
         );
         let (head, body) = split(&r.stdout);
+        // The same words for every failure: no padding oracle.
         assert!(
-            head.starts_with("X-SMIME-Decrypted: failed ("),
+            head.starts_with(&format!("X-SMIME-Decrypted: failed; by={AUTHSERV}\n")),
             "{name}:\n{head}"
         );
         assert_eq!(body, split(&input).1, "{name}: body unchanged");
@@ -195,11 +259,13 @@ fn damaged_messages_fail_without_partial_plaintext() {
         harvest.path(),
         "[actions]\ndecrypt_failed = \"tempfail\"\n",
     );
-    let r = inbound(
-        &cfg,
-        &enveloped_message(&flipped(&gcm, 1), "authEnveloped-data", "t"),
-    );
-    assert_eq!(r.code, 75, "{}", r.stderr);
+    for (der, t) in [
+        (flipped(&gcm, 1), "authEnveloped-data"),
+        (flipped(&cbc, 17), "enveloped-data"),
+    ] {
+        let r = inbound(&cfg, &enveloped_message(&der, t, "t"));
+        assert_eq!(r.code, 75, "{}", r.stderr);
+    }
 }
 
 #[test]
@@ -388,7 +454,7 @@ fn thunderbird_encrypted_samples_get_the_expected_results() {
         d.path(),
         &format!("authserv_id = \"{AUTHSERV}\"\nallow_insecure_key_files = true"),
         &format!(
-            "[decrypt]\nenabled = true\n[harvest]\nenabled = false\n[verify]\ntrust_anchors = \"{}\"\n\
+            "[decrypt]\nenabled = true\nrelease_unauthenticated = true\n[harvest]\nenabled = false\n[verify]\ntrust_anchors = \"{}\"\n\
              [[signing.key]]\nsender = \"bob@example.com\"\npkcs12 = \"{}\"\npassphrase_file = \"{}\"\n",
             dir.join("smime/TestCA.pem").display(),
             dir.join("smime/Bob.p12").display(),

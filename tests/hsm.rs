@@ -174,7 +174,8 @@ fn token_keys_decrypt_pkcs1_and_oaep_key_transport() {
         d.path(),
         "",
         &format!(
-            "[decrypt]\nenabled = true\n[harvest]\nenabled = false\n{}",
+            // CBC plaintext is released here: the key transport is tested.
+            "[decrypt]\nenabled = true\nrelease_unauthenticated = true\n[harvest]\nenabled = false\n{}",
             hsm.tables(&pin, "")
         ),
     );

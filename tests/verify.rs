@@ -25,7 +25,13 @@ fn verify_config(dir: &Path, anchors: &Path, extra: &str) -> PathBuf {
 /// Our Authentication-Results values in a delivered message.
 fn our_results(msg: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(msg).replace("\r\n", "\n");
-    let head = text.split("\n\n").next().unwrap_or("");
+    // Unfolded, as a reader sees the fields.
+    let head = text
+        .split("\n\n")
+        .next()
+        .unwrap_or("")
+        .replace("\n ", " ")
+        .replace("\n\t", "\t");
     let mut out = Vec::new();
     for line in head.split('\n') {
         if let Some(v) = line.strip_prefix("Authentication-Results: ") {

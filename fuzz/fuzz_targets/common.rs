@@ -18,7 +18,9 @@ fn config() -> Arc<Config> {
 }
 
 /// Runs one message through the milter's session code as `smime-milter
-/// test` does; only a crash, a hang or runaway memory is a finding.
+/// test` does. A finding: a crash, a hang, runaway memory, or (the
+/// property) a header value we emit that is not one safe field: a CR, NUL
+/// or LF that is not our folding, or a line over 998 octets.
 pub fn run(direction: Direction, input: &[u8]) {
     let args = TestArgs {
         direction: Some(direction),
@@ -27,9 +29,16 @@ pub fn run(direction: Direction, input: &[u8]) {
         client_ip: None,
         auth_user: None,
     };
-    let mut out = std::io::sink();
-    let mut err = std::io::sink();
-    let _ = testmode::run(config(), &args, input, &mut out, &mut err);
+    let p = testmode::process(config(), &args, input);
+    for op in &p.outcome.changes.headers {
+        assert!(
+            smime_milter::inbound::unsafe_value(op).is_none(),
+            "unsafe header value emitted: {op:?}"
+        );
+    }
+    if let Some(line) = &p.summary {
+        assert!(!line.contains(['\r', '\n', '\0']), "log line split: {line:?}");
+    }
 }
 
 /// Serves `stream` as one MTA connection; replies go nowhere.

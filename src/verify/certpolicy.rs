@@ -1,0 +1,380 @@
+//! The signer certificate: chain to the trust anchors, validity now and at
+//! signing time, key usage, weak crypto anywhere in the chain, and the
+//! match with the From a reader sees.
+
+use super::cms::SignerInfo;
+use super::{Context, FromView, SignerCert, SmimeResult, Verdict};
+use crate::address;
+use foreign_types::ForeignTypeRef;
+use openssl::nid::Nid;
+use openssl::pkey::Id;
+use openssl::stack::Stack;
+use openssl::x509::store::X509StoreRef;
+use openssl::x509::{X509Ref, X509StoreContext, X509VerifyResult, X509};
+
+extern "C" {
+    fn X509_STORE_CTX_get0_param(
+        ctx: *mut openssl_sys::X509_STORE_CTX,
+    ) -> *mut openssl_sys::X509_VERIFY_PARAM;
+}
+
+/// The signer's addresses: subjectAltName rfc822Names, else the subject's
+/// emailAddress (RFC 8550 §3).
+pub fn cert_addresses(cert: &X509Ref) -> Vec<String> {
+    let mut v: Vec<String> = cert
+        .subject_alt_names()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.email().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if v.is_empty() {
+        v = cert
+            .subject_name()
+            .entries_by_nid(Nid::PKCS9_EMAILADDRESS)
+            .filter_map(|e| e.data().to_string().ok())
+            .collect();
+    }
+    v
+}
+
+/// RFC 4514 form of a name, most significant last as written there.
+pub fn rfc4514(name: &openssl::x509::X509NameRef) -> String {
+    let mut parts: Vec<String> = name
+        .entries()
+        .map(|e| {
+            let key = e
+                .object()
+                .nid()
+                .short_name()
+                .map(str::to_string)
+                .unwrap_or_else(|_| e.object().to_string());
+            let val = e.data().to_string().unwrap_or_default();
+            let mut esc = String::with_capacity(val.len());
+            for (i, c) in val.chars().enumerate() {
+                if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
+                    || (i == 0 && (c == '#' || c == ' '))
+                {
+                    esc.push('\\');
+                    esc.push(c);
+                } else if c.is_ascii_graphic() || c == ' ' {
+                    esc.push(c);
+                } else {
+                    // RFC 4514 hexpairs: the name stays ASCII, and no
+                    // certificate can put a line break into our header.
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        esc.push_str(&format!("\\{b:02X}"));
+                    }
+                }
+            }
+            if esc.ends_with(' ') {
+                esc.insert(esc.len() - 1, '\\');
+            }
+            format!("{key}={esc}")
+        })
+        .collect();
+    parts.reverse();
+    parts.join(",")
+}
+
+fn serial_hex(cert: &X509Ref) -> Option<String> {
+    cert.serial_number()
+        .to_bn()
+        .ok()
+        .and_then(|b| b.to_hex_str().ok().map(|s| s.to_string()))
+}
+
+/// Fills in who signed: the address matching From (or the first), serial
+/// and issuer. A failure names its signer too.
+pub(super) fn identify_signer(ctx: &Context<'_>, v: &mut Verdict, cert: &X509Ref) {
+    let addresses = cert_addresses(cert);
+    let matching = ctx
+        .from
+        .address()
+        .and_then(|f| addresses.iter().find(|a| address::same_address(a, f)));
+    v.identifier = matching.or(addresses.first()).cloned();
+    v.serial = serial_hex(cert);
+    v.issuer = Some(rfc4514(cert.issuer_name()));
+}
+
+pub(super) fn evaluate_signer(
+    ctx: &Context<'_>,
+    si: &SignerInfo,
+    certs: &[X509],
+    part: &str,
+) -> Verdict {
+    let Some(cert) = &si.cert else {
+        return Verdict::error(SmimeResult::Permerror, part, "signer certificate missing");
+    };
+    let mut v = Verdict {
+        result: SmimeResult::Pass,
+        reason: None,
+        identifier: None,
+        part: part.to_string(),
+        serial: None,
+        issuer: None,
+        signer: Some(SignerCert {
+            cert: cert.clone(),
+            chain: certs
+                .iter()
+                .filter(|c| c.to_der().ok() != cert.to_der().ok())
+                .cloned()
+                .collect(),
+            caps: si.caps.clone(),
+        }),
+    };
+    identify_signer(ctx, &mut v, cert);
+    let matches_from = match ctx.from {
+        FromView::One(f) => cert_addresses(cert)
+            .iter()
+            .any(|a| address::same_address(a, f)),
+        FromView::Unusable { .. } => false,
+    };
+    let mut set = |result: SmimeResult, reason: String| {
+        v.result = result;
+        v.reason = Some(reason);
+    };
+    let chain = match check_chain(&ctx.trust.store, cert, certs, ctx.now) {
+        Ok(chain) => chain,
+        Err((r, why)) => {
+            set(r, why);
+            return v;
+        }
+    };
+    // The chain that is valid now was valid at signing time too if every
+    // certificate in it was within its validity then: no second path
+    // building and no second round of signature checks.
+    if let Some(t) = si.signing_time {
+        if let Err(why) = valid_at(&chain, t) {
+            set(SmimeResult::Fail, format!("{why} at signing time"));
+            return v;
+        }
+    }
+    if let Err(why) = check_usage(cert) {
+        set(SmimeResult::Fail, why.into());
+        return v;
+    }
+    if let Some(name) = weak_digest(si.digest, ctx.settings.allow_sha1) {
+        set(SmimeResult::Policy, format!("weak digest {name}"));
+        return v;
+    }
+    if let Some(why) = weak_chain(&chain, ctx.settings.min_rsa_bits, ctx.settings.allow_sha1) {
+        set(SmimeResult::Policy, why);
+        return v;
+    }
+    match ctx.from {
+        FromView::Unusable { why, .. } => {
+            set(SmimeResult::Policy, why.to_string());
+            return v;
+        }
+        FromView::One(_) if !matches_from => {
+            set(SmimeResult::Policy, "signer not From".into());
+            return v;
+        }
+        FromView::One(_) => {}
+    }
+    if let (Some(date), Some(signed), skew) =
+        (ctx.date, si.signing_time, ctx.settings.max_date_skew)
+    {
+        if skew > 0 && (date - signed).abs() > skew {
+            set(SmimeResult::Policy, "signing time far from Date".into());
+            return v;
+        }
+    }
+    v
+}
+
+/// A digest no signature may rest on: MD5 and older, SHA-1 unless allowed.
+fn weak_digest(digest: Nid, allow_sha1: bool) -> Option<String> {
+    let weak = matches!(digest, Nid::MD5 | Nid::MD4 | Nid::MD2 | Nid::MD5_SHA1)
+        || (digest == Nid::SHA1 && !allow_sha1);
+    weak.then(|| digest.short_name().unwrap_or("?").to_ascii_lowercase())
+}
+
+/// Only the named curves S/MIME uses (RFC 8551 §2.2, RFC 5639): a
+/// 256-bit curve outside them (secp256k1) is no floor either.
+fn weak_curve(pk: &openssl::pkey::PKeyRef<openssl::pkey::Public>) -> Option<String> {
+    let curve = pk.ec_key().ok().and_then(|k| k.group().curve_name());
+    let ok = matches!(
+        curve,
+        Some(
+            Nid::X9_62_PRIME256V1
+                | Nid::SECP384R1
+                | Nid::SECP521R1
+                | Nid::BRAINPOOL_P256R1
+                | Nid::BRAINPOOL_P320R1
+                | Nid::BRAINPOOL_P384R1
+                | Nid::BRAINPOOL_P512R1
+        )
+    );
+    (!ok).then(|| match curve.and_then(|c| c.short_name().ok()) {
+        Some(name) => format!("EC curve {name}"),
+        None => "EC curve unnamed".into(),
+    })
+}
+
+/// Weak crypto anywhere in a verified chain (leaf to anchor): every key
+/// that signs (the anchor's included) and every certificate signature
+/// but the anchor's own, which configuration trusts, not its signature.
+fn weak_chain(chain: &[X509], min_rsa_bits: u32, allow_sha1: bool) -> Option<String> {
+    for (i, c) in chain.iter().enumerate() {
+        let Ok(pk) = c.public_key() else {
+            return Some("unreadable public key".into());
+        };
+        let bits = pk.bits();
+        let weak_key = match pk.id() {
+            Id::RSA | Id::RSA_PSS => (bits < min_rsa_bits).then(|| format!("RSA {bits} bits")),
+            Id::DSA => Some("DSA".into()),
+            Id::EC => weak_curve(&pk),
+            Id::ED25519 | Id::ED448 => None,
+            _ => Some("unknown key type".into()),
+        };
+        if let Some(k) = weak_key {
+            let whose = if i == 0 { "" } else { " in chain" };
+            return Some(format!("weak key{whose}: {k}"));
+        }
+        if i + 1 < chain.len() {
+            let digest = c
+                .signature_algorithm()
+                .object()
+                .nid()
+                .signature_algorithms()
+                .map(|a| a.digest);
+            if let Some(name) = digest.and_then(|d| weak_digest(d, allow_sha1)) {
+                return Some(format!("weak certificate signature {name}"));
+            }
+        }
+    }
+    None
+}
+
+/// Whether the certificate chains to the anchors now (intermediates from `certs`).
+pub fn chain_ok(store: &X509StoreRef, cert: &X509Ref, certs: &[X509]) -> bool {
+    check_chain(store, cert, certs, None).is_ok()
+}
+
+/// Whether every certificate of a verified chain was valid at `t`.
+fn valid_at(chain: &[X509], t: i64) -> Result<(), &'static str> {
+    let at = openssl::asn1::Asn1Time::from_unix(t as libc::time_t)
+        .map_err(|_| "signing time out of range")?;
+    for c in chain {
+        if c.not_before() > at {
+            return Err("certificate not yet valid");
+        }
+        if c.not_after() < at {
+            return Err("certificate expired");
+        }
+    }
+    Ok(())
+}
+
+/// Chain to a trust anchor, valid at `at` (Unix time; None = now); the
+/// verified chain, leaf to anchor.
+fn check_chain(
+    store: &X509StoreRef,
+    cert: &X509Ref,
+    certs: &[X509],
+    at: Option<i64>,
+) -> Result<Vec<X509>, (SmimeResult, String)> {
+    let mut chain = Stack::new().map_err(|e| (SmimeResult::Temperror, e.to_string()))?;
+    for c in certs {
+        let _ = chain.push(c.clone());
+    }
+    let mut sctx = X509StoreContext::new().map_err(|e| (SmimeResult::Temperror, e.to_string()))?;
+    let result = sctx
+        .init(store, cert, &chain, |c| {
+            if let Some(t) = at {
+                unsafe {
+                    let param = X509_STORE_CTX_get0_param(c.as_ptr());
+                    openssl_sys::X509_VERIFY_PARAM_set_time(param, t as libc::time_t);
+                }
+            }
+            let ok = c.verify_cert()?;
+            let chain: Vec<X509> = c
+                .chain()
+                .map(|s| s.iter().map(|x| x.to_owned()).collect())
+                .unwrap_or_default();
+            Ok(if ok {
+                (X509VerifyResult::OK, chain)
+            } else {
+                (c.error(), chain)
+            })
+        })
+        .map_err(|e| (SmimeResult::Temperror, e.to_string()))?;
+    let (result, chain) = result;
+    if result == X509VerifyResult::OK {
+        return Ok(chain);
+    }
+    use openssl_sys as s;
+    let reason = match result.as_raw() {
+        s::X509_V_ERR_CERT_HAS_EXPIRED => (SmimeResult::Fail, "certificate expired".to_string()),
+        s::X509_V_ERR_CERT_NOT_YET_VALID => {
+            (SmimeResult::Fail, "certificate not yet valid".to_string())
+        }
+        s::X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+        | s::X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+        | s::X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+        | s::X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+        | s::X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE => {
+            (SmimeResult::Fail, "untrusted issuer".to_string())
+        }
+        s::X509_V_ERR_CERT_REVOKED => (SmimeResult::Fail, "certificate revoked".to_string()),
+        s::X509_V_ERR_UNABLE_TO_GET_CRL => {
+            (SmimeResult::Temperror, "no CRL for issuer".to_string())
+        }
+        s::X509_V_ERR_CRL_HAS_EXPIRED => (SmimeResult::Temperror, "CRL expired".to_string()),
+        _ => (
+            SmimeResult::Fail,
+            format!("certificate invalid: {}", result.error_string()),
+        ),
+    };
+    Err(reason)
+}
+
+pub(crate) const KU_DIGITAL_SIGNATURE: u32 = 0x80;
+pub(crate) const KU_NON_REPUDIATION: u32 = 0x40;
+pub(crate) const KU_KEY_ENCIPHERMENT: u32 = 0x20;
+pub(crate) const KU_KEY_AGREEMENT: u32 = 0x08;
+const XKU_SMIME: u32 = 0x4;
+const XKU_ANYEKU: u32 = 0x100;
+const EXFLAG_KUSAGE: u32 = 0x2;
+const EXFLAG_XKUSAGE: u32 = 0x4;
+
+/// What a certificate's key usage extensions allow (RFC 5280 §4.2.1.3,
+/// §4.2.1.12): an absent extension allows everything.
+pub(crate) struct Usage {
+    /// keyUsage allows one of the bits asked for.
+    pub key_usage: bool,
+    /// extendedKeyUsage allows email protection.
+    pub email: bool,
+}
+
+pub(crate) fn usage(cert: &X509Ref, any_key_usage: u32) -> Usage {
+    let (flags, ku, xku) = unsafe {
+        let p = cert.as_ptr();
+        (
+            openssl_sys::X509_get_extension_flags(p),
+            openssl_sys::X509_get_key_usage(p),
+            openssl_sys::X509_get_extended_key_usage(p),
+        )
+    };
+    Usage {
+        key_usage: flags & EXFLAG_KUSAGE == 0 || ku & any_key_usage != 0,
+        email: flags & EXFLAG_XKUSAGE == 0 || xku & (XKU_SMIME | XKU_ANYEKU) != 0,
+    }
+}
+
+/// keyUsage allows signing; extendedKeyUsage absent or allows email.
+fn check_usage(cert: &X509Ref) -> Result<(), &'static str> {
+    let u = usage(cert, KU_DIGITAL_SIGNATURE | KU_NON_REPUDIATION);
+    if !u.key_usage {
+        return Err("key usage does not allow signing");
+    }
+    if !u.email {
+        return Err("certificate not for email protection");
+    }
+    Ok(())
+}
