@@ -25,6 +25,10 @@ fi
 if [ ! -f "$work/signed/MANIFEST.tsv" ]; then
     bash tests/corpus/make-corpus.sh "$work/pki" "$work/signed" >/dev/null 2>&1
 fi
+# The adversarial corpus: messages crafted to make the inbound verdict lie.
+if [ ! -f "$work/adversarial/MANIFEST.tsv" ]; then
+    bash tests/adversarial/make-adversarial.sh "$work/pki" "$work/adversarial" >/dev/null 2>&1
+fi
 mkdir -p "$work/certs"
 cp "$work/pki/bob.crt" "$work/certs/bob@example.com.pem"
 cp "$work/pki/carol.crt" "$work/certs/carol@example.com.pem"
@@ -107,7 +111,7 @@ PY
         printf '"mx.example.com" 1; none' > "$dir/c"
         printf 'mx.example.com;\r\n\tsmime=pass (x\\) y) body.smime-identifier=a@b' > "$dir/d" ;;
     *)
-        cp "$work"/signed/*.eml tests/data/*.eml "$dir"/
+        cp "$work"/signed/*.eml "$work"/adversarial/*.eml tests/data/*.eml "$dir"/
         if [ -d ../shared/interop ]; then
             find ../shared/interop -name '*.eml' | head -200 | while read -r f; do
                 cp "$f" "$dir/$(echo "$f" | md5sum | cut -c1-16).eml"

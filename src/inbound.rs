@@ -159,9 +159,16 @@ pub fn plan(cfg: &Config, headers: &[(String, String)]) -> Plan {
     }
     let needs_body = values(headers, "Content-Type")
         .into_iter()
-        .filter_map(|v| ContentType::parse(&mime::unfold(v)))
+        .map(mime::unfold)
+        .chain(
+            hidden
+                .iter()
+                .filter(|h| is_named(&h.name, "Content-Type"))
+                .map(|h| h.value.clone()),
+        )
+        .filter_map(|v| ContentType::parse(&v))
         .any(|ct| {
-            verify::signed_form(&ct).is_some()
+            looks_signed(&ct)
                 || (decrypt_on
                     && (may_be_enveloped(&ct)
                         || ct.is_multipart()
@@ -174,6 +181,20 @@ pub fn plan(cfg: &Config, headers: &[(String, String)]) -> Plan {
         removals,
         needs_body,
     })
+}
+
+/// What a reader that reads RFC 2231 parameters, or the other of two
+/// fields, may take for S/MIME: we must not take it for unsigned.
+fn looks_signed(c: &ContentType) -> bool {
+    verify::signed_form(c).is_some()
+        || (c.mime_type == "multipart/signed"
+            && !c
+                .param("protocol")
+                .is_some_and(|p| p.to_ascii_lowercase().contains("pgp")))
+        || matches!(
+            c.mime_type.as_str(),
+            "application/pkcs7-mime" | "application/x-pkcs7-mime"
+        )
 }
 
 /// The message's structure, read once from its header.
@@ -207,21 +228,13 @@ fn structure(headers: &[(String, String)], hidden: &[HiddenField]) -> Structure 
     } else {
         verify::header_problem(&cts, &ctes)
     };
-    // What a reader that reads RFC 2231 parameters or a duplicate field
-    // may take for signed, we must not take for unsigned.
-    let looks_signed = |c: &ContentType| {
-        verify::signed_form(c).is_some()
-            || (c.mime_type == "multipart/signed"
-                && !c
-                    .param("protocol")
-                    .is_some_and(|p| p.to_ascii_lowercase().contains("pgp")))
-            || matches!(
-                c.mime_type.as_str(),
-                "application/pkcs7-mime" | "application/x-pkcs7-mime"
-            )
-    };
+    let hidden_cts = hidden
+        .iter()
+        .filter(|h| is_named(&h.name, "Content-Type"))
+        .filter_map(|h| ContentType::parse(&h.value));
     Structure {
-        looks_signed: parsed.iter().any(looks_signed),
+        looks_signed: parsed.iter().any(looks_signed)
+            || hidden_cts.clone().any(|c| looks_signed(&c)),
         signed: parsed.iter().any(|c| verify::signed_form(c).is_some()),
         ct: parsed.into_iter().next(),
         cte: ctes.into_iter().next(),
@@ -496,28 +509,12 @@ pub fn verify_message(
     let o = verify_message_once(cfg, p, headers, body, rcpts, now);
     // Every value is built safe; this is the last line of defence: a
     // field we cannot write as one field is a failure, never a pass.
-    match o.changes.headers.iter().find_map(unsafe_value) {
+    match o.changes.headers.iter().find_map(HeaderOp::unsafe_name) {
         None => o,
         Some(name) => Outcome::failure(
             cfg.actions.internal_error,
             format!("refusing to write an unsafe {name} header"),
         ),
-    }
-}
-
-/// The name of a header change whose value is not one safe field.
-pub fn unsafe_value(op: &HeaderOp) -> Option<&str> {
-    match op {
-        // A sender's field, flattened: its lines as long as the sender made them.
-        HeaderOp::Change {
-            name,
-            value: Some(v),
-            ..
-        } => (!mime::header_value_is_one_field(v)).then_some(name.as_str()),
-        HeaderOp::Add { name, value } | HeaderOp::Insert { name, value, .. } => {
-            (!mime::header_value_is_safe(value)).then_some(name.as_str())
-        }
-        HeaderOp::Change { value: None, .. } => None,
     }
 }
 

@@ -53,6 +53,27 @@ pub enum HeaderOp {
     },
 }
 
+impl HeaderOp {
+    /// The field's name when the value is not one safe field to every
+    /// reader (`mime::header_value_is_safe`): the last check before a
+    /// header leaves.
+    pub fn unsafe_name(&self) -> Option<&str> {
+        match self {
+            // A sender's field, flattened: its lines as long as the sender
+            // made them.
+            HeaderOp::Change {
+                name,
+                value: Some(v),
+                ..
+            } => (!crate::mime::header_value_is_one_field(v)).then_some(name.as_str()),
+            HeaderOp::Add { name, value } | HeaderOp::Insert { name, value, .. } => {
+                (!crate::mime::header_value_is_safe(value)).then_some(name.as_str())
+            }
+            HeaderOp::Change { value: None, .. } => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
     /// Applied in order; deletions come last-index first so that indices stay

@@ -105,6 +105,51 @@ fn adversarial_corpus_gets_the_secure_verdicts() {
     assert!(ok, "secure verdicts not met:\n{report}");
 }
 
+/// The same verdicts with decryption off (the default): every case that
+/// does not depend on decrypting.
+#[test]
+fn verdicts_hold_with_decryption_off() {
+    let corpus = make_corpus();
+    let cases: Vec<Vec<String>> = manifest(corpus.path())
+        .into_iter()
+        .filter(|c| c[2] == "-" && c[4] != "7")
+        .collect();
+    assert!(
+        cases.len() >= 150,
+        "cases without decryption: {}",
+        cases.len()
+    );
+    let d = tempdir();
+    let cfg = write_config(
+        d.path(),
+        &format!("authserv_id = \"{AUTHSERV}\""),
+        &format!(
+            "[verify]\ntrust_anchors = \"{}\"\n{}",
+            pki().path("root.crt").display(),
+            pki().key_table()
+        ),
+    );
+    let delivered = tempdir();
+    for c in &cases {
+        let input = std::fs::read(corpus.path().join(&c[0])).unwrap();
+        let r = test_mode(&cfg, &["--inbound", "--rcpt", RCPT], &input);
+        assert_eq!(r.code, 0, "{}: {}", c[0], r.stderr);
+        std::fs::write(delivered.path().join(&c[0]), &r.stdout).unwrap();
+    }
+    let m = d.path().join("MANIFEST.no-decrypt.tsv");
+    std::fs::write(
+        &m,
+        cases
+            .iter()
+            .map(|c| c.join("\t") + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let (ok, report) = check(&m, corpus.path(), delivered.path());
+    println!("{report}");
+    assert!(ok, "with decryption off:\n{report}");
+}
+
 /// `[decrypt] release_unauthenticated = true`: the admin accepts CBC's
 /// malleability; the plain CBC message is then released.
 #[test]

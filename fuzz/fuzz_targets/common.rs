@@ -18,7 +18,7 @@ fn config() -> Arc<Config> {
 }
 
 /// Runs one message through the milter's session code as `smime-milter
-/// test` does. A finding: a crash, a hang, runaway memory, or (the
+/// test` does. A finding: a crash, a hang, runaway memory, or (the inbound
 /// property) a header value we emit that is not one safe field: a CR, NUL
 /// or LF that is not our folding, or a line over 998 octets.
 pub fn run(direction: Direction, input: &[u8]) {
@@ -30,9 +30,12 @@ pub fn run(direction: Direction, input: &[u8]) {
         auth_user: None,
     };
     let p = testmode::process(config(), &args, input);
+    if direction != Direction::Inbound {
+        return;
+    }
     for op in &p.outcome.changes.headers {
         assert!(
-            smime_milter::inbound::unsafe_value(op).is_none(),
+            op.unsafe_name().is_none(),
             "unsafe header value emitted: {op:?}"
         );
     }
