@@ -4,16 +4,15 @@
 # sample message with the very code path the milter runs, verifies it with
 # OpenSSL, then runs the milter in the foreground on a unix socket.
 #
-#   sudo contrib/demo.sh            # as root: installs the Debian packages too
+#   contrib/demo.sh     # as root, or as a user with sudo (for the Debian packages)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
 
-if [ "$(id -u)" -eq 0 ]; then
-    contrib/dev-setup.sh
-fi
-echo "== building smime-milter (release)"
-cargo build --release --quiet
+echo "== checking the Debian packages it needs (contrib/dev-setup.sh)"
+contrib/dev-setup.sh
+echo "== building smime-milter (release; the first build takes a few minutes)"
+cargo build --release --locked
 bin=$top/target/release/smime-milter
 
 demo=$top/demo
@@ -69,6 +68,17 @@ echo
 echo "== verifying the signature with OpenSSL against the demo root CA"
 openssl cms -verify -inform SMIME -in "$demo/sample.signed.eml" -CAfile "$demo/pki/root.crt" \
     -purpose smimesign -out /dev/null
+echo
+echo "== verifying it as inbound mail, as the milter would (smime-milter test --inbound)"
+cat > "$demo/verify.toml" <<TOML
+# DEMO: verification against the demo root CA.
+authserv_id = "mx.demo.example"
+[verify]
+trust_anchors = "$demo/pki/root.crt"
+TOML
+"$bin" test -c "$demo/verify.toml" --inbound "$demo/sample.signed.eml" > "$demo/sample.verified.eml"
+sed -n '/^Authentication-Results:/,/^[^ \t]/p' "$demo/sample.verified.eml" | sed '$d'
+grep -q 'smime=pass' "$demo/sample.verified.eml"
 echo
 echo "== running the milter on unix:$demo/run/smime-milter.sock (Ctrl-C to stop)"
 echo "   Point Postfix at it with: smtpd_milters = unix:$demo/run/smime-milter.sock"

@@ -23,10 +23,14 @@ done
 
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
-        echo "dev-setup: missing packages: ${missing[*]} (run as root to install them)" >&2
+        if command -v sudo >/dev/null; then
+            echo "dev-setup: installing Debian packages with sudo: ${missing[*]}" >&2
+            exec sudo env "PATH=$PATH" "$0" "$@"
+        fi
+        echo "dev-setup: missing packages: ${missing[*]} (run as root, or install sudo)" >&2
         exit 1
     fi
-    echo "dev-setup: installing ${missing[*]}" >&2
+    echo "dev-setup: installing ${missing[*]} (a minute or two)" >&2
     # Keep the system Postfix unconfigured and stopped.
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     echo "slapd slapd/no_configuration boolean true" | debconf-set-selections

@@ -618,6 +618,9 @@ pub struct Config {
     pub release_unauthenticated: bool,
     /// Where harvested certificates are kept; `None` when harvesting is off.
     pub harvest_dir: Option<PathBuf>,
+    /// Whether verified signers are stored there. The milter does; the
+    /// test mode only when asked (`--harvest`): a test changes no state.
+    pub harvest_writes: bool,
     /// How often the stats line is logged; zero: never.
     pub stats_interval: std::time::Duration,
     /// SMTP AUTH login -> From addresses or `@domain`s it may sign as (lower case).
@@ -939,6 +942,7 @@ impl Config {
             decrypt: raw.decrypt.enabled.unwrap_or(false),
             release_unauthenticated: raw.decrypt.release_unauthenticated.unwrap_or(false),
             harvest_dir,
+            harvest_writes: true,
             stats_interval: std::time::Duration::from_secs(
                 raw.stats_interval.map_or(3600, |s| s.0),
             ),

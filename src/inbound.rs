@@ -400,7 +400,7 @@ fn report(cfg: &Config, mut v: verify::Verdict, decrypted: bool, harvest: bool) 
     if let Some(id) = &v.identifier {
         detail.push_str(&format!(" signer={id}"));
     }
-    if harvest && v.result == SmimeResult::Pass {
+    if harvest && cfg.harvest_writes && v.result == SmimeResult::Pass {
         if let (Some(dir), Some(signer)) = (&cfg.harvest_dir, &v.signer) {
             match crate::harvest::store(dir, signer) {
                 Ok(addrs) if !addrs.is_empty() => {

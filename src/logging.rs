@@ -44,9 +44,9 @@ pub fn init(foreground: bool, level: LevelFilter) {
         match syslog::unix(formatter) {
             Ok(logger) => log::set_boxed_logger(Box::new(syslog::BasicLogger::new(logger))).is_ok(),
             Err(e) => {
-                let ok = log::set_boxed_logger(Box::new(StderrLogger)).is_ok();
-                log::warn!("cannot reach syslog ({e}); logging to stderr");
-                ok
+                // Said once, on stderr itself: no level or logger can hide it.
+                eprintln!("smime-milter: warning: cannot reach syslog ({e}); logging to stderr");
+                log::set_boxed_logger(Box::new(StderrLogger)).is_ok()
             }
         }
     };

@@ -17,7 +17,8 @@ const EX_CONFIG: u8 = 78;
 const USAGE: &str = "\
 usage: smime-milter [-c FILE] [-f] [--socket SPEC] [--check-config]
        smime-milter test [-c FILE] (--outbound | --inbound) [--sender ADDR]
-                         [--rcpt ADDR]... [--client-ip IP] [--auth-user LOGIN] [FILE]
+                         [--rcpt ADDR]... [--client-ip IP] [--auth-user LOGIN]
+                         [--harvest] [FILE]
        smime-milter certs [-c FILE] list | show ADDRESS | remove ADDRESS
 
   -c, --config FILE   configuration file (default /etc/smime-milter/smime-milter.toml)
@@ -27,7 +28,9 @@ usage: smime-milter [-c FILE] [-f] [--socket SPEC] [--check-config]
   -V, --version       print the version
 
 test: process one message (FILE or stdin) as the milter would and print the
-message as delivered; exit 0 accepted, 75 tempfail, 69 reject.
+message as delivered; exit 0 accepted, 75 tempfail, 69 reject. It changes
+no state: --harvest stores a verified signer's certificate as the milter
+would.
 certs: list the stored recipient certificates (static and harvested), show
 every certificate for an address (LDAP included) and which one encryption
 uses, or remove a harvested one.";
@@ -72,11 +75,10 @@ fn main() -> ExitCode {
         }
     }
 
-    // Key loading may warn (expiring certificates): log to stderr until the
-    // configuration says where logs go.
-    if check || foreground {
-        logging::init(true, log::LevelFilter::Info);
-    }
+    // Key loading may warn (expiring certificates): the logger is in place
+    // before the configuration is read, so no start-up warning is lost;
+    // the configured level applies once it is known.
+    logging::init(check || foreground, log::LevelFilter::Info);
     let cfg = match Config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -108,11 +110,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(EX_CONFIG);
     };
-    if !foreground {
-        logging::init(false, cfg.log_level);
-    } else {
-        logging::set_level(cfg.log_level);
-    }
+    logging::set_level(cfg.log_level);
     install_panic_hook();
     match server::run(Arc::new(cfg), &socket) {
         Ok(()) => ExitCode::SUCCESS,
@@ -170,6 +168,7 @@ fn test_command(args: &[String]) -> ExitCode {
     let mut config_path = PathBuf::from(DEFAULT_CONFIG_PATH);
     let mut t = TestArgs::default();
     let mut file: Option<PathBuf> = None;
+    let mut harvest = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| {
@@ -185,6 +184,10 @@ fn test_command(args: &[String]) -> ExitCode {
             }
             "--inbound" => {
                 t.direction = Some(Direction::Inbound);
+                Ok(())
+            }
+            "--harvest" => {
+                harvest = true;
                 Ok(())
             }
             "--sender" => value(a).map(|v| t.sender = Some(v)),
@@ -211,13 +214,14 @@ fn test_command(args: &[String]) -> ExitCode {
         return usage_error("test needs --outbound or --inbound");
     }
     logging::init(true, log::LevelFilter::Warn);
-    let cfg = match Config::load(&config_path) {
+    let mut cfg = match Config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("smime-milter: {e}");
             return ExitCode::from(EX_CONFIG);
         }
     };
+    cfg.harvest_writes = harvest;
     logging::set_level(cfg.log_level.min(log::LevelFilter::Warn));
     let input = match &file {
         Some(f) => std::fs::read(f).map_err(|e| format!("{}: {e}", f.display())),

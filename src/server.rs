@@ -38,7 +38,11 @@ pub enum RunError {
     Socket { path: String, err: std::io::Error },
     #[error(transparent)]
     Privileges(#[from] crate::privileges::PrivError),
-    #[error("cannot write the PID file {path}: {err}")]
+    #[error(
+        "cannot write the PID file {path}: {err} (its directory must exist and be writable \
+         by the user the milter runs as: systemd's RuntimeDirectory= makes it; by hand, \
+         start as root, or `install -d -o USER /run/smime-milter`, or set pid_file)"
+    )]
     PidFile { path: String, err: std::io::Error },
     #[error("cannot start threads: {0}")]
     Threads(std::io::Error),
@@ -122,6 +126,9 @@ pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
     // Before any thread starts, so that they all inherit the mask and the
     // signals reach only the threads that wait for them.
     crate::reload::block_signals().map_err(RunError::Threads)?;
+    if let Some(pid_file) = &pid_file {
+        prepare_pid_dir(pid_file, identity.as_ref())?;
+    }
     let listener =
         crate::listener::open(socket, socket_mode, identity.as_ref()).map_err(|err| {
             RunError::Socket {
@@ -173,6 +180,37 @@ pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
         let _ = std::fs::remove_file(pid_file);
     }
     log::info!("smime-milter stopped");
+    Ok(())
+}
+
+/// Without systemd nothing makes the PID file's directory: made here as
+/// RuntimeDirectory= would (mode 0755, owned by the user the milter runs
+/// as) when it is missing.
+fn prepare_pid_dir(
+    pid_file: &std::path::Path,
+    id: Option<&crate::privileges::Identity>,
+) -> Result<(), RunError> {
+    let Some(dir) = pid_file.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.exists() {
+        return Ok(());
+    }
+    let err = |err| RunError::PidFile {
+        path: pid_file.display().to_string(),
+        err,
+    };
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
+    if let Some(id) = id {
+        std::os::unix::fs::chown(dir, Some(id.uid), Some(id.gid)).map_err(err)?;
+    }
+    log::info!("made {} for the PID file", dir.display());
     Ok(())
 }
 

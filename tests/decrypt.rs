@@ -352,7 +352,23 @@ fn harvested_certificates_encrypt_replies_and_can_be_managed() {
     let mut msg =
         b"From: Dave <dave@example.net>\nTo: alice@example.com\nSubject: hello\n".to_vec();
     msg.extend_from_slice(&signed);
+    // The test mode changes no state unless asked.
     let r = test_mode(&cfg, &["--inbound", "--rcpt", "alice@example.com"], &msg);
+    assert!(
+        r.stderr.contains("smime=pass signer=dave@example.net") && !r.stderr.contains("harvested="),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_dir(harvest.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+    let r = test_mode(
+        &cfg,
+        &["--inbound", "--harvest", "--rcpt", "alice@example.com"],
+        &msg,
+    );
     assert!(
         r.stderr
             .contains("smime=pass signer=dave@example.net harvested=dave@example.net"),
@@ -387,7 +403,11 @@ fn harvested_certificates_encrypt_replies_and_can_be_managed() {
         .unwrap()
         .modified()
         .unwrap();
-    let r = test_mode(&cfg, &["--inbound", "--rcpt", "alice@example.com"], &msg);
+    let r = test_mode(
+        &cfg,
+        &["--inbound", "--harvest", "--rcpt", "alice@example.com"],
+        &msg,
+    );
     assert!(!r.stderr.contains("harvested="), "{}", r.stderr);
     assert_eq!(
         std::fs::metadata(harvest.path().join("dave@example.net.pem"))

@@ -772,7 +772,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_port(port: u16, secs: u64) -> bool {
+pub fn wait_port(port: u16, secs: u64) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -798,6 +798,25 @@ impl Postfix {
     /// `milter_default_action = tempfail`, relaying everything to a local
     /// smtp-sink that keeps each message in `capture`.
     pub fn start(milter: &str) -> Postfix {
+        let milter_cf = format!(
+            "smtpd_milters = {milter}\nnon_smtpd_milters =\nmilter_default_action = tempfail\nmilter_protocol = 6\n"
+        );
+        Self::start_with(&milter_cf, None)
+    }
+
+    /// Postfix as Debian ships it: the stock master.cf (smtpd, cleanup and
+    /// the rest chrooted in the spool, prepared by Debian's own
+    /// configure-instance.sh), smtpd on a free loopback port instead of 25,
+    /// and `milter_cf` (e.g. postfix-sample/main.cf) appended to main.cf.
+    pub fn start_debian_chroot(milter_cf: &str) -> Postfix {
+        let stock = std::fs::read_to_string("/usr/share/postfix/master.cf.dist")
+            .expect("Debian's stock master.cf");
+        Self::start_with(milter_cf, Some(&stock))
+    }
+
+    /// `master` is a master.cf whose `smtp inet` service is moved to the
+    /// chosen loopback port; `None`: the test layout, nothing chrooted.
+    fn start_with(milter_cf: &str, master: Option<&str>) -> Postfix {
         assert!(is_root(), "a Postfix master must be started as root");
         let dir = tempdir();
         let conf = dir.path().join("conf");
@@ -854,12 +873,8 @@ smtp_dns_support_level = disabled
 smtpd_tls_security_level = none
 smtp_tls_security_level = none
 biff = no
-smtpd_milters = {milter}
-non_smtpd_milters =
-milter_default_action = tempfail
-milter_protocol = 6
 in_flow_delay = 0
-",
+{milter_cf}",
             spool = spool.display(),
             data = data.display(),
             dir = dir.path().display(),
@@ -888,7 +903,28 @@ scache    unix  - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
 "
         );
+        let master_cf = match master {
+            Some(stock) => stock
+                .lines()
+                .map(|l| match l.strip_prefix("smtp      inet") {
+                    Some(rest) => format!("127.0.0.1:{smtpd_port} inet{rest}\n"),
+                    None => format!("{l}\n"),
+                })
+                .collect(),
+            None => master_cf,
+        };
         std::fs::write(conf.join("master.cf"), master_cf).unwrap();
+        if master.is_some() {
+            // Debian's own preparation of the chroot (etc files, libraries).
+            let out = run(Command::new("sh")
+                .arg("/usr/lib/postfix/configure-instance.sh")
+                .env("MAIL_CONFIG", &conf));
+            assert!(
+                out.status.success(),
+                "configure-instance.sh: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let mut pf = Postfix {
             dir,
             conf,
