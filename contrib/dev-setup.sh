@@ -13,6 +13,7 @@ packages=(
     softhsm2 libengine-pkcs11-openssl opensc   # PKCS#11 keys: token, engine, pkcs11-tool
     debhelper dpkg-dev build-essential rpm      # packages: build the .deb, parse the spec
     m4                                          # Sendmail configuration for its test
+    man-db                                      # man -l: the manual pages as rendered (tests/docs.rs)
     python3 ca-certificates iproute2
 )
 
