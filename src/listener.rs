@@ -31,6 +31,21 @@ pub fn open(
     match spec {
         SocketSpec::Unix(path) => {
             remove_stale(path)?;
+            if let Some(dir) = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+            {
+                // Nothing makes a socket's directory but its admin: say so.
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "directory {} does not exist: create it, writable by the milter's \
+                         user (e.g. install -d -o smime-milter {}), or use an inet socket",
+                        dir.display(),
+                        dir.display()
+                    ),
+                ));
+            }
             let l = UnixListener::bind(path)?;
             set_owner_and_mode(path, mode, owner)?;
             Ok(Listener::Unix(l, path.clone()))
@@ -225,5 +240,21 @@ mod tests {
         let e = open(&spec, None, None).err().unwrap();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+    }
+
+    #[test]
+    fn a_missing_socket_directory_is_named_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("run");
+        let e = open(&SocketSpec::Unix(missing.join("milter.sock")), None, None)
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("directory {} does not exist", missing.display()))
+                && text.contains("install -d"),
+            "{text}"
+        );
     }
 }
