@@ -105,6 +105,11 @@ fn main() {
     let cfg_path = dir.path().join("bench.toml");
     std::fs::write(&cfg_path, &cfg_text).unwrap();
     let cfg = Arc::new(Config::load(&cfg_path).unwrap());
+    // The same with decryption on: inbound then also looks for encrypted
+    // entities it must report (doc/inbound-verdicts.md §7).
+    let dec_path = dir.path().join("bench-decrypt.toml");
+    std::fs::write(&dec_path, format!("{cfg_text}[decrypt]\nenabled = true\n")).unwrap();
+    let cfg_decrypt = Config::load(&dec_path).unwrap();
     let none: Vec<String> = Vec::new();
 
     println!(
@@ -185,6 +190,17 @@ fn main() {
             return;
         }
         row(size, "verify RSA-2048", t);
+        let (t, _) = time_per_op(Duration::from_secs(1), || {
+            std::hint::black_box(inbound::verify_message(
+                &cfg_decrypt,
+                &pending,
+                &sh,
+                Some(&sb),
+                &[],
+                None,
+            ));
+        });
+        row(size, "verify, decryption on", t);
     }
 
     // The same signature with alice's key in a SoftHSM2 token.

@@ -470,16 +470,20 @@ fn thunderbird_encrypted_samples_get_the_expected_results() {
     set_mode(&pass, 0o600);
     // Bob's key, as a local recipient's; the .p12 is world-readable in the
     // corpus, so allow_insecure_key_files.
+    let top = format!("authserv_id = \"{AUTHSERV}\"\nallow_insecure_key_files = true");
+    let tables = format!(
+        "[harvest]\nenabled = false\n[verify]\ntrust_anchors = \"{}\"\n\
+         [[signing.key]]\nsender = \"bob@example.com\"\npkcs12 = \"{}\"\npassphrase_file = \"{}\"\n",
+        dir.join("smime/TestCA.pem").display(),
+        dir.join("smime/Bob.p12").display(),
+        pass.display()
+    );
+    // The manifest's verdicts are those of a reader who decrypts whatever
+    // arrives: CBC plaintext released too.
     let cfg = write_config(
         d.path(),
-        &format!("authserv_id = \"{AUTHSERV}\"\nallow_insecure_key_files = true"),
-        &format!(
-            "[decrypt]\nenabled = true\nrelease_unauthenticated = true\n[harvest]\nenabled = false\n[verify]\ntrust_anchors = \"{}\"\n\
-             [[signing.key]]\nsender = \"bob@example.com\"\npkcs12 = \"{}\"\npassphrase_file = \"{}\"\n",
-            dir.join("smime/TestCA.pem").display(),
-            dir.join("smime/Bob.p12").display(),
-            pass.display()
-        ),
+        &top,
+        &format!("[decrypt]\nenabled = true\nrelease_unauthenticated = true\n{tables}"),
     );
     let text = std::fs::read_to_string(dir.join("MANIFEST.tsv")).unwrap();
     let (mut checked, mut failures) = (0, Vec::new());
@@ -515,6 +519,43 @@ fn thunderbird_encrypted_samples_get_the_expected_results() {
         "{} of {checked} differ:\n{}",
         failures.len(),
         failures.join("\n")
+    );
+
+    // By default (EFAIL): plaintext is released only when GCM or a passing
+    // inner signature vouches for it; everything else stays encrypted.
+    let cfg = write_config(
+        d.path(),
+        &top,
+        &format!("[decrypt]\nenabled = true\n{tables}"),
+    );
+    let (mut released, mut withheld) = (0, 0);
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f[2] != "yes" {
+            continue;
+        }
+        let input = std::fs::read(dir.join(f[0])).unwrap();
+        let r = test_mode(&cfg, &["--inbound", "--rcpt", "bob@example.com"], &input);
+        let (head, body) = split(&r.stdout);
+        if head.contains("X-SMIME-Decrypted: yes") {
+            let vouched = head.contains("type=authEnveloped-data")
+                || head.contains(&format!("Authentication-Results: {AUTHSERV}; smime=pass"));
+            assert!(vouched, "{}: released unauthenticated:\n{head}", f[0]);
+            released += 1;
+        } else {
+            // Withheld, failed, an encrypted part we never decrypt, or for
+            // another key: the body as it came (bare DER samples aside).
+            let (in_head, in_body) = split(&input);
+            if in_head.contains("Content-Type") {
+                assert_eq!(body, in_body, "{}: body unchanged", f[0]);
+            }
+            withheld += usize::from(head.contains("withheld, EFAIL"));
+        }
+    }
+    println!("default: {released} released, {withheld} withheld");
+    assert!(
+        released > 0 && withheld > 0,
+        "{released} released, {withheld} withheld"
     );
 }
 
