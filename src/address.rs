@@ -454,7 +454,7 @@ fn local_part(src: &str, toks: &[Token]) -> Result<String, &'static str> {
     }
 }
 
-/// A dot-atom of labels (trailing dot dropped) or a domain literal.
+/// A dot-atom of labels or a domain literal.
 fn domain(src: &str, toks: &[Token]) -> Result<String, &'static str> {
     const INVALID: &str = "invalid domain";
     if let [lit] = toks {
@@ -473,10 +473,8 @@ fn domain(src: &str, toks: &[Token]) -> Result<String, &'static str> {
             };
         }
     }
-    let toks = match toks {
-        [rest @ .., last] if !rest.is_empty() && last.kind == Kind::Special(b'.') => rest,
-        _ => toks,
-    };
+    // A trailing dot (`example.com.`) is no dot-atom: readers disagree
+    // (Python shows no address at all).
     if toks.is_empty() || !is_dotted(toks) {
         return Err(INVALID);
     }
@@ -581,8 +579,9 @@ fn display_texts(src: &str, phrase: &[Token]) -> (String, String) {
     (raw, shown)
 }
 
+/// `@` and what readers show like it (full-width, small, circled).
 fn has_at(s: &str) -> bool {
-    s.contains(['@', '\u{FF20}', '\u{FE6B}'])
+    s.contains(['@', '\u{FF20}', '\u{FE6B}', '\u{24D0}'])
 }
 
 // ---------------------------------------------------------------------------
@@ -766,32 +765,41 @@ fn decodings(charset: &str, bytes: &[u8]) -> Vec<String> {
         c => match Dbcs::for_charset(c) {
             Some(family) => vec![family.decode(bytes)],
             None if is_single_byte(c) => vec![latin1()],
-            None => vec![latin1(), lossy()],
+            // A charset we cannot read (EBCDIC cp037 puts `@` at 0x7C, and
+            // some reader may know it): fail closed, as if it showed one.
+            None => vec!["@".into()],
         },
     }
 }
 
 /// ASCII-compatible single-byte charsets: `@` is 0x40 and there is no
-/// look-alike, so Latin-1 stands in for all of them.
+/// look-alike, so Latin-1 stands in for all of them. Named one by one: a
+/// prefix such as `ibm` or `cp4` would take in EBCDIC (ibm037, cp424).
 fn is_single_byte(cs: &str) -> bool {
-    [
-        "iso-8859",
-        "iso8859",
-        "iso_8859",
-        "windows-",
-        "cp12",
-        "cp8",
-        "cp4",
-        "koi8",
+    const PREFIXES: [&str; 9] = [
+        "iso-8859-",
+        "iso8859-",
+        "iso_8859-",
+        "windows-125",
+        "cp125",
+        "koi8-",
         "latin",
-        "macintosh",
-        "x-mac",
-        "ibm",
+        "x-mac-",
         "tis-620",
+    ];
+    const NAMES: [&str; 10] = [
+        "macintosh",
         "viscii",
-    ]
-    .iter()
-    .any(|p| cs.starts_with(p))
+        "cp437",
+        "cp850",
+        "cp852",
+        "cp866",
+        "ibm437",
+        "ibm850",
+        "ibm852",
+        "ibm866",
+    ];
+    PREFIXES.iter().any(|p| cs.starts_with(p)) || NAMES.contains(&cs)
 }
 
 fn utf16(bytes: &[u8], big_endian: bool) -> String {
@@ -1142,7 +1150,6 @@ mod tests {
             ("\"al\\ice\"@example.com", "alice@example.com"),
             ("\"john smith\"@example.com", "\"john smith\"@example.com"),
             ("\"a\\\"b\"@example.com", "\"a\\\"b\"@example.com"),
-            ("Alice <alice@example.com.>", "alice@example.com"),
             ("Alice\t<alice@example.com>", "alice@example.com"),
             ("\"Alice (home)\" <alice@example.com>", "alice@example.com"),
             ("\"Alice <home>\" <alice@example.com>", "alice@example.com"),
@@ -1366,6 +1373,8 @@ mod tests {
             ("@example.com", "empty local part"),
             ("\"\"@example.com", "empty local part"),
             ("alice@", "invalid domain"),
+            ("Alice <alice@example.com.>", "invalid domain"),
+            ("alice@example.com.", "invalid domain"),
             ("alice@ example.com", "invalid domain"),
             ("alice@exa mple.com", "invalid domain"),
             ("alice@exa(mple).com", "invalid domain"),
@@ -1572,6 +1581,29 @@ mod tests {
         assert_eq!(
             from_identity("\"ceo@bank.example\"@evil.example"),
             shows("\"ceo@bank.example\"@evil.example", "quoted local part")
+        );
+    }
+
+    #[test]
+    fn unreadable_charsets_and_look_alikes_fail_closed() {
+        // `ceo@bank.example` in EBCDIC (cp037): `@` is 0x7C there.
+        let ebcdic =
+            "=?cp037?q?=83=85=96=7C=82=81=95=92K=85=A7=81=94=97=93=85?= <alice@example.com>";
+        assert_eq!(
+            from_identity(ebcdic),
+            shows("alice@example.com", "encoded word")
+        );
+        assert_eq!(
+            from_identity("=?x-unknown?q?ceo?= <alice@example.com>"),
+            shows("alice@example.com", "encoded word")
+        );
+        assert_eq!(
+            from_identity("=?iso-8859-1?q?J=FCrgen?= <alice@example.com>"),
+            FromIdentity::One("alice@example.com".into())
+        );
+        assert_eq!(
+            from_identity("\"ceo\u{24D0}bank.example\" <alice@example.com>"),
+            shows("alice@example.com", "display name")
         );
     }
 }

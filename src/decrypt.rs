@@ -92,6 +92,57 @@ pub fn cms_type(der: &[u8]) -> Option<Nid> {
     (!obj.is_null()).then(|| Nid::from_raw(unsafe { openssl_sys::OBJ_obj2nid(obj) }))
 }
 
+/// AEAD content-encryption algorithms (DER of their OIDs): AES-GCM
+/// (RFC 5084), AES-CCM (RFC 5084), ChaCha20-Poly1305 (RFC 8103).
+const AEAD_OIDS: [&[u8]; 7] = [
+    &[
+        0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x06,
+    ],
+    &[
+        0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x1a,
+    ],
+    &[
+        0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2e,
+    ],
+    &[
+        0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x07,
+    ],
+    &[
+        0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x1b,
+    ],
+    &[
+        0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2f,
+    ],
+    &[
+        0x06, 0x0b, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x10, 0x03, 0x12,
+    ],
+];
+
+/// Whether an AuthEnvelopedData (RFC 5083) really authenticates: an AEAD
+/// content-encryption algorithm and a mac of at least 12 octets. OpenSSL
+/// 3.0 decrypts one labelled with AES-CBC and ignores its mac, which would
+/// let CBC gadgets (EFAIL) pass for authenticated plaintext.
+fn authenticates(der: &[u8]) -> bool {
+    use crate::signed_data::{children, tlv};
+    let check = || -> Option<bool> {
+        let ci = tlv(der, 0, der.len(), 0)?;
+        let [_, explicit] = children(der, &ci)?[..] else {
+            return None;
+        };
+        let [aed] = children(der, &explicit)?[..] else {
+            return None;
+        };
+        let fields = children(der, &aed)?;
+        let set = fields.iter().position(|f| f.tag == 0x31)?;
+        let eci = fields.get(set + 1).filter(|f| f.tag == 0x30)?;
+        let alg = *children(der, eci)?.get(1).filter(|f| f.tag == 0x30)?;
+        let oid = *children(der, &alg)?.first()?;
+        let mac = fields[set + 2..].iter().find(|f| f.tag == 0x04)?;
+        Some(AEAD_OIDS.contains(&&der[oid.start..oid.end]) && mac.content_end - mac.content >= 12)
+    };
+    check().unwrap_or(false)
+}
+
 pub fn is_enveloped(nid: Nid) -> bool {
     nid == Nid::PKCS7_ENVELOPED || nid.as_raw() == NID_AUTH_ENVELOPED
 }
@@ -109,7 +160,14 @@ pub fn decrypt(der: &[u8], keys: &[Arc<SigningKey>]) -> Decryption {
     };
     let kind = match cms_type(der) {
         Some(n) if n == Nid::PKCS7_ENVELOPED => "enveloped-data",
-        Some(n) if n.as_raw() == NID_AUTH_ENVELOPED => "authEnveloped-data",
+        Some(n) if n.as_raw() == NID_AUTH_ENVELOPED => {
+            if !authenticates(der) {
+                return Decryption::Failed(
+                    "AuthEnvelopedData without an authenticated cipher or with a short tag".into(),
+                );
+            }
+            "authEnveloped-data"
+        }
         _ => return Decryption::Failed("not enveloped data".into()),
     };
     let Some(key) = keys.iter().find(|k| addressed_to(&cms, &k.cert)) else {

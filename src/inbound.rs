@@ -705,14 +705,36 @@ fn decrypt_message(
     mime::push_crlf(&mut body, b);
     let verdict = verify_entity(cfg, inputs, &inner_ct, inner_cte.as_deref(), &body);
 
+    // The decrypted header becomes the message's: one reading only (§3).
+    let values = |name: &str| -> Vec<String> {
+        new_fields
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| mime::unfold(v))
+            .collect()
+    };
+    if let Some(why) = verify::header_problem(
+        &values("Content-Type"),
+        &values("Content-Transfer-Encoding"),
+    ) {
+        return failed(why);
+    }
     // CBC authenticates nothing (EFAIL): release only what GCM or a valid
     // signature over all of it vouches for, unless the admin opts in.
-    let authenticated = kind == "authEnveloped-data"
-        || (verdict
-            .as_ref()
-            .is_some_and(|v| v.result == SmimeResult::Pass)
-            && signature_covers_all(&inner_ct, &body));
-    if !authenticated && !cfg.release_unauthenticated {
+    let gcm = kind == "authEnveloped-data";
+    let signed_all = verdict
+        .as_ref()
+        .is_some_and(|v| v.result == SmimeResult::Pass)
+        && signature_covers_all(&inner_ct, &body);
+    if !gcm && signed_all && !cfg.release_unauthenticated {
+        // The signature covers the body: of the header, only what says how
+        // to read it goes out (no unsigned Content-Description, -Base...).
+        new_fields.retain(|(n, _)| {
+            n.eq_ignore_ascii_case("Content-Type")
+                || n.eq_ignore_ascii_case("Content-Transfer-Encoding")
+        });
+    }
+    if !gcm && !signed_all && !cfg.release_unauthenticated {
         ops.push(decrypted_header(
             cfg,
             "no (unauthenticated CBC plaintext withheld, EFAIL)",

@@ -104,18 +104,18 @@ fn cached(der: &[u8]) -> Option<X509> {
 /// One BER element: where its content starts and ends, and where the
 /// element ends (after the end-of-contents octets when indefinite).
 #[derive(Debug, Clone, Copy)]
-struct Tlv {
-    tag: u8,
-    start: usize,
-    content: usize,
-    content_end: usize,
-    end: usize,
+pub(crate) struct Tlv {
+    pub(crate) tag: u8,
+    pub(crate) start: usize,
+    pub(crate) content: usize,
+    pub(crate) content_end: usize,
+    pub(crate) end: usize,
     indefinite: bool,
 }
 
 /// The element at `pos` within `buf[..limit]`. Single-byte tags only
 /// (everything in SignedData down to the certificates uses them).
-fn tlv(buf: &[u8], pos: usize, limit: usize, depth: usize) -> Option<Tlv> {
+pub(crate) fn tlv(buf: &[u8], pos: usize, limit: usize, depth: usize) -> Option<Tlv> {
     if depth > MAX_DEPTH || pos + 2 > limit {
         return None;
     }
@@ -177,7 +177,7 @@ fn tlv(buf: &[u8], pos: usize, limit: usize, depth: usize) -> Option<Tlv> {
 }
 
 /// The children of a constructed element.
-fn children(buf: &[u8], t: &Tlv) -> Option<Vec<Tlv>> {
+pub(crate) fn children(buf: &[u8], t: &Tlv) -> Option<Vec<Tlv>> {
     let mut v = Vec::new();
     let mut p = t.content;
     while p < t.content_end {

@@ -126,6 +126,35 @@ pub fn outside_text(preamble: &[u8], epilogue: &[u8]) -> Result<bool, &'static s
     Ok(text)
 }
 
+/// RFC 2046 §5.1.1: 1 to 70 of `bchars`, not ending in a space. Readers
+/// trim or split anything else differently.
+pub(super) fn valid_boundary(b: &str) -> bool {
+    (1..=70).contains(&b.len())
+        && !b.ends_with(' ')
+        && b.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"'()+_,-./:=? ".contains(&c))
+}
+
+/// The signature part is not signed: every line of its header must be a
+/// field or a continuation, and no bare CR may stand anywhere in it, or a
+/// reader may find a part there that we do not.
+pub(super) fn strict_header_block(part: &[u8], head: &[u8]) -> Option<&'static str> {
+    let bare_cr = memchr::memchr_iter(b'\r', part).any(|i| part.get(i + 1) != Some(&b'\n'));
+    if bare_cr {
+        return Some("bare CR in the signature part");
+    }
+    let all_fields = head
+        .split(|&c| c == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.is_empty())
+        .all(|l| {
+            matches!(l[0], b' ' | b'\t')
+                || memchr::memchr(b':', l)
+                    .is_some_and(|c| c > 0 && l[..c].iter().all(|b| b.is_ascii_graphic()))
+        });
+    (!all_fields).then_some("signature part header line that is not a field")
+}
+
 /// `Name:` or `Name :` at the start of a line, as a header field starts.
 fn looks_like_field(line: &str) -> bool {
     match line.split_once(':') {

@@ -261,6 +261,9 @@ fn verify_clear(
     let Some(boundary) = ct.param("boundary").filter(|b| !b.is_empty()) else {
         return perm("multipart/signed without boundary");
     };
+    if !form::valid_boundary(boundary) {
+        return perm("boundary not allowed by RFC 2046");
+    }
     let mp = match mime::split_multipart(body, boundary) {
         Ok(m) => m,
         Err(_) => return perm("boundary not found"),
@@ -275,6 +278,9 @@ fn verify_clear(
         Err(why) => return perm(why),
     };
     let (sig_head, sig_body) = mime::split_entity(mp.parts[1]);
+    if let Some(why) = form::strict_header_block(mp.parts[1], sig_head) {
+        return perm(why);
+    }
     let sig_fields = mime::parse_fields(sig_head);
     if let Some(why) = form::unsigned_header_problem(&sig_fields) {
         return perm(why);

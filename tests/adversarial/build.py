@@ -851,7 +851,92 @@ def class8():
         'pass', cls=c, hdr=True, desc='control: A-R of mx.adversarial.test.evil.example is not ours')
 
 
-for f in (class1, class2, class3, class4, class5, class6, class7, class8):
+# --- found in review: each a bypass of an earlier version -------------------------
+
+def der_children(d):
+    """The (tag, whole element) children of a DER content (definite lengths)."""
+    out, i = [], 0
+    while i < len(d):
+        tag, n = d[i], d[i + 1]
+        start = i + 2
+        if n & 0x80:
+            k = n & 0x7f
+            n = int.from_bytes(d[start:start + k], 'big')
+            start += k
+        out.append((tag, d[i:start + n], d[start:start + n]))
+        i = start + n
+    return out
+
+
+def der(tag, content):
+    n = len(content)
+    if n < 128:
+        length = bytes([n])
+    else:
+        b = n.to_bytes((n.bit_length() + 7) // 8, 'big')
+        length = bytes([0x80 | len(b)]) + b
+    return bytes([tag]) + length + content
+
+
+def cbc_as_auth_enveloped(inner, mac):
+    """CBC EnvelopedData relabelled AuthEnvelopedData (RFC 5083) with a
+    made-up mac: OpenSSL 3.0 decrypts it and ignores the mac."""
+    env = cms_encrypt(crlf(inner), ('carol',), '-aes-256-cbc')
+    _, ctx = [c[2] for c in der_children(der_children(env)[0][2])]
+    fields = der_children(der_children(ctx)[0][2])
+    ris, eci = fields[1][1], fields[2][1]
+    oid = der(0x06, bytes.fromhex('2a864886f70d0109100117'))
+    aed = der(0x30, der(0x02, b'\x00') + ris + eci + der(0x04, mac))
+    return der(0x30, oid + der(0xa0, aed))
+
+
+def review():
+    html = 'Content-Type: text/html; charset=us-ascii\n\n<img src="http://evil.example/?">\n'
+    for n, mac in [('empty', b''), ('zeros', b'\x00' * 16)]:
+        name = 'c7-cbc-as-authenveloped-' + n
+        add(name, message(name, enveloped(cbc_as_auth_enveloped(html, mac), 'authEnveloped-data'),
+                          frm='sender@example.net'),
+            'none', 'failed', cls=7, desc='CBC labelled AuthEnvelopedData, mac %s: no AEAD, no plaintext' % n)
+    # `ceo@bank.example` in EBCDIC cp037, where `@` is 0x7C: no reader's
+    # charset may hide an address from us.
+    ebcdic = ''.join('=%02X' % b for b in 'ceo@bank.example'.encode('cp037'))
+    for n, frm, why in [
+            ('ebcdic-display', '=?cp037?q?%s?= <alice@example.com>' % ebcdic, 'From shows another address'),
+            ('circled-a-display', '"ceo\u24d0bank.example" <alice@example.com>', 'From shows another address'),
+            ('trailing-dot', 'alice@example.com.', 'ambiguous From')]:
+        name = 'c2-' + n
+        add(name, message(name, good_signed(), frm=frm), 'policy', comment=why, cls=2, desc=frm)
+    # The decrypted header becomes the message's: it must read one way too.
+    signed = good_signed().text()
+    body = signed.partition('\n\n')[2]
+    ct = signed.partition('\n\n')[0]
+    for n, head in [('dup-ct', ct + '\nContent-Type: text/html'),
+                    ('comment-ct', ct.replace('multipart/signed;', 'multipart/signed (x);'))]:
+        name = 'c3-plaintext-' + n
+        add(name, message(name, gcm(head + '\n\n' + body), frm='alice@example.com'), 'none', 'failed',
+            cls=3, desc='decrypted header that reads two ways: %s' % n)
+    # CBC released for its inner signature: only what the signature covers
+    # (and Content-Type, Content-Transfer-Encoding) reaches the reader.
+    name = 'c7-cbc-signed-extra-content-fields'
+    add(name, message(name, cbc(ct + '\nContent-Description: <b>pay now</b>\n\n' + body)),
+        'pass', 'yes', 'decrypted at gateway', cls=7,
+        desc='no-content-description: CBC, signed inside, an unsigned Content-Description beside it')
+    # A boundary with trailing white space: Python strips it and finds a
+    # third part where we found two.
+    b = 'BND '
+    name = 'c4-boundary-trailing-space'
+    entity = clear_signed(TEXT, b=b, sig_headers=SIG_PART + ['X-Note: x', '--BND',
+                          'New bank details - Alice', '--BND--'])
+    add(name, message(name, entity), 'permerror', cls=4, desc='boundary "BND " (RFC 2046: no trailing space)')
+    # A part hidden behind bare CRs in the signature part's header.
+    name = 'c4-signature-header-bare-cr'
+    b = boundary()
+    entity = clear_signed(TEXT, b=b, sig_headers=SIG_PART + [
+        'X-A: x\r--%s\rContent-Type: text/html\r\r<h1>pay to DE00</h1>\r--%s--' % (b, b)])
+    add(name, message(name, entity), 'permerror', cls=4, desc='bare CRs in the signature part header hide a part')
+
+
+for f in (class1, class2, class3, class4, class5, class6, class7, class8, review):
     f()
 with open(os.path.join(OUT, 'MANIFEST.tsv'), 'w') as f:
     for m in manifest:

@@ -167,6 +167,10 @@ def main():
                     errs.append('%s: smime=%s, expected %s: %r' % (view, got, exp_smime, ars[0]))
                 if comment != '-' and comment not in ars[0]:
                     errs.append('%s: comment %r missing: %r' % (view, comment, ars[0]))
+                # What no signature covers is not copied out of CBC plaintext.
+                if desc.startswith('no-content-description:') and any(
+                        n == 'content-description' for n, _ in fields):
+                    errs.append('%s: an unsigned Content-Description was copied out' % view)
                 # A failure names its signer: by address, or by serial and
                 # issuer where the address cannot be written safely.
                 named = 'body.smime-identifier=' in ars[0] or (
