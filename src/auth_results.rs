@@ -46,8 +46,16 @@ fn id_region(value: &str) -> String {
     out
 }
 
+/// The id as a reader resolves a domain (UTS #46: full-width letters,
+/// ideographic full stops, compatibility forms such as `ſ` map to ASCII),
+/// lower case, without trailing dots.
 fn normal_id(s: &str) -> String {
-    s.trim_end_matches('.').to_ascii_lowercase()
+    let mapped = if s.is_ascii() {
+        s.to_ascii_lowercase()
+    } else {
+        idna::domain_to_ascii(s).unwrap_or_else(|_| s.to_lowercase())
+    };
+    mapped.trim_end_matches('.').to_string()
 }
 
 /// The authserv-id as a strict reader takes it: the first token after any
@@ -208,6 +216,11 @@ mod tests {
             "\u{FEFF}mx.example.com\u{00AD}; smime=pass",
             "mx.example.com smime=pass",
             "mx.example.com",
+            // What IDNA (UTS #46) maps to ours.
+            "\u{ff4d}\u{ff58}.example.com; smime=pass",
+            "mx\u{3002}example\u{3002}com; smime=pass",
+            "mx.example.com\u{ff0e}; smime=pass",
+            "mx.example.co\u{1d5c6}; smime=pass",
         ] {
             assert!(claims_our_id(v, "mx.example.com"), "{v:?}");
         }

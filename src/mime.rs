@@ -98,6 +98,16 @@ pub fn entity_parts(entity: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// Without an mbox `From ` line at the start, which readers such as
+/// Python's `email` skip before the header.
+pub fn skip_mbox_from(entity: &[u8]) -> &[u8] {
+    if entity.starts_with(b"From ") {
+        memchr(b'\n', entity).map_or(&entity[entity.len()..], |i| &entity[i + 1..])
+    } else {
+        entity
+    }
+}
+
 /// The fields of a header block. Lines that are not fields (no colon) are
 /// kept as part of the previous field so that nothing is silently dropped.
 pub fn parse_fields(block: &[u8]) -> Vec<Field<'_>> {

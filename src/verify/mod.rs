@@ -167,7 +167,7 @@ pub fn verify_entity(
     let Some(content) = content else {
         return Some(verdict);
     };
-    let (h, b) = mime::entity_parts(&content);
+    let (h, b) = mime::entity_parts(mime::skip_mbox_from(&content));
     let fields = mime::parse_fields(h);
     // Content without MIME headers is text/plain (RFC 2045 §5.2): signed
     // like any other, nothing more inside.
@@ -176,14 +176,15 @@ pub fn verify_entity(
     else {
         return Some(verdict);
     };
+    let inner_cte = mime::field_value(&fields, "Content-Transfer-Encoding");
     if verdict.result == SmimeResult::Pass {
-        if let Some(why) = inner_from_problem(&inner_ct, &fields, b, &verdict) {
+        if let Some(why) = inner_from_problem(&inner_ct, inner_cte.as_deref(), &fields, b, &verdict)
+        {
             verdict.result = SmimeResult::Policy;
             verdict.reason = Some(why.into());
             verdict.signer = None;
         }
     }
-    let inner_cte = mime::field_value(&fields, "Content-Transfer-Encoding");
     let inner_part = if part == "1" {
         "1.1".to_string()
     } else {
@@ -213,24 +214,54 @@ pub fn verify_entity(
     }
 }
 
-/// Header protection: a signed `message/rfc822` (RFC 8551 §3.1) or an RFC
-/// 9788 protected header section (`hp=` on the signed entity) carries the
-/// From that readers with header protection show; it must be the signer's.
+/// Header protection: a signed `message/rfc822` (RFC 8551 §3.1) or a
+/// protected header section (RFC 9788 `hp=`, also as an RFC 2231 form, or
+/// the older `protected-headers=`) carries the From that readers with header
+/// protection show; it must be the signer's. Read as a lax reader reads it:
+/// after an mbox `From ` line, and with fields hidden behind a bare CR.
 fn inner_from_problem(
     ct: &ContentType,
+    cte: Option<&str>,
     fields: &[mime::Field<'_>],
     body: &[u8],
     verdict: &Verdict,
 ) -> Option<&'static str> {
     let inner_msg;
     let inner_fields = if ct.is_message() {
-        inner_msg = mime::parse_fields(mime::entity_parts(body).0);
+        // RFC 2046 §5.2.1: no encoding but 7bit, 8bit, binary; an encoded
+        // message is one whose From some readers decode and we cannot check.
+        if !matches!(
+            cte.map(|c| c.trim().to_ascii_lowercase()).as_deref(),
+            None | Some("7bit" | "8bit" | "binary")
+        ) {
+            return Some("encoded message/rfc822 not checkable");
+        }
+        inner_msg = mime::parse_fields(mime::entity_parts(mime::skip_mbox_from(body)).0);
         &inner_msg[..]
-    } else if ct.param("hp").is_some() {
+    } else if ct
+        .params
+        .iter()
+        .any(|(n, _)| n == "hp" || n.starts_with("hp*") || n.starts_with("protected-headers"))
+    {
         fields
     } else {
         return None;
     };
+    let pairs: Vec<(String, String)> = inner_fields
+        .iter()
+        .map(|f| {
+            (
+                f.name.to_string(),
+                String::from_utf8_lossy(f.value).into_owned(),
+            )
+        })
+        .collect();
+    if mime::hidden_fields(&pairs)
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("From"))
+    {
+        return Some("inner From hidden in another field");
+    }
     let froms: Vec<String> = inner_fields
         .iter()
         .filter(|f| f.name.trim_end().eq_ignore_ascii_case("From"))

@@ -936,7 +936,38 @@ def review():
     add(name, message(name, entity), 'permerror', cls=4, desc='bare CRs in the signature part header hide a part')
 
 
-for f in (class1, class2, class3, class4, class5, class6, class7, class8, review):
+def review2():
+    """Header protection read as a lax reader reads it, and forged ids that
+    IDNA maps to ours (found in a second review)."""
+    c = 2
+    protected = 'From: alice@example.com\nTo: carol@example.com\nSubject: wire money\n\nPay now.\n'
+    hp_text = lambda ct: 'Content-Type: %s\n%s' % (ct, protected)
+    for n, inner in [
+            ('hp-mbox-from', 'From dave Mon Jan  1 00:00:00 2024\n' + hp_text('text/plain; hp="clear"')),
+            ('rfc822-mbox-from', 'Content-Type: message/rfc822\n\nFrom eve Mon Jan  1 00:00:00 2024\n' + protected),
+            ('hp-2231-ext', hp_text("text/plain; hp*=us-ascii''clear")),
+            ('hp-2231-cont', hp_text('text/plain; hp*0="cl"; hp*1="ear"')),
+            ('protected-headers-v1', hp_text('text/plain; protected-headers="v1"')),
+            ('hp-bare-cr', hp_text('text/plain; hp="clear"').replace(
+                'From: alice@example.com\n', 'Subject: x\rFrom: alice@example.com\n')),
+            ('rfc822-base64', 'Content-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n'
+             + base64.encodebytes(crlf(protected)).decode())]:
+        name = 'c2-' + n
+        add(name, message(name, clear_signed(inner, s=DAVE), frm='dave@example.net'), 'policy', cls=c,
+            desc='inner From alice under a signature of dave: ' + n)
+    c = 8
+    for n, ident in [('fullwidth', '\uff4d\uff58.adversarial.test'),
+                     ('ideographic-dot', 'mx\u3002adversarial\u3002test'),
+                     ('fullwidth-dot', 'mx.adversarial.test\uff0e'),
+                     ('long-s', 'mx.adver\u017Farial.te\u017Ft')]:
+        field = 'Authentication-Results: %s; smime=pass body.smime-identifier=ceo@example.com' % ident
+        for signed in [True, False]:
+            name = 'c8-idna-%s-%s' % (n, 'signed' if signed else 'unsigned')
+            add(name, message(name, good_signed() if signed else UNSIGNED, top=[field]),
+                'pass' if signed else 'none', cls=c, hdr=True, desc='forged A-R, id IDNA maps to ours: ' + n)
+
+
+for f in (class1, class2, class3, class4, class5, class6, class7, class8, review, review2):
     f()
 with open(os.path.join(OUT, 'MANIFEST.tsv'), 'w') as f:
     for m in manifest:

@@ -51,7 +51,15 @@ def authserv_id(value):
     words = v.split()
     if len(words) > 1 and words[-1].isdigit():
         words = words[:-1]
-    return ''.join(words).replace('"', '').rstrip('.').lower()
+    v = ''.join(words).replace('"', '')
+    if not v.isascii():
+        # As a reader resolves a domain (IDNA: full-width letters and
+        # ideographic full stops map to ASCII).
+        try:
+            v = v.encode('idna').decode('ascii')
+        except UnicodeError:
+            pass
+    return v.rstrip('.').lower()
 
 
 def is_ours(value):
