@@ -286,7 +286,11 @@ fn from_view<'a>(
 /// direct content of an outer signature (encrypt-then-sign: that signature
 /// vouches for ciphertext only, and is not counted, as Thunderbird does).
 fn whole_body_encryption(ct: &ContentType, cte: Option<&str>, body: &[u8]) -> Option<Vec<u8>> {
-    if let Some(der) = enveloped_der(ct, cte, body) {
+    // An application/octet-stream `.p7m` is left alone (and reported).
+    if let Some(der) = may_be_enveloped(ct)
+        .then(|| enveloped_der(ct, cte, body))
+        .flatten()
+    {
         return Some(der);
     }
     verify::signed_form(ct)?;
@@ -333,15 +337,20 @@ fn unhandled_encryption(
             "encrypted part nested under other layers"
         });
     }
-    let inner: Vec<Vec<u8>> = if verify::signed_form(ct).is_some() {
-        verify::signed_content(ct, cte, body).into_iter().collect()
+    // The parts are looked at where they lie; only an opaque signature's
+    // content is a copy.
+    let owned;
+    let inner: Vec<&[u8]> = if verify::signed_form(ct).is_some() {
+        owned = verify::signed_content(ct, cte, body);
+        owned.iter().map(Vec::as_slice).collect()
     } else if ct.is_multipart() {
-        let mp = mime::split_multipart(body, ct.param("boundary")?).ok()?;
-        mp.parts.iter().map(|p| p.to_vec()).collect()
+        mime::split_multipart(body, ct.param("boundary")?)
+            .ok()?
+            .parts
     } else {
         return None;
     };
-    for entity in &inner {
+    for entity in inner {
         *parts += 1;
         let (h, b) = mime::entity_parts(entity);
         let fields = mime::parse_fields(h);

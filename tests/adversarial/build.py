@@ -955,6 +955,13 @@ def review2():
         name = 'c2-' + n
         add(name, message(name, clear_signed(inner, s=DAVE), frm='dave@example.net'), 'policy', cls=c,
             desc='inner From alice under a signature of dave: ' + n)
+    # A GCM-encrypted application/octet-stream `.p7m` is left alone and
+    # reported, as a CBC one is: only S/MIME-labelled bodies are decrypted.
+    name = 'c7-octet-stream-gcm'
+    add(name, message(name, Entity(['Content-Type: application/octet-stream; name=smime.p7m',
+                                    'Content-Transfer-Encoding: base64',
+                                    'Content-Disposition: attachment; filename=smime.p7m'], gcm(TEXT).body)),
+        'none', 'no', cls=7, desc='application/octet-stream smime.p7m holding AuthEnvelopedData')
     c = 8
     for n, ident in [('fullwidth', '\uff4d\uff58.adversarial.test'),
                      ('ideographic-dot', 'mx\u3002adversarial\u3002test'),
