@@ -37,6 +37,13 @@ fn manifest(corpus: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Writes manifest lines (a subset, or changed expectations) for check.py.
+fn write_manifest(path: &Path, cases: &[Vec<String>]) -> PathBuf {
+    let text: String = cases.iter().map(|c| c.join("\t") + "\n").collect();
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
 /// Top-level keys and tables of the test configuration: verification with
 /// the test root, decryption on, the usual key table (carol decrypts).
 fn tables(decrypt_extra: &str) -> String {
@@ -136,15 +143,7 @@ fn verdicts_hold_with_decryption_off() {
         assert_eq!(r.code, 0, "{}: {}", c[0], r.stderr);
         std::fs::write(delivered.path().join(&c[0]), &r.stdout).unwrap();
     }
-    let m = d.path().join("MANIFEST.no-decrypt.tsv");
-    std::fs::write(
-        &m,
-        cases
-            .iter()
-            .map(|c| c.join("\t") + "\n")
-            .collect::<String>(),
-    )
-    .unwrap();
+    let m = write_manifest(&d.path().join("MANIFEST.no-decrypt.tsv"), &cases);
     let (ok, report) = check(&m, corpus.path(), delivered.path());
     println!("{report}");
     assert!(ok, "with decryption off:\n{report}");
@@ -169,8 +168,7 @@ fn release_unauthenticated_opt_in() {
     // The same case, expected released.
     let mut opt_in = line.clone();
     opt_in[2] = "yes".into();
-    let m = d.path().join("MANIFEST.opt-in.tsv");
-    std::fs::write(&m, opt_in.join("\t") + "\n").unwrap();
+    let m = write_manifest(&d.path().join("MANIFEST.opt-in.tsv"), &[opt_in]);
     let (ok, report) = check(&m, corpus.path(), delivered.path());
     println!("{report}");
     assert!(
@@ -238,15 +236,7 @@ fn header_level_attacks_through_a_real_postfix() {
         let name = case_name(msg).expect("a corpus Message-ID");
         std::fs::write(dir.path().join(name), msg).unwrap();
     }
-    let m = dir.path().join("MANIFEST.hdr.tsv");
-    std::fs::write(
-        &m,
-        cases
-            .iter()
-            .map(|c| c.join("\t") + "\n")
-            .collect::<String>(),
-    )
-    .unwrap();
+    let m = write_manifest(&dir.path().join("MANIFEST.hdr.tsv"), &cases);
     let (ok, report) = check(&m, corpus.path(), dir.path());
     println!("{report}");
     assert!(
