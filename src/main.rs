@@ -42,6 +42,11 @@ fn usage_error(msg: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Every command answers --help on stdout, before it reads anything.
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     if args.first().map(String::as_str) == Some("test") {
         return test_command(&args[1..]);
     }
@@ -65,10 +70,6 @@ fn main() -> ExitCode {
             },
             "-V" | "--version" => {
                 println!("smime-milter {}", env!("CARGO_PKG_VERSION"));
-                return ExitCode::SUCCESS;
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
                 return ExitCode::SUCCESS;
             }
             other => return usage_error(&format!("unknown argument '{other}'")),

@@ -163,8 +163,7 @@ fn running_without_a_socket_is_a_config_error() {
 
 #[test]
 fn root_without_user_is_refused() {
-    if !is_root() {
-        eprintln!("not root: skipping the root refusal check");
+    if !can_run_as_root() {
         return;
     }
     let d = tempdir();
@@ -188,4 +187,32 @@ fn bad_socket_on_the_command_line_is_a_config_error() {
         .args(["-f", "--socket", "tcp:25", "-c"])
         .arg(&cfg));
     assert_eq!(out.status.code(), Some(78));
+}
+
+#[test]
+fn every_command_answers_help_on_stdout() {
+    for args in [
+        &["--help"][..],
+        &["-h"],
+        &["test", "--help"],
+        &["test", "--inbound", "-h"],
+        &["certs", "--help"],
+        &["certs", "-c", "/nonexistent.toml", "list", "--help"],
+    ] {
+        let out = run(Command::new(bin()).args(args));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("usage: smime-milter")
+                && stdout.contains("smime-milter test")
+                && stdout.contains("certs"),
+            "{args:?}: {stdout}"
+        );
+        assert!(out.stderr.is_empty(), "{args:?}: nothing on stderr");
+    }
 }

@@ -459,11 +459,9 @@ fn harvested_certificates_encrypt_replies_and_can_be_managed() {
 
 #[test]
 fn thunderbird_encrypted_samples_get_the_expected_results() {
-    let dir = project_dir().join("../shared/interop/thunderbird");
-    if !dir.join("MANIFEST.tsv").exists() {
-        eprintln!("interop corpus not found at {}: skipping", dir.display());
+    let Some(dir) = interop_corpus() else {
         return;
-    }
+    };
     let d = tempdir();
     let pass = d.path().join("nss.pass");
     std::fs::write(&pass, "nss\n").unwrap();

@@ -23,11 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn skip_unless_root() -> bool {
-    if !is_root() {
-        eprintln!("skipped: needs root (Postfix)");
-        return true;
-    }
-    false
+    !can_run_as_root()
 }
 
 /// Certificates for encryption: dave's, filed under his address.

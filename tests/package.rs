@@ -16,13 +16,11 @@ use std::time::{Duration, Instant};
 fn wanted() -> bool {
     let asked = std::env::var("CI").is_ok_and(|v| v == "true")
         || std::env::var("SMIME_MILTER_PACKAGE_TEST").is_ok_and(|v| v == "1");
-    if !is_root() || !asked {
-        eprintln!(
-            "package test: runs as root with CI=true or SMIME_MILTER_PACKAGE_TEST=1; skipping"
-        );
+    if !asked {
+        eprintln!("package test: runs with CI=true or SMIME_MILTER_PACKAGE_TEST=1; skipping");
         return false;
     }
-    true
+    can_run_as_root()
 }
 
 #[test]

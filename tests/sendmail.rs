@@ -170,16 +170,16 @@ impl Drop for Sendmail {
 
 #[test]
 fn outbound_mail_through_sendmail_arrives_signed() {
-    if !is_root()
-        || !Path::new(ROOT)
-            .join("usr/libexec/sendmail/sendmail")
-            .exists()
+    let unpacked = Path::new(ROOT)
+        .join("usr/libexec/sendmail/sendmail")
+        .exists();
+    if !can_run_as_root()
+        || !can_run(
+            (!unpacked).then(|| {
+                format!("Sendmail not unpacked at {ROOT} (run contrib/dev-setup.sh as root)")
+            }),
+        )
     {
-        eprintln!("Sendmail not unpacked at {ROOT} (run contrib/dev-setup.sh as root): skipping");
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "CI must run the Sendmail test"
-        );
         return;
     }
     let milter = Milter::start("", &pki().key_table());

@@ -18,6 +18,36 @@ pub fn project_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Whether a test can run here. Where it must run (CI, CI=true) a test
+/// that cannot fails instead of passing as if it had run; elsewhere it
+/// says why it skips.
+pub fn can_run(why_not: Option<String>) -> bool {
+    let Some(why) = why_not else {
+        return true;
+    };
+    assert!(
+        !std::env::var("CI").is_ok_and(|v| v == "true"),
+        "CI must run this test, but: {why}"
+    );
+    eprintln!("{why}: skipping");
+    false
+}
+
+/// `can_run` for a test that needs root (Postfix, Sendmail, the package).
+pub fn can_run_as_root() -> bool {
+    can_run((!is_root()).then(|| "not root: Postfix, Sendmail and packages need root".into()))
+}
+
+/// The interop corpus (../shared/interop/thunderbird), if this test can run.
+pub fn interop_corpus() -> Option<PathBuf> {
+    let dir = project_dir().join("../shared/interop/thunderbird");
+    can_run(
+        (!dir.join("MANIFEST.tsv").exists())
+            .then(|| format!("interop corpus not found at {}", dir.display())),
+    )
+    .then_some(dir)
+}
+
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
