@@ -2,6 +2,11 @@
 //! for local recipients. All or nothing: a padding or tag failure is a
 //! failure, never partial plaintext (EFAIL).
 
+use crate::ffi::{
+    CMS_RecipientEncryptedKey_cert_cmp, CMS_RecipientInfo_kari_get0_reks,
+    CMS_RecipientInfo_ktri_cert_cmp, CMS_RecipientInfo_type, CMS_get0_RecipientInfos,
+    CMS_get0_type,
+};
 use crate::keystore::SigningKey;
 use openssl::cms::CmsContentInfo;
 use openssl::nid::Nid;
@@ -22,25 +27,6 @@ pub enum Decryption {
     Failed(String),
 }
 
-extern "C" {
-    fn CMS_get0_type(cms: *const openssl_sys::CMS_ContentInfo) -> *const openssl_sys::ASN1_OBJECT;
-    fn CMS_get0_RecipientInfos(
-        cms: *mut openssl_sys::CMS_ContentInfo,
-    ) -> *mut openssl_sys::OPENSSL_STACK;
-    fn CMS_RecipientInfo_type(ri: *mut std::ffi::c_void) -> std::ffi::c_int;
-    fn CMS_RecipientInfo_ktri_cert_cmp(
-        ri: *mut std::ffi::c_void,
-        cert: *mut openssl_sys::X509,
-    ) -> std::ffi::c_int;
-    fn CMS_RecipientInfo_kari_get0_reks(
-        ri: *mut std::ffi::c_void,
-    ) -> *mut openssl_sys::OPENSSL_STACK;
-    fn CMS_RecipientEncryptedKey_cert_cmp(
-        rek: *mut std::ffi::c_void,
-        cert: *mut openssl_sys::X509,
-    ) -> std::ffi::c_int;
-}
-
 const CMS_RECIPINFO_TRANS: std::ffi::c_int = 0;
 const CMS_RECIPINFO_AGREE: std::ffi::c_int = 1;
 
@@ -48,6 +34,8 @@ const CMS_RECIPINFO_AGREE: std::ffi::c_int = 1;
 /// and serial or by subjectKeyIdentifier, or key agreement (EC) likewise.
 fn addressed_to(cms: &CmsContentInfo, cert: &openssl::x509::X509) -> bool {
     use foreign_types::ForeignType;
+    // SAFETY: getters on a live ContentInfo and its recipient infos; every
+    // pointer is checked for null and only read while `cms` lives.
     unsafe {
         let ris = CMS_get0_RecipientInfos(cms.as_ptr());
         if ris.is_null() {
@@ -88,6 +76,8 @@ const NID_AUTH_ENVELOPED: i32 = 1059;
 pub fn cms_type(der: &[u8]) -> Option<Nid> {
     use foreign_types::ForeignType;
     let cms = CmsContentInfo::from_der(der).ok()?;
+    // SAFETY: a getter on a live ContentInfo; the object is read while `cms`
+    // lives, after the null check.
     let obj = unsafe { CMS_get0_type(cms.as_ptr()) };
     (!obj.is_null()).then(|| Nid::from_raw(unsafe { openssl_sys::OBJ_obj2nid(obj) }))
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod connection;
 pub mod decrypt;
 pub mod encrypt;
+mod ffi;
 pub mod harvest;
 pub mod inbound;
 pub mod keystore;

@@ -85,11 +85,13 @@ fn remove_stale(path: &Path) -> io::Result<()> {
 fn set_owner_and_mode(path: &Path, mode: Option<u32>, owner: Option<&Identity>) -> io::Result<()> {
     let c = CString::new(path.as_os_str().as_bytes())?;
     if let Some(id) = owner {
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
         if unsafe { libc::chown(c.as_ptr(), id.uid, id.gid) } != 0 {
             return Err(io::Error::last_os_error());
         }
     }
     if let Some(m) = mode {
+        // SAFETY: as above.
         if unsafe { libc::chmod(c.as_ptr(), m as libc::mode_t) } != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -118,6 +120,8 @@ impl Listener {
             Listener::Unix(l, _) => l.as_raw_fd(),
             Listener::Tcp(l) => l.as_raw_fd(),
         };
+        // SAFETY: `fd` is the listener's own open socket; shutdown does not
+        // close it.
         unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     }
 
@@ -166,6 +170,8 @@ impl Read for QuickAck<'_> {
         let one: libc::c_int = 1;
         // Linux clears the flag again by itself, so it is set after each
         // read; a failure only costs speed.
+        // SAFETY: the socket is open (we just read from it) and `one` is a c_int
+        // of the size given.
         unsafe {
             libc::setsockopt(
                 self.0.as_raw_fd(),
@@ -183,6 +189,7 @@ impl Read for QuickAck<'_> {
 pub fn nodelay(fd: libc::c_int) -> Option<bool> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are a c_int and its size, written by the call.
     let rc = unsafe {
         libc::getsockopt(
             fd,

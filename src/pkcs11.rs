@@ -5,41 +5,17 @@
 //! structures are exactly those of file keys. libp11 keeps a pool of PKCS#11
 //! sessions, so messages are signed concurrently.
 
+use crate::ffi::{
+    ENGINE_ctrl_cmd, ENGINE_ctrl_cmd_string, ENGINE_finish, ENGINE_free, ENGINE_get_static_state,
+    ENGINE_init, ENGINE_load_private_key, ENGINE_new,
+};
 use foreign_types::ForeignType;
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_long, c_void, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
-
-extern "C" {
-    fn ENGINE_new() -> *mut c_void;
-    fn ENGINE_get_static_state() -> *mut c_void;
-    fn ENGINE_ctrl_cmd_string(
-        e: *mut c_void,
-        cmd: *const c_char,
-        arg: *const c_char,
-        optional: c_int,
-    ) -> c_int;
-    fn ENGINE_ctrl_cmd(
-        e: *mut c_void,
-        cmd: *const c_char,
-        i: c_long,
-        p: *mut c_void,
-        f: *mut c_void,
-        optional: c_int,
-    ) -> c_int;
-    fn ENGINE_init(e: *mut c_void) -> c_int;
-    fn ENGINE_free(e: *mut c_void) -> c_int;
-    fn ENGINE_finish(e: *mut c_void) -> c_int;
-    fn ENGINE_load_private_key(
-        e: *mut c_void,
-        key_id: *const c_char,
-        ui: *mut c_void,
-        cb: *mut c_void,
-    ) -> *mut openssl_sys::EVP_PKEY;
-}
 
 /// Whether a configured key or certificate names a token object.
 pub fn is_uri(s: &str) -> bool {
@@ -59,6 +35,7 @@ impl std::fmt::Debug for Pin {
 impl Drop for Pin {
     fn drop(&mut self) {
         // Best effort: overwrite the bytes before the memory is freed.
+        // SAFETY: only zero bytes are written, which keeps the String valid UTF-8.
         let bytes = unsafe { self.0.as_bytes_mut() };
         bytes.iter_mut().for_each(|b| *b = 0);
     }
@@ -142,6 +119,7 @@ fn engines_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("OPENSSL_ENGINES") {
         return d.into();
     }
+    // SAFETY: OpenSSL_version returns a static NUL-terminated string.
     let v = unsafe { std::ffi::CStr::from_ptr(openssl_sys::OpenSSL_version(5)) };
     let v = v.to_string_lossy();
     v.split('"')
@@ -161,10 +139,12 @@ fn bind_fn() -> Option<BindFn> {
         let so = engines_dir().join("pkcs11.so");
         let so = CString::new(so.as_os_str().as_encoded_bytes()).ok()?;
         // Never closed: the engine's code stays in use.
+        // SAFETY: `so` is a NUL-terminated path; the handle is checked for null.
         let h = unsafe { libc::dlopen(so.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
         if h.is_null() {
             return None;
         }
+        // SAFETY: `h` is a live handle (never closed), the name a C string.
         let sym = unsafe { libc::dlsym(h, c"bind_engine".as_ptr()) };
         (!sym.is_null()).then_some(sym as usize)
     });
@@ -185,16 +165,22 @@ struct DynamicFns {
 /// A new instance of libp11's engine with its own context, logged in.
 fn open_engine(module: &Path, pin: &Pin) -> Result<Engine, Pkcs11Error> {
     let bind = bind_fn().ok_or(Pkcs11Error::NoEngine)?;
+    // SAFETY: ENGINE_new takes nothing; the result is checked for null and
+    // freed on every error path below.
     let e = unsafe { ENGINE_new() };
     if e.is_null() {
         return Err(Pkcs11Error::NoEngine);
     }
     let fns = DynamicFns {
+        // SAFETY: returns a pointer to libcrypto's static state; no arguments.
         static_state: unsafe { ENGINE_get_static_state() },
         mem_fns: [std::ptr::null_mut(); 3],
     };
+    // SAFETY: `bind` is libp11's bind_engine (OpenSSL's dynamic-engine ABI):
+    // a live ENGINE, a C string id and a dynamic_fns that outlives the call.
     if unsafe { bind(e, c"pkcs11".as_ptr(), &fns) } != 1 {
         let _ = openssl::error::ErrorStack::get();
+        // SAFETY: `e` is our structural reference, not used after this.
         unsafe { ENGINE_free(e) };
         return Err(Pkcs11Error::NoEngine);
     }
@@ -203,6 +189,7 @@ fn open_engine(module: &Path, pin: &Pin) -> Result<Engine, Pkcs11Error> {
             CString::new(cmd).expect("no NUL"),
             CString::new(arg).unwrap_or_default(),
         );
+        // SAFETY: `e` is live; `c` and `a` are C strings that outlive the call.
         let ok = unsafe { ENGINE_ctrl_cmd_string(e, c.as_ptr(), a.as_ptr(), 0) == 1 };
         // The copy made for C (here, the PIN) is overwritten before it is freed.
         a.into_bytes().fill(0);
@@ -212,13 +199,16 @@ fn open_engine(module: &Path, pin: &Pin) -> Result<Engine, Pkcs11Error> {
     if !module.exists()
         || !set("MODULE_PATH", &module_s)
         || !set("PIN", &pin.0)
+        // SAFETY: `e` is a live, bound ENGINE.
         || unsafe { ENGINE_init(e) } != 1
     {
         let _ = openssl::error::ErrorStack::get();
+        // SAFETY: `e` is our structural reference, not used after this.
         unsafe { ENGINE_free(e) };
         return Err(Pkcs11Error::Module(module_s));
     }
     // ENGINE_init took a functional reference; drop the structural one.
+    // SAFETY: the functional reference ENGINE_init took keeps `e` alive.
     unsafe { ENGINE_free(e) };
     // Binding and initialising may leave probe errors queued: not ours.
     let _ = openssl::error::ErrorStack::get();
@@ -236,6 +226,8 @@ fn load_key_with(engine: &Engine, pin: &Pin, uri: &str) -> Result<PKey<Private>,
         uri: uri.into(),
         why: "NUL in URI".into(),
     })?;
+    // SAFETY: the engine is initialised (a functional reference) and `c` is a
+    // C string that outlives the call; null callbacks are allowed.
     let p = unsafe {
         ENGINE_load_private_key(
             engine.0,
@@ -250,6 +242,7 @@ fn load_key_with(engine: &Engine, pin: &Pin, uri: &str) -> Result<PKey<Private>,
             why: errors(pin),
         });
     }
+    // SAFETY: `p` is a non-null EVP_PKEY whose reference we now own.
     Ok(unsafe { PKey::from_ptr(p) })
 }
 
@@ -323,6 +316,8 @@ impl Token {
             id: c.as_ptr(),
             cert: std::ptr::null_mut(),
         };
+        // SAFETY: LOAD_CERT_CTRL takes a pointer to libp11's {id, cert} struct,
+        // which `params` is (repr(C)), alive for the call; `c` outlives it.
         let ok = unsafe {
             ENGINE_ctrl_cmd(
                 engine.0,
@@ -339,6 +334,7 @@ impl Token {
                 why: errors(&self.pin),
             });
         }
+        // SAFETY: libp11 handed us a new reference to a non-null X509.
         Ok(unsafe { X509::from_ptr(params.cert) })
     }
 
@@ -371,6 +367,7 @@ impl Token {
         // sessions, finalizes and unloads the module (C_Finalize), which is
         // what makes SoftHSM2 and many drivers see a token put back.
         if let Some(old) = st.engine.take() {
+            // SAFETY: `old` held the functional reference; no key of it is left.
             unsafe { ENGINE_finish(old.0) };
             let _ = openssl::error::ErrorStack::get();
         }

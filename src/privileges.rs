@@ -24,6 +24,7 @@ pub struct Identity {
 /// The account to run as, looked up before anything is opened so that the
 /// socket can be handed to it.
 pub fn target(cfg: &Config) -> Result<Option<Identity>, PrivError> {
+    // SAFETY: geteuid has no arguments and cannot fail.
     let is_root = unsafe { libc::geteuid() } == 0;
     let Some(user) = &cfg.user else {
         if is_root && !cfg.run_as_root {
@@ -36,18 +37,23 @@ pub fn target(cfg: &Config) -> Result<Option<Identity>, PrivError> {
         return Ok(None);
     }
     let c_user = CString::new(user.as_str()).map_err(|_| PrivError::UnknownUser(user.clone()))?;
+    // SAFETY: `c_user` is a C string; the result is checked for null and read
+    // at once, before any other getpw* call (start-up, one thread).
     let pw = unsafe { libc::getpwnam(c_user.as_ptr()) };
     if pw.is_null() {
         return Err(PrivError::UnknownUser(user.clone()));
     }
+    // SAFETY: `pw` is non-null and still valid (see above).
     let (uid, mut gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
     if let Some(group) = &cfg.group {
         let c_group =
             CString::new(group.as_str()).map_err(|_| PrivError::UnknownGroup(group.clone()))?;
+        // SAFETY: as for getpwnam.
         let gr = unsafe { libc::getgrnam(c_group.as_ptr()) };
         if gr.is_null() {
             return Err(PrivError::UnknownGroup(group.clone()));
         }
+        // SAFETY: `gr` is non-null and still valid.
         gid = unsafe { (*gr).gr_gid };
     }
     Ok(Some(Identity {
@@ -65,6 +71,8 @@ pub fn drop_to(id: &Identity) -> Result<(), PrivError> {
     };
     let name =
         CString::new(id.name.as_str()).map_err(|_| PrivError::UnknownUser(id.name.clone()))?;
+    // SAFETY: plain system calls with a C string and ids; every result is
+    // checked.
     unsafe {
         if libc::initgroups(name.as_ptr(), id.gid) != 0 {
             return Err(err("supplementary groups"));

@@ -28,6 +28,8 @@ pub fn install_config(cfg: Arc<Config>) {
 /// stops the milter gracefully). Left unblocked in one of our threads,
 /// SIGTERM would kill the process outright.
 pub fn block_signals() -> std::io::Result<()> {
+    // SAFETY: a zeroed sigset_t is valid input to sigemptyset; the set lives
+    // on the stack for the calls.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -71,6 +73,7 @@ pub fn spawn_reload_thread(path: PathBuf) -> std::io::Result<()> {
         .name("reload".into())
         .spawn(move || loop {
             let mut sig: libc::c_int = 0;
+            // SAFETY: as in block_signals; `sig` is written by sigwait.
             let rc = unsafe {
                 let mut set: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut set);

@@ -217,6 +217,8 @@ fn prepare_pid_dir(
 fn wait_for_stop_signal() -> &'static str {
     loop {
         let mut sig: libc::c_int = 0;
+        // SAFETY: a zeroed sigset_t filled by sigemptyset/sigaddset; `sig` is
+        // written by sigwait.
         let rc = unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);

@@ -3,6 +3,7 @@
 //! (opaque).
 
 use crate::config::{Digest, SignFormat};
+use crate::ffi::{CMS_SignerInfo_get0_pkey_ctx, CMS_add1_signer, CMS_final};
 use crate::keystore::SigningKey;
 use foreign_types::{ForeignType, ForeignTypeRef};
 use openssl::cms::{CMSOptions, CmsContentInfo};
@@ -10,26 +11,7 @@ use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
 use openssl::stack::Stack;
 use openssl::x509::X509;
-use std::os::raw::{c_int, c_uint};
-
-extern "C" {
-    // Declared by OpenSSL's cms.h but not bound by openssl-sys; needed to pick
-    // the digest (CMS_sign only uses the key's default).
-    fn CMS_add1_signer(
-        cms: *mut openssl_sys::CMS_ContentInfo,
-        signer: *mut openssl_sys::X509,
-        pk: *mut openssl_sys::EVP_PKEY,
-        md: *const openssl_sys::EVP_MD,
-        flags: c_uint,
-    ) -> *mut std::ffi::c_void;
-    fn CMS_SignerInfo_get0_pkey_ctx(si: *mut std::ffi::c_void) -> *mut openssl_sys::EVP_PKEY_CTX;
-    fn CMS_final(
-        cms: *mut openssl_sys::CMS_ContentInfo,
-        data: *mut openssl_sys::BIO,
-        dcont: *mut openssl_sys::BIO,
-        flags: c_uint,
-    ) -> c_int;
-}
+use std::os::raw::c_int;
 
 #[derive(Debug, thiserror::Error)]
 #[error("CMS signing failed: {0}")]
@@ -99,6 +81,8 @@ fn cms_sign_with(
     }
     let cms =
         CmsContentInfo::sign::<openssl::pkey::Private>(None, None, Some(&certs), None, flags)?;
+    // SAFETY: `cms` is a live partial SignedData; the certificate, key and
+    // digest outlive the calls, whose results are checked.
     unsafe {
         // KEY_PARAM: the signer's key context stays open for the padding.
         let signer_flags = if pss {

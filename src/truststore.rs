@@ -2,18 +2,12 @@
 //! trust anchors from a PEM bundle and/or a directory, optional CRLs. Built
 //! once at start (and reload), shared by every verification.
 
+use crate::ffi::X509_STORE_add_crl;
 use foreign_types::ForeignType;
 use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::verify::X509VerifyFlags;
 use openssl::x509::{X509Crl, X509};
 use std::path::Path;
-
-extern "C" {
-    fn X509_STORE_add_crl(
-        store: *mut openssl_sys::X509_STORE,
-        crl: *mut openssl_sys::X509_CRL,
-    ) -> std::os::raw::c_int;
-}
 
 pub struct TrustStore {
     pub store: X509Store,
@@ -127,6 +121,7 @@ impl TrustStore {
         if let Some(d) = crl_dir {
             for f in files_in(d).map_err(TrustError::Crls)? {
                 for crl in crls_in(&f).map_err(TrustError::Crls)? {
+                    // SAFETY: both are live; the store takes its own reference to the CRL.
                     unsafe { X509_STORE_add_crl(b.as_ptr(), crl.as_ptr()) };
                     crls += 1;
                 }

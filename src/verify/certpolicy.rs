@@ -5,18 +5,13 @@
 use super::cms::SignerInfo;
 use super::{Context, FromView, SignerCert, SmimeResult, Verdict};
 use crate::address;
+use crate::ffi::X509_STORE_CTX_get0_param;
 use foreign_types::ForeignTypeRef;
 use openssl::nid::Nid;
 use openssl::pkey::Id;
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreRef;
 use openssl::x509::{X509Ref, X509StoreContext, X509VerifyResult, X509};
-
-extern "C" {
-    fn X509_STORE_CTX_get0_param(
-        ctx: *mut openssl_sys::X509_STORE_CTX,
-    ) -> *mut openssl_sys::X509_VERIFY_PARAM;
-}
 
 /// The signer's addresses: subjectAltName rfc822Names, else the subject's
 /// emailAddress (RFC 8550 §3).
@@ -287,6 +282,7 @@ fn check_chain(
     let result = sctx
         .init(store, cert, &chain, |c| {
             if let Some(t) = at {
+                // SAFETY: the parameters of the live context, set before verifying.
                 unsafe {
                     let param = X509_STORE_CTX_get0_param(c.as_ptr());
                     openssl_sys::X509_VERIFY_PARAM_set_time(param, t as libc::time_t);
@@ -353,6 +349,7 @@ pub(crate) struct Usage {
 }
 
 pub(crate) fn usage(cert: &X509Ref, any_key_usage: u32) -> Usage {
+    // SAFETY: getters on a live certificate (they cache its extensions).
     let (flags, ku, xku) = unsafe {
         let p = cert.as_ptr();
         (

@@ -4,6 +4,11 @@
 
 use super::certpolicy::{evaluate_signer, identify_signer};
 use super::{Context, SmimeResult, Verdict};
+use crate::ffi::{
+    BIO_f_null, BIO_push, CMS_SignerInfo_get0_algs, CMS_get0_SignerInfos, CMS_get0_content,
+    CMS_get0_eContentType, CMS_get0_type, CMS_get1_certs, CMS_signed_get0_data_by_OBJ,
+    CMS_signed_get_attr, CMS_signed_get_attr_by_NID,
+};
 use crate::signed_data::{self, MAX_CERTS};
 use foreign_types::{ForeignType, ForeignTypeRef};
 use openssl::cms::{CMSOptions, CmsContentInfo};
@@ -11,39 +16,6 @@ use openssl::nid::Nid;
 use openssl::stack::Stack;
 use openssl::x509::{X509Ref, X509};
 use std::os::raw::{c_int, c_void};
-
-// CMS internals the openssl crate does not expose.
-extern "C" {
-    fn CMS_get0_eContentType(
-        cms: *mut openssl_sys::CMS_ContentInfo,
-    ) -> *const openssl_sys::ASN1_OBJECT;
-    fn CMS_get0_content(
-        cms: *mut openssl_sys::CMS_ContentInfo,
-    ) -> *mut *mut openssl_sys::ASN1_OCTET_STRING;
-    fn CMS_signed_get0_data_by_OBJ(
-        si: *mut c_void,
-        oid: *const openssl_sys::ASN1_OBJECT,
-        lastpos: c_int,
-        type_: c_int,
-    ) -> *mut c_void;
-    fn BIO_f_null() -> *const openssl_sys::BIO_METHOD;
-    fn BIO_push(b: *mut openssl_sys::BIO, append: *mut openssl_sys::BIO) -> *mut openssl_sys::BIO;
-    fn CMS_get0_type(cms: *const openssl_sys::CMS_ContentInfo) -> *const openssl_sys::ASN1_OBJECT;
-    fn CMS_get0_SignerInfos(
-        cms: *mut openssl_sys::CMS_ContentInfo,
-    ) -> *mut openssl_sys::OPENSSL_STACK;
-    fn CMS_get1_certs(cms: *mut openssl_sys::CMS_ContentInfo) -> *mut openssl_sys::stack_st_X509;
-    fn CMS_SignerInfo_get0_algs(
-        si: *mut c_void,
-        pk: *mut *mut openssl_sys::EVP_PKEY,
-        signer: *mut *mut openssl_sys::X509,
-        pdig: *mut *mut openssl_sys::X509_ALGOR,
-        psig: *mut *mut openssl_sys::X509_ALGOR,
-    );
-    fn CMS_signed_get_attr_by_NID(si: *const c_void, nid: c_int, lastpos: c_int) -> c_int;
-    fn CMS_signed_get_attr(si: *const c_void, loc: c_int) -> *mut c_void;
-    fn X509_ATTRIBUTE_get0_type(attr: *mut c_void, idx: c_int) -> *mut openssl_sys::ASN1_TYPE;
-}
 
 const MAX_SIGNERS: i32 = 8;
 
@@ -117,6 +89,8 @@ pub(super) struct SignerInfo {
 
 fn signer_infos(cms: &CmsContentInfo) -> Vec<SignerInfo> {
     let mut out = Vec::new();
+    // SAFETY: getters on the signer infos of a live SignedData; each pointer
+    // is checked for null, and certificates are copied (to_owned) out.
     unsafe {
         let sis = CMS_get0_SignerInfos(cms.as_ptr());
         if sis.is_null() {
@@ -158,6 +132,7 @@ fn signer_infos(cms: &CmsContentInfo) -> Vec<SignerInfo> {
 }
 
 /// The SMIMECapabilities signed attribute (RFC 8551 §2.5.2), DER contents.
+// SAFETY (callers): `si` is a live CMS_SignerInfo.
 unsafe fn smime_capabilities(si: *const c_void) -> Option<Vec<u8>> {
     let loc = CMS_signed_get_attr_by_NID(si, Nid::SMIMECAPABILITIES.as_raw(), -1);
     if loc < 0 {
@@ -167,7 +142,7 @@ unsafe fn smime_capabilities(si: *const c_void) -> Option<Vec<u8>> {
     let t = if attr.is_null() {
         std::ptr::null_mut()
     } else {
-        X509_ATTRIBUTE_get0_type(attr, 0)
+        openssl_sys::X509_ATTRIBUTE_get0_type(attr.cast(), 0)
     };
     if t.is_null() || (*t).type_ != openssl_sys::V_ASN1_SEQUENCE {
         return None;
@@ -178,6 +153,7 @@ unsafe fn smime_capabilities(si: *const c_void) -> Option<Vec<u8>> {
     (!data.is_null() && len > 0).then(|| std::slice::from_raw_parts(data, len as usize).to_vec())
 }
 
+// SAFETY (callers): `si` is a live CMS_SignerInfo.
 unsafe fn signing_time(si: *const c_void) -> Option<i64> {
     let loc = CMS_signed_get_attr_by_NID(si, Nid::PKCS9_SIGNINGTIME.as_raw(), -1);
     if loc < 0 {
@@ -187,7 +163,7 @@ unsafe fn signing_time(si: *const c_void) -> Option<i64> {
     if attr.is_null() {
         return None;
     }
-    let t = X509_ATTRIBUTE_get0_type(attr, 0);
+    let t = openssl_sys::X509_ATTRIBUTE_get0_type(attr.cast(), 0);
     if t.is_null()
         || !matches!(
             (*t).type_,
@@ -294,6 +270,7 @@ pub(super) fn check_signed(
     }
     let certs: Vec<X509> = match parsed.certs.take() {
         Some(c) => c,
+        // SAFETY: CMS_get1_certs returns a new stack we own (or null).
         None => unsafe {
             let sk = CMS_get1_certs(cms.as_ptr());
             if sk.is_null() {
@@ -304,6 +281,7 @@ pub(super) fn check_signed(
         },
     };
     // Bounded work: a mail signature has one signer and a short chain.
+    // SAFETY: a getter on a live SignedData; only the count is read.
     let signers = unsafe {
         let sis = CMS_get0_SignerInfos(cms.as_ptr());
         if sis.is_null() {
