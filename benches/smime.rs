@@ -3,7 +3,7 @@
 //!
 //!   cargo bench --bench smime
 //!
-//! 1. In process: canonicalisation, `outbound::sign_message` and
+//! 1. In process: canonicalisation, `outbound::process_message` and
 //!    `inbound::verify_message` (the work the milter does at end of message)
 //!    for a 4 KB and a 1 MB message.
 //! 2. Through the milter protocol: the release binary on a unix socket, a

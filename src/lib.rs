@@ -6,33 +6,29 @@
 // worth boxing for.
 #![allow(clippy::result_large_err)]
 
-pub mod address;
+// Layers, lowest first: mail (bytes), smime (operations), stores (keys,
+// certificates, trust), config, then the message flow (policy, inbound,
+// outbound, session) and the milter engine that carries it.
+pub mod mail;
+pub mod milter;
+pub mod smime;
+pub mod stores;
+
 pub mod admin;
-pub mod auth_results;
-pub mod certstore;
 pub mod config;
-pub mod connection;
-pub mod decrypt;
-pub mod encrypt;
 mod ffi;
-pub mod harvest;
 pub mod inbound;
-pub mod keystore;
-pub mod ldap;
-pub mod listener;
 pub mod logging;
-pub mod mime;
 pub mod outbound;
 pub mod outcome;
-pub mod pkcs11;
 pub mod policy;
 pub mod privileges;
-pub mod protocol;
 pub mod reload;
-pub mod server;
 pub mod session;
-pub mod sign;
-pub mod signed_data;
 pub mod testmode;
-pub mod truststore;
-pub mod verify;
+
+// The modules by their own names, as the code and its users name them.
+pub use mail::{address, auth_results, mime};
+pub use milter::{connection, listener, protocol, server};
+pub use smime::{decrypt, encrypt, sign, signed_data, verify};
+pub use stores::{certstore, harvest, keystore, ldap, pkcs11, truststore};
