@@ -22,12 +22,7 @@ fn describe(
     cert: &X509Ref,
     usable: Option<bool>,
 ) -> std::io::Result<()> {
-    let serial = cert
-        .serial_number()
-        .to_bn()
-        .ok()
-        .and_then(|b| b.to_hex_str().ok().map(|s| s.to_string()))
-        .unwrap_or_default();
+    let serial = crate::verify::serial_hex(cert).unwrap_or_default();
     writeln!(
         out,
         "{address}  [{source}]{}",
@@ -110,12 +105,7 @@ pub fn run(
                         }
                     }
                     if let Some(best) = certstore::select(addr, &certs, trust) {
-                        let serial = best
-                            .serial_number()
-                            .to_bn()
-                            .ok()
-                            .and_then(|b| b.to_hex_str().ok().map(|s| s.to_string()))
-                            .unwrap_or_default();
+                        let serial = crate::verify::serial_hex(&best).unwrap_or_default();
                         writeln!(out, "encryption to {addr} uses serial {serial}")?;
                     }
                 }

@@ -35,6 +35,14 @@ certs: list the stored recipient certificates (static and harvested), show
 every certificate for an address (LDAP included) and which one encryption
 uses, or remove a harvested one.";
 
+/// The configuration, or the exit status (EX_CONFIG) once the error is said.
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("smime-milter: {e}");
+        ExitCode::from(EX_CONFIG)
+    })
+}
+
 fn usage_error(msg: &str) -> ExitCode {
     eprintln!("smime-milter: {msg}\n{USAGE}");
     ExitCode::from(EX_USAGE)
@@ -80,12 +88,9 @@ fn main() -> ExitCode {
     // before the configuration is read, so no start-up warning is lost;
     // the configured level applies once it is known.
     logging::init(check || foreground, log::LevelFilter::Info);
-    let cfg = match Config::load(&config_path) {
+    let cfg = match load(&config_path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("smime-milter: {e}");
-            return ExitCode::from(EX_CONFIG);
-        }
+        Err(code) => return code,
     };
     let socket = match socket.map(|s| s.parse::<SocketSpec>()) {
         Some(Ok(s)) => Some(s),
@@ -148,12 +153,9 @@ fn certs_command(args: &[String]) -> ExitCode {
         }
     }
     logging::init(true, log::LevelFilter::Warn);
-    let cfg = match Config::load(&config_path) {
+    let cfg = match load(&config_path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("smime-milter: {e}");
-            return ExitCode::from(EX_CONFIG);
-        }
+        Err(code) => return code,
     };
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
     match smime_milter::admin::run(&cfg, &rest, &mut out, &mut err) {
@@ -215,12 +217,9 @@ fn test_command(args: &[String]) -> ExitCode {
         return usage_error("test needs --outbound or --inbound");
     }
     logging::init(true, log::LevelFilter::Warn);
-    let mut cfg = match Config::load(&config_path) {
+    let mut cfg = match load(&config_path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("smime-milter: {e}");
-            return ExitCode::from(EX_CONFIG);
-        }
+        Err(code) => return code,
     };
     cfg.harvest_writes = harvest;
     logging::set_level(cfg.log_level.min(log::LevelFilter::Warn));

@@ -28,20 +28,38 @@ pub fn install_config(cfg: Arc<Config>) {
 /// stops the milter gracefully). Left unblocked in one of our threads,
 /// SIGTERM would kill the process outright.
 pub fn block_signals() -> std::io::Result<()> {
-    // SAFETY: a zeroed sigset_t is valid input to sigemptyset; the set lives
-    // on the stack for the calls.
+    let set = signal_set(&[libc::SIGUSR1, libc::SIGTERM, libc::SIGHUP, libc::SIGINT]);
+    // SAFETY: `set` is a filled sigset_t; no old mask is asked for.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: a zeroed sigset_t is valid input to sigemptyset, which with
+    // sigaddset only writes into it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in [libc::SIGUSR1, libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
+        for &sig in signals {
             libc::sigaddset(&mut set, sig);
         }
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
+        set
+    }
+}
+
+/// Waits until one of `signals` (blocked, see `block_signals`) arrives.
+pub fn wait_for(signals: &[libc::c_int]) -> libc::c_int {
+    let set = signal_set(signals);
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is a filled sigset_t; `sig` is written by sigwait.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            return sig;
         }
     }
-    Ok(())
 }
 
 /// Reloads from `path`; a broken file leaves the running configuration in force.
@@ -72,18 +90,9 @@ pub fn spawn_reload_thread(path: PathBuf) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("reload".into())
         .spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: as in block_signals; `sig` is written by sigwait.
-            let rc = unsafe {
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigaddset(&mut set, libc::SIGUSR1);
-                libc::sigwait(&set, &mut sig)
-            };
-            if rc == 0 && sig == libc::SIGUSR1 {
-                log::info!("SIGUSR1: reloading the configuration");
-                reload(&path);
-            }
+            wait_for(&[libc::SIGUSR1]);
+            log::info!("SIGUSR1: reloading the configuration");
+            reload(&path);
         })?;
     Ok(())
 }

@@ -215,24 +215,9 @@ fn prepare_pid_dir(
 }
 
 fn wait_for_stop_signal() -> &'static str {
-    loop {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: a zeroed sigset_t filled by sigemptyset/sigaddset; `sig` is
-        // written by sigwait.
-        let rc = unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for s in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
-                libc::sigaddset(&mut set, s);
-            }
-            libc::sigwait(&set, &mut sig)
-        };
-        if rc == 0 {
-            return match sig {
-                libc::SIGTERM => "SIGTERM",
-                libc::SIGHUP => "SIGHUP",
-                _ => "SIGINT",
-            };
-        }
+    match crate::reload::wait_for(&[libc::SIGTERM, libc::SIGHUP, libc::SIGINT]) {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "SIGINT",
     }
 }

@@ -98,12 +98,7 @@ impl SigningKey {
 
     /// A short description for logs: the entry and the certificate serial.
     pub fn label(&self) -> String {
-        let serial = self
-            .cert
-            .serial_number()
-            .to_bn()
-            .and_then(|b| b.to_hex_str().map(|s| s.to_string()))
-            .unwrap_or_default();
+        let serial = crate::verify::serial_hex(&self.cert).unwrap_or_default();
         format!("{} (serial {serial})", self.name)
     }
 }

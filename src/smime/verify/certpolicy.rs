@@ -75,7 +75,8 @@ pub fn rfc4514(name: &openssl::x509::X509NameRef) -> String {
     parts.join(",")
 }
 
-fn serial_hex(cert: &X509Ref) -> Option<String> {
+/// A certificate's serial number in hex, as logs and headers show it.
+pub fn serial_hex(cert: &X509Ref) -> Option<String> {
     cert.serial_number()
         .to_bn()
         .ok()

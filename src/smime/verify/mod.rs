@@ -12,7 +12,7 @@ mod cms;
 mod date;
 mod form;
 
-pub use certpolicy::{cert_addresses, chain_ok, rfc4514};
+pub use certpolicy::{cert_addresses, chain_ok, rfc4514, serial_hex};
 pub(crate) use certpolicy::{usage, KU_KEY_AGREEMENT, KU_KEY_ENCIPHERMENT};
 pub use date::parse_date;
 pub use form::{
