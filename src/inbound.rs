@@ -90,30 +90,37 @@ fn forged_header_ops(
     name: &str,
     ours: impl Fn(&str) -> bool,
 ) -> Vec<HeaderOp> {
-    let mut deleted = Vec::new();
     let mut ops = Vec::new();
-    // The name as the MTA matches it (Postfix: without the white space of
-    // `Name :`), and the field's index among those of that name.
-    let name_of = |i: usize| headers[i].0.trim_end_matches([' ', '\t']).to_string();
-    let index_of = |i: usize| {
-        let n = name_of(i);
-        headers[..=i]
-            .iter()
-            .filter(|(x, _)| is_named(x, &n))
-            .count()
-    };
-    for (i, (n, v)) in headers.iter().enumerate() {
-        if is_named(n, name) && ours(&mime::unfold(v)) {
-            deleted.push(i);
-        }
-    }
+    // Ascending: fields are looked at in order.
+    let deleted: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .filter(|(_, (n, v))| is_named(n, name) && ours(&mime::unfold(v)))
+        .map(|(i, _)| i)
+        .collect();
     let mut carriers: Vec<usize> = hidden
         .iter()
         .filter(|h| is_named(&h.name, name) && ours(&h.value))
         .map(|h| h.carrier)
-        .filter(|c| !deleted.contains(c))
+        .filter(|c| deleted.binary_search(c).is_err())
         .collect();
     carriers.dedup();
+    if deleted.is_empty() && carriers.is_empty() {
+        return ops;
+    }
+    // The name as the MTA matches it (Postfix: without the white space of
+    // `Name :`), and each field's index among those of that name, counted
+    // in one pass: a sender may send thousands of fields.
+    let name_of = |i: usize| headers[i].0.trim_end_matches([' ', '\t']).to_string();
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    let index: Vec<usize> = (0..headers.len())
+        .map(|i| {
+            let n = seen.entry(name_of(i).to_ascii_lowercase()).or_default();
+            *n += 1;
+            *n
+        })
+        .collect();
+    let index_of = |i: usize| index[i];
     // Rewrites first: a deletion may renumber the fields after it.
     for c in carriers {
         ops.push(HeaderOp::Change {
@@ -342,7 +349,7 @@ fn unhandled_encryption(
     let owned;
     let inner: Vec<&[u8]> = if verify::signed_form(ct).is_some() {
         owned = verify::signed_content(ct, cte, body);
-        owned.iter().map(Vec::as_slice).collect()
+        owned.iter().map(|c| &c[..]).collect()
     } else if ct.is_multipart() {
         mime::split_multipart(body, ct.param("boundary")?)
             .ok()?
@@ -904,6 +911,33 @@ mod tests {
                 ),
             ])
         );
+    }
+
+    #[test]
+    fn thousands_of_forged_fields_are_numbered_as_the_mta_numbers_them() {
+        let mut h = fields(&[("Subject", "x")]);
+        for i in 0..10_000 {
+            let name = if i % 2 == 0 {
+                "Authentication-Results"
+            } else {
+                "authentication-results "
+            };
+            h.push((name.into(), "mx.example; smime=pass".into()));
+        }
+        let ops = forged_header_ops(&h, &[], AR, |v| {
+            auth_results::claims_our_id(v, "mx.example")
+        });
+        assert_eq!(ops.len(), 10_000);
+        // Last first, each by its index among all fields of that name.
+        for (k, op) in ops.iter().enumerate() {
+            let HeaderOp::Change {
+                index, value: None, ..
+            } = op
+            else {
+                panic!("{op:?}");
+            };
+            assert_eq!(*index, 10_000 - k);
+        }
     }
 
     #[test]

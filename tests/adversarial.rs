@@ -37,6 +37,19 @@ fn manifest(corpus: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Each case through the test mode (inbound, to carol), what comes out in a
+/// fresh directory. Accept actions throughout: every message comes out.
+fn deliver(cfg: &Path, corpus: &Path, cases: &[Vec<String>]) -> tempfile::TempDir {
+    let delivered = tempdir();
+    for c in cases {
+        let input = std::fs::read(corpus.join(&c[0])).unwrap();
+        let r = test_mode(cfg, &["--inbound", "--rcpt", RCPT], &input);
+        assert_eq!(r.code, 0, "{}: {}", c[0], r.stderr);
+        std::fs::write(delivered.path().join(&c[0]), &r.stdout).unwrap();
+    }
+    delivered
+}
+
 /// Writes manifest lines (a subset, or changed expectations) for check.py.
 fn write_manifest(path: &Path, cases: &[Vec<String>]) -> PathBuf {
     let text: String = cases.iter().map(|c| c.join("\t") + "\n").collect();
@@ -95,14 +108,7 @@ fn adversarial_corpus_gets_the_secure_verdicts() {
     assert!(cases.len() >= 150, "corpus too small: {}", cases.len());
     let d = tempdir();
     let cfg = config(d.path(), "");
-    let delivered = tempdir();
-    for c in &cases {
-        let input = std::fs::read(corpus.path().join(&c[0])).unwrap();
-        let r = test_mode(&cfg, &["--inbound", "--rcpt", RCPT], &input);
-        // Accept actions throughout: every message comes out.
-        assert_eq!(r.code, 0, "{}: {}", c[0], r.stderr);
-        std::fs::write(delivered.path().join(&c[0]), &r.stdout).unwrap();
-    }
+    let delivered = deliver(&cfg, corpus.path(), &cases);
     let (ok, report) = check(
         &corpus.path().join("MANIFEST.tsv"),
         corpus.path(),
@@ -136,13 +142,7 @@ fn verdicts_hold_with_decryption_off() {
             pki().key_table()
         ),
     );
-    let delivered = tempdir();
-    for c in &cases {
-        let input = std::fs::read(corpus.path().join(&c[0])).unwrap();
-        let r = test_mode(&cfg, &["--inbound", "--rcpt", RCPT], &input);
-        assert_eq!(r.code, 0, "{}: {}", c[0], r.stderr);
-        std::fs::write(delivered.path().join(&c[0]), &r.stdout).unwrap();
-    }
+    let delivered = deliver(&cfg, corpus.path(), &cases);
     let m = write_manifest(&d.path().join("MANIFEST.no-decrypt.tsv"), &cases);
     let (ok, report) = check(&m, corpus.path(), delivered.path());
     println!("{report}");

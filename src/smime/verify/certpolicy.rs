@@ -84,8 +84,9 @@ pub fn serial_hex(cert: &X509Ref) -> Option<String> {
 }
 
 /// Fills in who signed: the address matching From (or the first), serial
-/// and issuer. A failure names its signer too.
-pub(super) fn identify_signer(ctx: &Context<'_>, v: &mut Verdict, cert: &X509Ref) {
+/// and issuer. A failure names its signer too. Whether the certificate
+/// holds the From address.
+pub(super) fn identify_signer(ctx: &Context<'_>, v: &mut Verdict, cert: &X509Ref) -> bool {
     let addresses = cert_addresses(cert);
     let matching = ctx
         .from
@@ -94,6 +95,7 @@ pub(super) fn identify_signer(ctx: &Context<'_>, v: &mut Verdict, cert: &X509Ref
     v.identifier = matching.or(addresses.first()).cloned();
     v.serial = serial_hex(cert);
     v.issuer = Some(rfc4514(cert.issuer_name()));
+    matching.is_some()
 }
 
 pub(super) fn evaluate_signer(
@@ -122,13 +124,8 @@ pub(super) fn evaluate_signer(
             caps: si.caps.clone(),
         }),
     };
-    identify_signer(ctx, &mut v, cert);
-    let matches_from = match ctx.from {
-        FromView::One(f) => cert_addresses(cert)
-            .iter()
-            .any(|a| address::same_address(a, f)),
-        FromView::Unusable { .. } => false,
-    };
+    // Only an unambiguous From can be matched.
+    let matches_from = identify_signer(ctx, &mut v, cert) && matches!(ctx.from, FromView::One(_));
     let mut set = |result: SmimeResult, reason: String| {
         v.result = result;
         v.reason = Some(reason);

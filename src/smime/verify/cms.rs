@@ -334,7 +334,7 @@ pub(super) fn check_signed(
             // digest check): a failure names its signer.
             let mut v = Verdict::error(SmimeResult::Fail, part, "signature does not match content");
             if let Some(cert) = signer_infos(cms).into_iter().find_map(|si| si.cert) {
-                identify_signer(ctx, &mut v, &cert);
+                let _ = identify_signer(ctx, &mut v, &cert);
             }
             v
         } else {

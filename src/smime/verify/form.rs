@@ -39,11 +39,15 @@ pub fn signed_form(ct: &ContentType) -> Option<SignedForm> {
 /// The content a signed entity carries, without judging the signature (to
 /// see what it wraps): the first part of a multipart/signed, the eContent of
 /// an opaque signature.
-pub fn signed_content(ct: &ContentType, cte: Option<&str>, body: &[u8]) -> Option<Vec<u8>> {
+pub fn signed_content<'a>(
+    ct: &ContentType,
+    cte: Option<&str>,
+    body: &'a [u8],
+) -> Option<Cow<'a, [u8]>> {
     match signed_form(ct)? {
         SignedForm::Clear => {
             let mp = mime::split_multipart(body, ct.param("boundary")?).ok()?;
-            mp.parts.first().map(|p| canonical(p).into_owned())
+            mp.parts.first().map(|p| canonical(p))
         }
         SignedForm::Opaque => {
             let mut cms = CmsContentInfo::from_der(&decode_body(cte, body).ok()?).ok()?;
@@ -53,7 +57,7 @@ pub fn signed_content(ct: &ContentType, cte: Option<&str>, body: &[u8]) -> Optio
                 | CMSOptions::NO_CONTENT_VERIFY
                 | CMSOptions::BINARY;
             cms.verify(None, None, None, Some(&mut out), flags).ok()?;
-            Some(out)
+            Some(Cow::Owned(out))
         }
     }
 }
