@@ -3,7 +3,7 @@
 
 use crate::certstore::{self, Source};
 use crate::config::Config;
-use crate::verify;
+use crate::pki;
 use openssl::x509::X509Ref;
 use std::io::Write;
 
@@ -22,7 +22,7 @@ fn describe(
     cert: &X509Ref,
     usable: Option<bool>,
 ) -> std::io::Result<()> {
-    let serial = crate::verify::serial_hex(cert).unwrap_or_default();
+    let serial = crate::pki::serial_hex(cert).unwrap_or_default();
     writeln!(
         out,
         "{address}  [{source}]{}",
@@ -32,13 +32,9 @@ fn describe(
             None => "",
         }
     )?;
-    writeln!(out, "  subject:   {}", verify::rfc4514(cert.subject_name()))?;
-    writeln!(
-        out,
-        "  addresses: {}",
-        verify::cert_addresses(cert).join(", ")
-    )?;
-    writeln!(out, "  issuer:    {}", verify::rfc4514(cert.issuer_name()))?;
+    writeln!(out, "  subject:   {}", pki::rfc4514(cert.subject_name()))?;
+    writeln!(out, "  addresses: {}", pki::cert_addresses(cert).join(", "))?;
+    writeln!(out, "  issuer:    {}", pki::rfc4514(cert.issuer_name()))?;
     writeln!(out, "  serial:    {serial}")?;
     writeln!(
         out,
@@ -105,7 +101,7 @@ pub fn run(
                         }
                     }
                     if let Some(best) = certstore::select(addr, &certs, trust) {
-                        let serial = crate::verify::serial_hex(&best).unwrap_or_default();
+                        let serial = crate::pki::serial_hex(&best).unwrap_or_default();
                         writeln!(out, "encryption to {addr} uses serial {serial}")?;
                     }
                 }

@@ -2,9 +2,9 @@
 //! typed `Config`. Every error names the file, the line and the key.
 
 use crate::certstore::{CacheSettings, CertStore, LocalError, Source};
-use crate::encrypt::Cipher;
 use crate::keystore::{KeyStore, KeyStoreError};
 use crate::ldap::{Ldap, LdapSettings};
+use crate::pki::Cipher;
 use crate::truststore::{TrustError, TrustStore};
 use ipnet::IpNet;
 use serde::{de, Deserialize, Deserializer};

@@ -21,6 +21,7 @@ pub mod inbound;
 pub mod logging;
 pub mod outbound;
 pub mod outcome;
+pub mod pki;
 pub mod policy;
 pub mod privileges;
 pub mod reload;

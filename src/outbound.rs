@@ -6,7 +6,7 @@ use crate::address;
 use crate::certstore::{Lookup, RecipientCert};
 use crate::config::{Config, EncryptMode, FailAction};
 use crate::encrypt;
-use crate::keystore::{self, SigningKey};
+use crate::keystore::SigningKey;
 use crate::mime::{self, ContentType, Limits};
 use crate::outcome::{Changes, HeaderOp, Outcome, Verdict};
 use crate::policy;
@@ -153,7 +153,7 @@ fn signing_key(
             format!("no signing key for <{from}>"),
         ));
     };
-    if !keystore::valid_now(&key.cert) {
+    if !crate::pki::valid_now(&key.cert) {
         return Err(Outcome::failure(
             cfg.actions.key_not_found,
             format!("signing certificate {} is not valid now", key.label()),
@@ -398,7 +398,7 @@ pub fn process_message(
                 None => entity,
             };
             // What the recipients announced (harvested) may lower the cipher.
-            let announced: Vec<Vec<encrypt::Cipher>> =
+            let announced: Vec<Vec<crate::pki::Cipher>> =
                 certs.iter().map(|c| c.ciphers.clone()).collect();
             let cipher = crate::harvest::choose_cipher(enc.cipher, &announced);
             match encrypt::encrypt_entity(certs, &inner, cipher) {

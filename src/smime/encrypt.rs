@@ -3,50 +3,13 @@
 //! recipient certificate, as application/pkcs7-mime.
 
 use crate::certstore::RecipientCert;
+use crate::pki::Cipher;
 use crate::sign::{push_base64_lines, Wrapped};
 use openssl::cms::{CMSOptions, CmsContentInfo};
 use openssl::error::ErrorStack;
 use openssl::stack::Stack;
-use openssl::symm;
 use openssl::x509::X509;
-use std::str::FromStr;
 use std::sync::Arc;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cipher {
-    Aes128Cbc,
-    Aes256Cbc,
-    Aes128Gcm,
-    Aes256Gcm,
-}
-
-impl Cipher {
-    fn symm(self) -> symm::Cipher {
-        match self {
-            Cipher::Aes128Cbc => symm::Cipher::aes_128_cbc(),
-            Cipher::Aes256Cbc => symm::Cipher::aes_256_cbc(),
-            Cipher::Aes128Gcm => symm::Cipher::aes_128_gcm(),
-            Cipher::Aes256Gcm => symm::Cipher::aes_256_gcm(),
-        }
-    }
-
-    fn authenticated(self) -> bool {
-        matches!(self, Cipher::Aes128Gcm | Cipher::Aes256Gcm)
-    }
-}
-
-impl FromStr for Cipher {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "aes-128-cbc" => Ok(Cipher::Aes128Cbc),
-            "aes-256-cbc" => Ok(Cipher::Aes256Cbc),
-            "aes-128-gcm" => Ok(Cipher::Aes128Gcm),
-            "aes-256-gcm" => Ok(Cipher::Aes256Gcm),
-            _ => Err(format!("invalid cipher '{s}' (expected aes-128-cbc, aes-256-cbc, aes-128-gcm or aes-256-gcm)")),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("CMS encryption failed: {0}")]

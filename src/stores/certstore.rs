@@ -3,8 +3,8 @@
 //! Among the candidates the usable certificate expiring last is chosen.
 
 use crate::ldap::Ldap;
+use crate::pki;
 use crate::truststore::TrustStore;
-use crate::verify;
 use lru::LruCache;
 use openssl::pkey::Id;
 use openssl::x509::{X509Ref, X509};
@@ -56,7 +56,7 @@ pub enum Source {
 pub struct RecipientCert {
     pub cert: X509,
     /// From harvested SMIMECapabilities; empty when unknown.
-    pub ciphers: Vec<crate::encrypt::Cipher>,
+    pub ciphers: Vec<pki::Cipher>,
 }
 
 /// The answer for one recipient.
@@ -125,7 +125,7 @@ pub fn load_local(
         files.sort();
         for f in files {
             for c in crate::truststore::certs_in(&f).map_err(LocalError::Dir)? {
-                for a in verify::cert_addresses(&c) {
+                for a in pki::cert_addresses(&c) {
                     out.entry(a.to_ascii_lowercase())
                         .or_default()
                         .push(c.clone());
@@ -173,29 +173,29 @@ pub fn usable_for(
     chain: &[X509],
     trust: Option<&TrustStore>,
 ) -> bool {
-    if !crate::keystore::valid_now(cert) {
+    if !pki::valid_now(cert) {
         return false;
     }
     let Ok(pk) = cert.public_key() else {
         return false;
     };
     let needed = match pk.id() {
-        Id::RSA => verify::KU_KEY_ENCIPHERMENT,
-        Id::EC => verify::KU_KEY_AGREEMENT,
+        Id::RSA => pki::KU_KEY_ENCIPHERMENT,
+        Id::EC => pki::KU_KEY_AGREEMENT,
         _ => return false,
     };
-    let u = verify::usage(cert, needed);
+    let u = pki::usage(cert, needed);
     if !u.key_usage || !u.email {
         return false;
     }
-    if !verify::cert_addresses(cert)
+    if !pki::cert_addresses(cert)
         .iter()
         .any(|a| a.eq_ignore_ascii_case(address))
     {
         return false;
     }
     match trust {
-        Some(t) => verify::chain_ok(&t.store, cert, chain),
+        Some(t) => pki::chain_ok(&t.store, cert, chain),
         None => true,
     }
 }

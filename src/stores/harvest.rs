@@ -3,8 +3,7 @@
 //! the sender's SMIMECapabilities beside it (`<address>.caps`, DER), which
 //! steer the cipher when we encrypt to that address.
 
-use crate::encrypt::Cipher;
-use crate::verify::{self, SignerCert};
+use crate::pki::{cert_addresses, Cipher, SignerCert};
 use openssl::x509::X509;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -56,7 +55,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 /// valid as long or longer. Returns the addresses written.
 pub fn store(dir: &Path, signer: &SignerCert) -> std::io::Result<Vec<String>> {
     let mut written = Vec::new();
-    for address in verify::cert_addresses(&signer.cert) {
+    for address in cert_addresses(&signer.cert) {
         let pem_path = file_for(dir, &address);
         if let Some((old, _)) = load(dir, &address) {
             if old[0].not_after() >= signer.cert.not_after() {

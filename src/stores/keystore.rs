@@ -98,7 +98,7 @@ impl SigningKey {
 
     /// A short description for logs: the entry and the certificate serial.
     pub fn label(&self) -> String {
-        let serial = crate::verify::serial_hex(&self.cert).unwrap_or_default();
+        let serial = crate::pki::serial_hex(&self.cert).unwrap_or_default();
         format!("{} (serial {serial})", self.name)
     }
 }
@@ -464,12 +464,4 @@ pub fn days_left(cert: &X509) -> Option<i32> {
     let now = openssl::asn1::Asn1Time::days_from_now(0).ok()?;
     let diff = now.diff(cert.not_after()).ok()?;
     Some(diff.days)
-}
-
-/// Whether the certificate is valid right now.
-pub fn valid_now(cert: &openssl::x509::X509Ref) -> bool {
-    let Ok(now) = openssl::asn1::Asn1Time::days_from_now(0) else {
-        return false;
-    };
-    cert.not_before() <= now && cert.not_after() >= now
 }

@@ -2,86 +2,16 @@
 //! signing time, key usage, weak crypto anywhere in the chain, and the
 //! match with the From a reader sees.
 
-use super::cms::SignerInfo;
-use super::{Context, FromView, SignerCert, SmimeResult, Verdict};
+use super::verdict::{Context, FromView, SignerInfo, SmimeResult, Verdict};
 use crate::address;
-use crate::ffi::X509_STORE_CTX_get0_param;
-use foreign_types::ForeignTypeRef;
+use crate::pki::{
+    self, cert_addresses, rfc4514, serial_hex, usage, SignerCert, KU_DIGITAL_SIGNATURE,
+    KU_NON_REPUDIATION,
+};
 use openssl::nid::Nid;
 use openssl::pkey::Id;
-use openssl::stack::Stack;
 use openssl::x509::store::X509StoreRef;
-use openssl::x509::{X509Ref, X509StoreContext, X509VerifyResult, X509};
-
-/// The signer's addresses: subjectAltName rfc822Names, else the subject's
-/// emailAddress (RFC 8550 §3).
-pub fn cert_addresses(cert: &X509Ref) -> Vec<String> {
-    let mut v: Vec<String> = cert
-        .subject_alt_names()
-        .map(|names| {
-            names
-                .iter()
-                .filter_map(|n| n.email().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    if v.is_empty() {
-        v = cert
-            .subject_name()
-            .entries_by_nid(Nid::PKCS9_EMAILADDRESS)
-            .filter_map(|e| e.data().to_string().ok())
-            .collect();
-    }
-    v
-}
-
-/// RFC 4514 form of a name, most significant last as written there.
-pub fn rfc4514(name: &openssl::x509::X509NameRef) -> String {
-    let mut parts: Vec<String> = name
-        .entries()
-        .map(|e| {
-            let key = e
-                .object()
-                .nid()
-                .short_name()
-                .map(str::to_string)
-                .unwrap_or_else(|_| e.object().to_string());
-            let val = e.data().to_string().unwrap_or_default();
-            let mut esc = String::with_capacity(val.len());
-            for (i, c) in val.chars().enumerate() {
-                if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
-                    || (i == 0 && (c == '#' || c == ' '))
-                {
-                    esc.push('\\');
-                    esc.push(c);
-                } else if c.is_ascii_graphic() || c == ' ' {
-                    esc.push(c);
-                } else {
-                    // RFC 4514 hexpairs: the name stays ASCII, and no
-                    // certificate can put a line break into our header.
-                    let mut buf = [0u8; 4];
-                    for b in c.encode_utf8(&mut buf).bytes() {
-                        esc.push_str(&format!("\\{b:02X}"));
-                    }
-                }
-            }
-            if esc.ends_with(' ') {
-                esc.insert(esc.len() - 1, '\\');
-            }
-            format!("{key}={esc}")
-        })
-        .collect();
-    parts.reverse();
-    parts.join(",")
-}
-
-/// A certificate's serial number in hex, as logs and headers show it.
-pub fn serial_hex(cert: &X509Ref) -> Option<String> {
-    cert.serial_number()
-        .to_bn()
-        .ok()
-        .and_then(|b| b.to_hex_str().ok().map(|s| s.to_string()))
-}
+use openssl::x509::{X509Ref, X509};
 
 /// Fills in who signed: the address matching From (or the first), serial
 /// and issuer. A failure names its signer too. Whether the certificate
@@ -244,11 +174,6 @@ fn weak_chain(chain: &[X509], min_rsa_bits: u32, allow_sha1: bool) -> Option<Str
     None
 }
 
-/// Whether the certificate chains to the anchors now (intermediates from `certs`).
-pub fn chain_ok(store: &X509StoreRef, cert: &X509Ref, certs: &[X509]) -> bool {
-    check_chain(store, cert, certs, None).is_ok()
-}
-
 /// Whether every certificate of a verified chain was valid at `t`.
 fn valid_at(chain: &[X509], t: i64) -> Result<(), &'static str> {
     let at = openssl::asn1::Asn1Time::from_unix(t as libc::time_t)
@@ -272,36 +197,11 @@ fn check_chain(
     certs: &[X509],
     at: Option<i64>,
 ) -> Result<Vec<X509>, (SmimeResult, String)> {
-    let mut chain = Stack::new().map_err(|e| (SmimeResult::Temperror, e.to_string()))?;
-    for c in certs {
-        let _ = chain.push(c.clone());
-    }
-    let mut sctx = X509StoreContext::new().map_err(|e| (SmimeResult::Temperror, e.to_string()))?;
-    let result = sctx
-        .init(store, cert, &chain, |c| {
-            if let Some(t) = at {
-                // SAFETY: the parameters of the live context, set before verifying.
-                unsafe {
-                    let param = X509_STORE_CTX_get0_param(c.as_ptr());
-                    openssl_sys::X509_VERIFY_PARAM_set_time(param, t as libc::time_t);
-                }
-            }
-            let ok = c.verify_cert()?;
-            let chain: Vec<X509> = c
-                .chain()
-                .map(|s| s.iter().map(|x| x.to_owned()).collect())
-                .unwrap_or_default();
-            Ok(if ok {
-                (X509VerifyResult::OK, chain)
-            } else {
-                (c.error(), chain)
-            })
-        })
-        .map_err(|e| (SmimeResult::Temperror, e.to_string()))?;
-    let (result, chain) = result;
-    if result == X509VerifyResult::OK {
-        return Ok(chain);
-    }
+    let result = match pki::verify_chain(store, cert, certs, at) {
+        Ok(chain) => return Ok(chain),
+        Err(pki::ChainError::Internal(e)) => return Err((SmimeResult::Temperror, e.to_string())),
+        Err(pki::ChainError::Invalid(result)) => result,
+    };
     use openssl_sys as s;
     let reason = match result.as_raw() {
         s::X509_V_ERR_CERT_HAS_EXPIRED => (SmimeResult::Fail, "certificate expired".to_string()),
@@ -326,40 +226,6 @@ fn check_chain(
         ),
     };
     Err(reason)
-}
-
-pub(crate) const KU_DIGITAL_SIGNATURE: u32 = 0x80;
-pub(crate) const KU_NON_REPUDIATION: u32 = 0x40;
-pub(crate) const KU_KEY_ENCIPHERMENT: u32 = 0x20;
-pub(crate) const KU_KEY_AGREEMENT: u32 = 0x08;
-const XKU_SMIME: u32 = 0x4;
-const XKU_ANYEKU: u32 = 0x100;
-const EXFLAG_KUSAGE: u32 = 0x2;
-const EXFLAG_XKUSAGE: u32 = 0x4;
-
-/// What a certificate's key usage extensions allow (RFC 5280 §4.2.1.3,
-/// §4.2.1.12): an absent extension allows everything.
-pub(crate) struct Usage {
-    /// keyUsage allows one of the bits asked for.
-    pub key_usage: bool,
-    /// extendedKeyUsage allows email protection.
-    pub email: bool,
-}
-
-pub(crate) fn usage(cert: &X509Ref, any_key_usage: u32) -> Usage {
-    // SAFETY: getters on a live certificate (they cache its extensions).
-    let (flags, ku, xku) = unsafe {
-        let p = cert.as_ptr();
-        (
-            openssl_sys::X509_get_extension_flags(p),
-            openssl_sys::X509_get_key_usage(p),
-            openssl_sys::X509_get_extended_key_usage(p),
-        )
-    };
-    Usage {
-        key_usage: flags & EXFLAG_KUSAGE == 0 || ku & any_key_usage != 0,
-        email: flags & EXFLAG_XKUSAGE == 0 || xku & (XKU_SMIME | XKU_ANYEKU) != 0,
-    }
 }
 
 /// keyUsage allows signing; extendedKeyUsage absent or allows email.

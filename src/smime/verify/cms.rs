@@ -3,7 +3,7 @@
 //! the given bytes, and the signer infos are read out.
 
 use super::certpolicy::{evaluate_signer, identify_signer};
-use super::{Context, SmimeResult, Verdict};
+use super::verdict::{Context, SignerInfo, SmimeResult, Verdict};
 use crate::ffi::{
     BIO_f_null, BIO_push, CMS_SignerInfo_get0_algs, CMS_get0_SignerInfos, CMS_get0_content,
     CMS_get0_eContentType, CMS_get0_type, CMS_get1_certs, CMS_signed_get0_data_by_OBJ,
@@ -78,13 +78,6 @@ fn one_meaning(cms: &CmsContentInfo, detached: bool) -> Result<(), &'static str>
         }
     }
     Ok(())
-}
-
-pub(super) struct SignerInfo {
-    pub(super) cert: Option<X509>,
-    pub(super) digest: Nid,
-    pub(super) signing_time: Option<i64>,
-    pub(super) caps: Option<Vec<u8>>,
 }
 
 fn signer_infos(cms: &CmsContentInfo) -> Vec<SignerInfo> {
