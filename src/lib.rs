@@ -18,6 +18,7 @@ pub mod admin;
 pub mod config;
 mod ffi;
 pub mod inbound;
+pub mod live;
 pub mod logging;
 pub mod outbound;
 pub mod outcome;
@@ -26,6 +27,7 @@ pub mod policy;
 pub mod privileges;
 pub mod reload;
 pub mod session;
+pub mod signals;
 pub mod testmode;
 
 // The modules by their own names, as the code and its users name them.

@@ -2,9 +2,9 @@
 //! `Session` method, and its answer written back. No panic leaves a step:
 //! it is caught, logged and becomes the internal-error action.
 
+use crate::live::Live;
 use crate::outcome::{HeaderOp, Outcome, Verdict};
 use crate::protocol::{self, action, stage, step, Command, ProtocolError, Response};
-use crate::reload::current_config;
 use crate::session::{self, Session, Step};
 use std::io::{Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -112,7 +112,8 @@ enum Flow {
     Close,
 }
 
-struct Connection<W: Write> {
+struct Connection<'a, W: Write> {
+    live: &'a Live,
     out: W,
     session: Session,
     macros: Macros,
@@ -125,9 +126,11 @@ pub fn serve(
     input: impl Read,
     output: impl Write,
     buffers: &mut protocol::Buffers,
+    live: &Live,
 ) -> Result<(), ProtocolError> {
     let (mut reader, out) = buffers.split(input, output);
     let mut conn = Connection {
+        live,
         out,
         session: Session::new(None),
         macros: Macros::default(),
@@ -161,7 +164,7 @@ pub fn serve(
     Ok(())
 }
 
-impl<W: Write> Connection<W> {
+impl<W: Write> Connection<'_, W> {
     fn qid(&self) -> String {
         self.macros
             .queue_id()
@@ -205,7 +208,7 @@ impl<W: Write> Connection<W> {
             }
             Command::Helo => self.reply_unless(step::NR_HELO, Response::Continue),
             Command::Mail(args) => {
-                if crate::server::stopping() {
+                if self.live.stopping() {
                     // Stopping: the MTA defers this message.
                     log::info!("stopping: closing an MTA connection at a new message");
                     return Ok(Flow::Close);
@@ -213,7 +216,7 @@ impl<W: Write> Connection<W> {
                 let sender = String::from_utf8_lossy(args.first().copied().unwrap_or_default());
                 let login = self.macros.get("auth_authen").map(str::to_string);
                 self.guarded("mail", step::NR_MAIL, |s| {
-                    s.mail(current_config(), &sender, login.as_deref());
+                    s.mail(self.live.config(), &sender, login.as_deref());
                     Step::Continue
                 })
             }
@@ -294,7 +297,7 @@ impl<W: Write> Connection<W> {
                     "{}: internal error: panic in {stage} callback: {what}",
                     self.qid()
                 );
-                let action = current_config().actions.internal_error;
+                let action = self.live.config().actions.internal_error;
                 Err(Outcome::failure(
                     action,
                     format!("panic in {stage} callback"),

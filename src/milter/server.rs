@@ -12,8 +12,8 @@
 
 use crate::config::{Config, SocketSpec};
 use crate::listener::{Listener, Stream};
-use crate::reload::install_config;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::live::Live;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,13 +24,6 @@ const MAX_IDLE: usize = 16;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(7210);
 /// How long a stop waits for messages in flight.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-
-static STOPPING: AtomicBool = AtomicBool::new(false);
-
-/// Whether a stop signal arrived: no new message is started.
-pub fn stopping() -> bool {
-    STOPPING.load(Ordering::SeqCst)
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -51,6 +44,7 @@ pub enum RunError {
 struct Pool {
     listener: Listener,
     idle: AtomicUsize,
+    live: Arc<Live>,
 }
 
 impl Pool {
@@ -70,7 +64,7 @@ impl Pool {
         loop {
             let accepted = self.listener.accept();
             let idle = self.idle.fetch_sub(1, Ordering::SeqCst) - 1;
-            if stopping() {
+            if self.live.stopping() {
                 return;
             }
             match accepted {
@@ -80,7 +74,7 @@ impl Pool {
                             log::error!("cannot start a connection thread: {e}");
                         }
                     }
-                    serve(stream);
+                    serve(stream, &self.live);
                 }
                 Err(e) => {
                     // Out of descriptors, say: not a reason to spin.
@@ -96,7 +90,7 @@ impl Pool {
     }
 }
 
-fn serve(stream: Stream) {
+fn serve(stream: Stream, live: &Live) {
     if let Err(e) = stream.set_timeouts(IDLE_TIMEOUT) {
         log::warn!("cannot set the connection timeout: {e}");
     }
@@ -107,7 +101,7 @@ fn serve(stream: Stream) {
     // Session panics are caught step by step in `connection`; this is the
     // last line for the protocol code itself, so the thread lives on.
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        BUFFERS.with_borrow_mut(|b| crate::connection::serve(input, output, b))
+        BUFFERS.with_borrow_mut(|b| crate::connection::serve(input, output, b, live))
     })) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => log::debug!("MTA connection ended: {e}"),
@@ -122,10 +116,10 @@ pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
     let socket_mode = cfg.socket_mode;
     let config_path = cfg.path.clone();
     let pid_file = cfg.pid_file.clone();
-    install_config(cfg);
+    let live = Arc::new(Live::new(cfg));
     // Before any thread starts, so that they all inherit the mask and the
     // signals reach only the threads that wait for them.
-    crate::reload::block_signals().map_err(RunError::Threads)?;
+    crate::signals::block_signals().map_err(RunError::Threads)?;
     if let Some(pid_file) = &pid_file {
         prepare_pid_dir(pid_file, identity.as_ref())?;
     }
@@ -140,11 +134,12 @@ pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
         crate::privileges::drop_to(id)?;
         log::info!("running as user {}", id.name);
     }
-    crate::reload::spawn_reload_thread(config_path).map_err(RunError::Threads)?;
-    crate::reload::spawn_stats_thread().map_err(RunError::Threads)?;
+    crate::reload::spawn_reload_thread(live.clone(), config_path).map_err(RunError::Threads)?;
+    spawn_stats_thread(live.clone()).map_err(RunError::Threads)?;
     let pool = Arc::new(Pool {
         listener,
         idle: AtomicUsize::new(0),
+        live: live.clone(),
     });
     pool.spawn_worker().map_err(RunError::Threads)?;
     log::info!(
@@ -161,7 +156,7 @@ pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
     }
     let sig = wait_for_stop_signal();
     log::info!("{sig}: stopping");
-    STOPPING.store(true, Ordering::SeqCst);
+    live.stop();
     pool.listener.shut_down();
     pool.listener.remove_path();
     // A message already between MAIL and its end is finished; a connection
@@ -215,9 +210,30 @@ fn prepare_pid_dir(
 }
 
 fn wait_for_stop_signal() -> &'static str {
-    match crate::reload::wait_for(&[libc::SIGTERM, libc::SIGHUP, libc::SIGINT]) {
+    match crate::signals::wait_for(&[libc::SIGTERM, libc::SIGHUP, libc::SIGINT]) {
         libc::SIGTERM => "SIGTERM",
         libc::SIGHUP => "SIGHUP",
         _ => "SIGINT",
     }
+}
+
+/// Logs the stats line every `stats_interval` of the configuration in force.
+fn spawn_stats_thread(live: Arc<Live>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("stats".into())
+        .spawn(move || loop {
+            let interval = live.config().stats_interval;
+            if interval.is_zero() {
+                std::thread::sleep(Duration::from_secs(60));
+                continue;
+            }
+            std::thread::sleep(interval);
+            log::info!(
+                "{} messages in flight={} memory counted={} bytes",
+                crate::certstore::STATS.line(),
+                crate::session::in_flight(),
+                crate::session::buffered()
+            );
+        })?;
+    Ok(())
 }
