@@ -21,11 +21,11 @@ mod softhsm;
 use common::*;
 
 use milter_client::{split_message, MilterClient};
-use smime_milter::config::Config;
 use smime_milter::inbound;
 use smime_milter::mime::{self, Limits};
 use smime_milter::outbound::{self, Plan};
 use smime_milter::outcome::apply_header_ops;
+use smime_milter::runtime::Runtime;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -104,12 +104,12 @@ fn main() {
     );
     let cfg_path = dir.path().join("bench.toml");
     std::fs::write(&cfg_path, &cfg_text).unwrap();
-    let cfg = Arc::new(Config::load(&cfg_path).unwrap());
+    let cfg = Arc::new(Runtime::load(&cfg_path).unwrap());
     // The same with decryption on: inbound then also looks for encrypted
     // entities it must report (doc/inbound-verdicts.md §7).
     let dec_path = dir.path().join("bench-decrypt.toml");
     std::fs::write(&dec_path, format!("{cfg_text}[decrypt]\nenabled = true\n")).unwrap();
-    let cfg_decrypt = Config::load(&dec_path).unwrap();
+    let cfg_decrypt = Runtime::load(&dec_path).unwrap();
     let none: Vec<String> = Vec::new();
 
     println!(
@@ -211,7 +211,7 @@ fn main() {
     common::set_mode(&pin, 0o600);
     let hsm_cfg_path = dir.path().join("hsm.toml");
     std::fs::write(&hsm_cfg_path, hsm.tables(&pin, "")).unwrap();
-    let hsm_cfg = Config::load(&hsm_cfg_path).unwrap();
+    let hsm_cfg = Runtime::load(&hsm_cfg_path).unwrap();
     println!();
     println!("signatures per second, RSA-2048 (4 KB message, in process):");
     let raw = message(4096);
@@ -225,14 +225,14 @@ fn main() {
         println!("  {label:<14} {:>9.3} ms  ({:>8.0}/s)", t * 1e3, 1.0 / t);
     }
 
-    let enc = cfg.encrypt.as_ref().unwrap();
+    let certs = cfg.certs.as_ref().unwrap();
     let (hit, _) = time_per_op(Duration::from_millis(500), || {
-        std::hint::black_box(enc.certs.find("rcpt1@example.net", None));
+        std::hint::black_box(certs.find("rcpt1@example.net", None));
     });
     let (miss, n) = time_per_op(Duration::from_secs(1), || {
-        enc.certs.flush();
+        certs.flush();
         assert!(matches!(
-            enc.certs.find("carol@example.com", None),
+            certs.find("carol@example.com", None),
             smime_milter::certstore::Lookup::Found(_)
         ));
     });
@@ -309,7 +309,7 @@ fn row(size: usize, what: &str, t: f64) {
     );
 }
 
-fn work_for(cfg: &Config, headers: &[(String, String)], rcpts: &[String]) -> outbound::Work {
+fn work_for(cfg: &Runtime, headers: &[(String, String)], rcpts: &[String]) -> outbound::Work {
     match outbound::plan(cfg, None, "alice@example.com", rcpts, headers) {
         Plan::Process(w) => w,
         Plan::Done(o) => panic!("nothing to do: {:?}", o.reason),
@@ -317,7 +317,7 @@ fn work_for(cfg: &Config, headers: &[(String, String)], rcpts: &[String]) -> out
 }
 
 /// The message as delivered after alice's signature.
-fn signed_message(cfg: &Config, raw: &[u8]) -> Vec<u8> {
+fn signed_message(cfg: &Runtime, raw: &[u8]) -> Vec<u8> {
     let (headers, body) = split_message(raw);
     let o = outbound::process_message(cfg, &work_for(cfg, &headers, &[]), &headers, &body);
     let mut fields = headers.clone();

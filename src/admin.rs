@@ -1,17 +1,18 @@
 //! `smime-milter certs list|show ADDR|remove ADDR`: what the certificate
 //! stores hold for outbound encryption.
 
-use crate::certstore::{self, Source};
-use crate::config::Config;
+use crate::certstore;
+use crate::config::CertSource;
 use crate::pki;
+use crate::runtime::Runtime;
 use openssl::x509::X509Ref;
 use std::io::Write;
 
-fn source_name(s: Source) -> &'static str {
+fn source_name(s: CertSource) -> &'static str {
     match s {
-        Source::Local => "static",
-        Source::Harvested => "harvested",
-        Source::Ldap => "ldap",
+        CertSource::Local => "static",
+        CertSource::Harvested => "harvested",
+        CertSource::Ldap => "ldap",
     }
 }
 
@@ -47,13 +48,13 @@ fn describe(
 
 /// Runs the command; returns the exit status (0 done, 1 nothing found, 64 usage).
 pub fn run(
-    cfg: &Config,
+    rt: &Runtime,
     args: &[String],
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<i32> {
-    let harvest = cfg.harvest_dir.as_deref();
-    let store = cfg.encrypt.as_ref().map(|e| &e.certs);
+    let harvest = rt.config.harvest_dir.as_deref();
+    let store = rt.certs.as_ref();
     match args {
         [cmd] if cmd == "list" => {
             let mut n = 0;
@@ -72,12 +73,7 @@ pub fn run(
             Ok(0)
         }
         [cmd, addr] if cmd == "show" => {
-            let trust = cfg
-                .encrypt
-                .as_ref()
-                .filter(|e| e.require_trusted)
-                .and(cfg.verify.as_ref())
-                .map(|v| &v.trust);
+            let trust = rt.recipient_trust();
             let mut found = 0;
             match store {
                 Some(s) => {

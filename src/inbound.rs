@@ -6,10 +6,11 @@
 
 use crate::address::{self, FromIdentity};
 use crate::auth_results;
-use crate::config::{Config, FailAction};
+use crate::config::FailAction;
 use crate::decrypt::{self, Decryption};
 use crate::mime::{self, ContentType, HiddenField};
 use crate::outcome::{Changes, HeaderOp, Outcome, Verdict};
+use crate::runtime::Runtime;
 use crate::verify::{self, FromView, SmimeResult};
 use std::sync::Arc;
 
@@ -77,8 +78,8 @@ pub enum Plan {
     Done(Outcome),
 }
 
-fn decryption_on(cfg: &Config) -> bool {
-    cfg.decrypt && !cfg.keys.is_empty()
+fn decryption_on(rt: &Runtime) -> bool {
+    rt.config.decrypt && !rt.keys.is_empty()
 }
 
 /// Header changes that take out what claims to be ours: fields named
@@ -140,19 +141,19 @@ fn forged_header_ops(
 }
 
 /// Decides at end of headers.
-pub fn plan(cfg: &Config, headers: &[(String, String)]) -> Plan {
-    let decrypt_on = decryption_on(cfg);
+pub fn plan(rt: &Runtime, headers: &[(String, String)]) -> Plan {
+    let decrypt_on = decryption_on(rt);
     let hidden = mime::hidden_fields(headers);
     let mut removals = Vec::new();
-    if cfg.verify.is_some() {
+    if rt.verify.is_some() {
         removals.extend(forged_header_ops(headers, &hidden, AR, |v| {
-            auth_results::claims_our_id(v, &cfg.authserv_id)
+            auth_results::claims_our_id(v, &rt.config.authserv_id)
         }));
     }
     // Ours whether or not decryption is on: no reader may take a sender's
     // for the gateway's word.
     removals.extend(forged_header_ops(headers, &hidden, DECRYPTED, |_| true));
-    if cfg.verify.is_none() && !decrypt_on {
+    if rt.verify.is_none() && !decrypt_on {
         return if removals.is_empty() {
             Plan::Done(Outcome::unchanged(
                 "inbound, verification and decryption off",
@@ -327,14 +328,14 @@ fn enveloped_der(ct: &ContentType, cte: Option<&str>, body: &[u8]) -> Option<Vec
 /// from outside it), and why; `None` when there is none. Bounded by the
 /// configured depth and part limits.
 fn unhandled_encryption(
-    cfg: &Config,
+    rt: &Runtime,
     ct: &ContentType,
     cte: Option<&str>,
     body: &[u8],
     depth: usize,
     parts: &mut usize,
 ) -> Option<&'static str> {
-    if depth > cfg.max_mime_depth || *parts > cfg.max_mime_parts {
+    if depth > rt.config.max_mime_depth || *parts > rt.config.max_mime_parts {
         return None;
     }
     if enveloped_der(ct, cte, body).is_some() {
@@ -367,7 +368,7 @@ fn unhandled_encryption(
             continue;
         };
         let icte = mime::field_value(&fields, "Content-Transfer-Encoding");
-        if let Some(why) = unhandled_encryption(cfg, &ict, icte.as_deref(), b, depth + 1, parts) {
+        if let Some(why) = unhandled_encryption(rt, &ict, icte.as_deref(), b, depth + 1, parts) {
             return Some(
                 if depth == 0 && ct.is_multipart() && verify::signed_form(ct).is_none() {
                     "encrypted part mixed with plaintext parts"
@@ -405,7 +406,7 @@ struct Inputs<'a> {
     now: Option<i64>,
 }
 
-fn report(cfg: &Config, mut v: verify::Verdict, decrypted: bool, harvest: bool) -> Verified {
+fn report(rt: &Runtime, mut v: verify::Verdict, decrypted: bool, harvest: bool) -> Verified {
     let mut r = Verified {
         ops: Vec::new(),
         detail: None,
@@ -416,13 +417,13 @@ fn report(cfg: &Config, mut v: verify::Verdict, decrypted: bool, harvest: bool) 
     if let Some(id) = &v.identifier {
         detail.push_str(&format!(" signer={id}"));
     }
-    if harvest && cfg.harvest_writes && v.result == SmimeResult::Pass {
-        if let (Some(dir), Some(signer)) = (&cfg.harvest_dir, &v.signer) {
+    if harvest && rt.config.harvest_writes && v.result == SmimeResult::Pass {
+        if let (Some(dir), Some(signer)) = (&rt.config.harvest_dir, &v.signer) {
             match crate::harvest::store(dir, signer) {
                 Ok(addrs) if !addrs.is_empty() => {
                     // Visible to the next outbound message at once.
-                    if let Some(enc) = &cfg.encrypt {
-                        addrs.iter().for_each(|a| enc.certs.forget(a));
+                    if let Some(certs) = &rt.certs {
+                        addrs.iter().for_each(|a| certs.forget(a));
                     }
                     detail.push_str(&format!(" harvested={}", addrs.join(",")));
                 }
@@ -443,20 +444,20 @@ fn report(cfg: &Config, mut v: verify::Verdict, decrypted: bool, harvest: bool) 
     r.ops.push(HeaderOp::Insert {
         index: 0,
         name: AR.into(),
-        value: auth_results::header_value(&cfg.authserv_id, &v),
+        value: auth_results::header_value(&rt.config.authserv_id, &v),
     });
     r.detail = Some(detail);
     r
 }
 
 fn verify_entity(
-    cfg: &Config,
+    rt: &Runtime,
     inputs: &Inputs<'_>,
     ct: &ContentType,
     cte: Option<&str>,
     body: &[u8],
 ) -> Option<verify::Verdict> {
-    let ver = cfg.verify.as_ref()?;
+    let ver = rt.verify.as_ref()?;
     let ctx = verify::Context {
         trust: &ver.trust,
         settings: &ver.settings,
@@ -487,7 +488,7 @@ fn outcome(
 /// The outcome for a verified message: `bad_signature` acts on fail and
 /// permerror, never with a partial change.
 fn finish(
-    cfg: &Config,
+    rt: &Runtime,
     mut ops: Vec<HeaderOp>,
     mut notes: Vec<String>,
     v: Verified,
@@ -495,8 +496,8 @@ fn finish(
     body: Option<Vec<u8>>,
 ) -> Outcome {
     notes.extend(v.notes.iter().cloned());
-    if v.bad() && cfg.actions.bad_signature != FailAction::Accept {
-        let mut o = Outcome::failure(cfg.actions.bad_signature, notes.join(", "));
+    if v.bad() && rt.config.actions.bad_signature != FailAction::Accept {
+        let mut o = Outcome::failure(rt.config.actions.bad_signature, notes.join(", "));
         o.detail = v.detail;
         return o;
     }
@@ -504,38 +505,38 @@ fn finish(
     outcome(action, ops, body, v.detail, notes)
 }
 
-fn decrypted_header(cfg: &Config, state: &str) -> HeaderOp {
+fn decrypted_header(rt: &Runtime, state: &str) -> HeaderOp {
     HeaderOp::Insert {
         index: 0,
         name: DECRYPTED.into(),
-        value: format!("{state}; by={}", cfg.authserv_id),
+        value: format!("{state}; by={}", rt.config.authserv_id),
     }
 }
 
 /// At end of message. `body` is `None` when the message was too large to
 /// keep; `rcpts` are the envelope recipients (whose keys may decrypt).
 pub fn verify_message(
-    cfg: &Config,
+    rt: &Runtime,
     p: &Pending,
     headers: &[(String, String)],
     body: Option<&[u8]>,
     rcpts: &[String],
     now: Option<i64>,
 ) -> Outcome {
-    let o = verify_message_once(cfg, p, headers, body, rcpts, now);
+    let o = verify_message_once(rt, p, headers, body, rcpts, now);
     // Every value is built safe; this is the last line of defence: a
     // field we cannot write as one field is a failure, never a pass.
     match o.changes.headers.iter().find_map(HeaderOp::unsafe_name) {
         None => o,
         Some(name) => Outcome::failure(
-            cfg.actions.internal_error,
+            rt.config.actions.internal_error,
             format!("refusing to write an unsafe {name} header"),
         ),
     }
 }
 
 fn verify_message_once(
-    cfg: &Config,
+    rt: &Runtime,
     p: &Pending,
     headers: &[(String, String)],
     body: Option<&[u8]>,
@@ -563,7 +564,7 @@ fn verify_message_once(
             "flattened {flattened} field(s) hiding a forged header"
         ));
     }
-    if cfg.verify.is_none() && !decryption_on(cfg) {
+    if rt.verify.is_none() && !decryption_on(rt) {
         return outcome("unchanged", ops, None, None, notes);
     }
     let hidden = mime::hidden_fields(headers);
@@ -576,7 +577,7 @@ fn verify_message_once(
             .and_then(|d| verify::parse_date(&mime::unfold(d))),
         now,
     };
-    let verify_on = cfg.verify.is_some();
+    let verify_on = rt.verify.is_some();
 
     // A signed message with an ambiguous unsigned header, or too large to
     // check: no limit may turn a failure into something milder.
@@ -590,15 +591,15 @@ fn verify_message_once(
             "1",
             format!(
                 "message larger than {} bytes not verified",
-                cfg.max_message_size
+                rt.config.max_message_size
             ),
         ))
     } else {
         None
     };
     if let Some(v) = early {
-        let r = report(cfg, v, false, false);
-        return finish(cfg, ops, notes, r, "verified", None);
+        let r = report(rt, v, false, false);
+        return finish(rt, ops, notes, r, "verified", None);
     }
     let (Some(body), Some(ct)) = (body, s.ct.as_ref()) else {
         notes.push("not signed".into());
@@ -606,22 +607,22 @@ fn verify_message_once(
     };
     let cte = s.cte.as_deref();
 
-    if decryption_on(cfg) {
+    if decryption_on(rt) {
         if let Some(der) = whole_body_encryption(ct, cte, body) {
             if let Some(o) =
-                decrypt_message(cfg, &mut ops, &mut notes, &der, &inputs, headers, rcpts)
+                decrypt_message(rt, &mut ops, &mut notes, &der, &inputs, headers, rcpts)
             {
                 return o;
             }
-        } else if let Some(why) = unhandled_encryption(cfg, ct, cte, body, 0, &mut 0) {
-            ops.push(decrypted_header(cfg, &format!("no ({why}, not decrypted)")));
+        } else if let Some(why) = unhandled_encryption(rt, ct, cte, body, 0, &mut 0) {
+            ops.push(decrypted_header(rt, &format!("no ({why}, not decrypted)")));
             notes.push(format!("{why}: not decrypted"));
         }
     } else if may_be_enveloped(ct) {
         notes.push("encrypted; decryption off".into());
         return outcome("unchanged", ops, None, None, notes);
     }
-    let Some(v) = verify_entity(cfg, &inputs, ct, cte, body) else {
+    let Some(v) = verify_entity(rt, &inputs, ct, cte, body) else {
         notes.push("not signed".into());
         let action = if ops.is_empty() {
             "unchanged"
@@ -630,8 +631,8 @@ fn verify_message_once(
         };
         return outcome(action, ops, None, None, notes);
     };
-    let r = report(cfg, v, false, true);
-    finish(cfg, ops, notes, r, "verified", None)
+    let r = report(rt, v, false, true);
+    finish(rt, ops, notes, r, "verified", None)
 }
 
 /// Decrypts a message that is one EnvelopedData, with the keys of its
@@ -640,7 +641,7 @@ fn verify_message_once(
 /// message stays as received (not ours, withheld, failed and accepted) and
 /// is verified as a reader will see it; `ops` and `notes` say why.
 fn decrypt_message(
-    cfg: &Config,
+    rt: &Runtime,
     ops: &mut Vec<HeaderOp>,
     notes: &mut Vec<String>,
     der: &[u8],
@@ -650,7 +651,7 @@ fn decrypt_message(
 ) -> Option<Outcome> {
     let mut keys: Vec<Arc<crate::keystore::SigningKey>> = Vec::new();
     for r in rcpts {
-        if let Some(k) = cfg.keys.find(r) {
+        if let Some(k) = rt.keys.find(r) {
             if !keys.iter().any(|x| x.name == k.name) {
                 keys.push(Arc::clone(k));
             }
@@ -661,7 +662,7 @@ fn decrypt_message(
     // adding himself as a recipient).
     let every_recipient = !rcpts.is_empty()
         && rcpts.iter().all(|r| {
-            cfg.keys
+            rt.keys
                 .find(r)
                 .is_some_and(|k| decrypt::is_addressed(der, &k.cert))
         });
@@ -676,12 +677,12 @@ fn decrypt_message(
     }
     let mut failed = |why: &str| {
         notes.push(format!("{DECRYPTION_FAILED}: {why}"));
-        if cfg.actions.decrypt_failed != FailAction::Accept {
-            let mut o = Outcome::failure(cfg.actions.decrypt_failed, DECRYPTION_FAILED);
+        if rt.config.actions.decrypt_failed != FailAction::Accept {
+            let mut o = Outcome::failure(rt.config.actions.decrypt_failed, DECRYPTION_FAILED);
             o.reason = Some(notes.join(", "));
             return Some(o);
         }
-        ops.push(decrypted_header(cfg, "failed"));
+        ops.push(decrypted_header(rt, "failed"));
         None
     };
     let (plaintext, key, kind) = match decrypt::decrypt(der, &keys) {
@@ -719,7 +720,7 @@ fn decrypt_message(
     let inner_cte = mime::field_value(&fields, "Content-Transfer-Encoding");
     let mut body = Vec::with_capacity(b.len() + b.len() / 16);
     mime::push_crlf(&mut body, b);
-    let verdict = verify_entity(cfg, inputs, &inner_ct, inner_cte.as_deref(), &body);
+    let verdict = verify_entity(rt, inputs, &inner_ct, inner_cte.as_deref(), &body);
 
     // The decrypted header becomes the message's: one reading only (§3).
     let values = |name: &str| -> Vec<String> {
@@ -742,7 +743,7 @@ fn decrypt_message(
         .as_ref()
         .is_some_and(|v| v.result == SmimeResult::Pass)
         && signature_covers_all(&inner_ct, &body);
-    if !gcm && signed_all && !cfg.release_unauthenticated {
+    if !gcm && signed_all && !rt.config.release_unauthenticated {
         // The signature covers the body: of the header, only what says how
         // to read it goes out (no unsigned Content-Description, -Base...).
         new_fields.retain(|(n, _)| {
@@ -750,9 +751,9 @@ fn decrypt_message(
                 || n.eq_ignore_ascii_case("Content-Transfer-Encoding")
         });
     }
-    if !gcm && !signed_all && !cfg.release_unauthenticated {
+    if !gcm && !signed_all && !rt.config.release_unauthenticated {
         ops.push(decrypted_header(
-            cfg,
+            rt,
             "no (unauthenticated CBC plaintext withheld, EFAIL)",
         ));
         notes.push(format!(
@@ -769,7 +770,7 @@ fn decrypt_message(
     ops.push(HeaderOp::Insert {
         index: 0,
         name: DECRYPTED.into(),
-        value: format!("yes; by={}; key={key}; type={kind}", cfg.authserv_id),
+        value: format!("yes; by={}; key={key}; type={kind}", rt.config.authserv_id),
     });
     let Some(v) = verdict else {
         return Some(outcome(
@@ -780,9 +781,9 @@ fn decrypt_message(
             notes,
         ));
     };
-    let mut r = report(cfg, v, true, true);
+    let mut r = report(rt, v, true, true);
     r.detail = r.detail.map(|d| format!("key={key} {d}"));
-    Some(finish(cfg, ops, notes, r, "decrypted", Some(body)))
+    Some(finish(rt, ops, notes, r, "decrypted", Some(body)))
 }
 
 /// The Content-* fields of a decrypted entity's header, to copy into the

@@ -26,6 +26,7 @@ pub mod pki;
 pub mod policy;
 pub mod privileges;
 pub mod reload;
+pub mod runtime;
 pub mod session;
 pub mod signals;
 pub mod testmode;

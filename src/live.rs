@@ -3,17 +3,17 @@
 //! whether a stop signal arrived. One value, made at start and handed to
 //! each connection, instead of globals.
 
-use crate::config::Config;
+use crate::runtime::Runtime;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 pub struct Live {
-    config: RwLock<Arc<Config>>,
+    config: RwLock<Arc<Runtime>>,
     stopping: AtomicBool,
 }
 
 impl Live {
-    pub fn new(config: Arc<Config>) -> Live {
+    pub fn new(config: Arc<Runtime>) -> Live {
         Live {
             config: RwLock::new(config),
             stopping: AtomicBool::new(false),
@@ -21,7 +21,7 @@ impl Live {
     }
 
     /// The configuration new messages use.
-    pub fn config(&self) -> Arc<Config> {
+    pub fn config(&self) -> Arc<Runtime> {
         self.config
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -29,7 +29,7 @@ impl Live {
     }
 
     /// Messages that start from now on use `new`.
-    pub fn replace(&self, new: Arc<Config>) {
+    pub fn replace(&self, new: Arc<Runtime>) {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = new;
     }
 

@@ -1,7 +1,8 @@
 //! Command line: run the milter, check the configuration, or test a message.
 
-use smime_milter::config::{Config, SocketSpec, DEFAULT_CONFIG_PATH};
+use smime_milter::config::{SocketSpec, DEFAULT_CONFIG_PATH};
 use smime_milter::policy::Direction;
+use smime_milter::runtime::Runtime;
 use smime_milter::testmode::{self, TestArgs};
 use smime_milter::{logging, server};
 use std::io::Read;
@@ -36,8 +37,8 @@ every certificate for an address (LDAP included) and which one encryption
 uses, or remove a harvested one.";
 
 /// The configuration, or the exit status (EX_CONFIG) once the error is said.
-fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
+fn load(path: &std::path::Path) -> Result<Runtime, ExitCode> {
+    Runtime::load(path).map_err(|e| {
         eprintln!("smime-milter: {e}");
         ExitCode::from(EX_CONFIG)
     })
@@ -88,7 +89,7 @@ fn main() -> ExitCode {
     // before the configuration is read, so no start-up warning is lost;
     // the configured level applies once it is known.
     logging::init(check || foreground, log::LevelFilter::Info);
-    let cfg = match load(&config_path) {
+    let rt = match load(&config_path) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -98,14 +99,14 @@ fn main() -> ExitCode {
             eprintln!("smime-milter: --socket: {e}");
             return ExitCode::from(EX_CONFIG);
         }
-        None => cfg.socket.clone(),
+        None => rt.config.socket.clone(),
     };
     if check {
         println!(
             "{}: configuration OK ({} signing key{})",
             config_path.display(),
-            cfg.keys.len(),
-            if cfg.keys.len() == 1 { "" } else { "s" }
+            rt.keys.len(),
+            if rt.keys.len() == 1 { "" } else { "s" }
         );
         return ExitCode::SUCCESS;
     }
@@ -116,9 +117,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(EX_CONFIG);
     };
-    logging::set_level(cfg.log_level);
+    logging::set_level(rt.config.log_level);
     install_panic_hook();
-    match server::run(Arc::new(cfg), &socket) {
+    match server::run(Arc::new(rt), &socket) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -153,12 +154,12 @@ fn certs_command(args: &[String]) -> ExitCode {
         }
     }
     logging::init(true, log::LevelFilter::Warn);
-    let cfg = match load(&config_path) {
+    let rt = match load(&config_path) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
-    match smime_milter::admin::run(&cfg, &rest, &mut out, &mut err) {
+    match smime_milter::admin::run(&rt, &rest, &mut out, &mut err) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("smime-milter: {e}");
@@ -217,12 +218,12 @@ fn test_command(args: &[String]) -> ExitCode {
         return usage_error("test needs --outbound or --inbound");
     }
     logging::init(true, log::LevelFilter::Warn);
-    let mut cfg = match load(&config_path) {
+    let mut rt = match load(&config_path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    cfg.harvest_writes = harvest;
-    logging::set_level(cfg.log_level.min(log::LevelFilter::Warn));
+    rt.config.harvest_writes = harvest;
+    logging::set_level(rt.config.log_level.min(log::LevelFilter::Warn));
     let input = match &file {
         Some(f) => std::fs::read(f).map_err(|e| format!("{}: {e}", f.display())),
         None => {
@@ -241,7 +242,7 @@ fn test_command(args: &[String]) -> ExitCode {
         }
     };
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
-    match testmode::run(Arc::new(cfg), &t, &input, &mut out, &mut err) {
+    match testmode::run(Arc::new(rt), &t, &input, &mut out, &mut err) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("smime-milter: {e}");

@@ -4,12 +4,13 @@
 
 use crate::address;
 use crate::certstore::{Lookup, RecipientCert};
-use crate::config::{Config, EncryptMode, FailAction};
+use crate::config::{EncryptMode, FailAction};
 use crate::encrypt;
 use crate::keystore::SigningKey;
 use crate::mime::{self, ContentType, Limits};
 use crate::outcome::{Changes, HeaderOp, Outcome, Verdict};
 use crate::policy;
+use crate::runtime::Runtime;
 use crate::sign;
 use std::sync::Arc;
 
@@ -71,7 +72,7 @@ fn smime_state(headers: &[(String, String)]) -> (bool, bool) {
 /// Decides at end of headers: which key signs, which certificates encrypt,
 /// or the outcome already.
 pub fn plan(
-    cfg: &Config,
+    rt: &Runtime,
     auth_login: Option<&str>,
     sender: &str,
     rcpts: &[String],
@@ -82,10 +83,10 @@ pub fn plan(
         return Plan::Done(Outcome::unchanged("already S/MIME encrypted"));
     }
     let mut work = Work {
-        required: encryption_required(cfg, sender, rcpts),
+        required: encryption_required(rt, sender, rcpts),
         ..Work::default()
     };
-    match encryption(cfg, sender, rcpts) {
+    match encryption(rt, sender, rcpts) {
         Ok((certs, note)) => {
             work.encrypt = certs;
             work.notes.extend(note);
@@ -95,7 +96,7 @@ pub fn plan(
     if signed {
         work.notes.push("already S/MIME signed".into());
     } else {
-        match signing_key(cfg, auth_login, headers) {
+        match signing_key(rt, auth_login, headers) {
             Ok(k) => work.sign = Some(k),
             // Without encryption, the signing failure decides; with it, only
             // a refusal does (an unsigned encrypted message is still wanted).
@@ -120,11 +121,11 @@ pub fn plan(
 
 /// The signing key for the From address, or the outcome without one.
 fn signing_key(
-    cfg: &Config,
+    rt: &Runtime,
     auth_login: Option<&str>,
     headers: &[(String, String)],
 ) -> Result<Arc<SigningKey>, Outcome> {
-    if !cfg.signing.enabled {
+    if !rt.config.signing.enabled {
         return Err(Outcome::unchanged("signing disabled"));
     }
     let froms: Vec<&str> = header(headers, "From").collect();
@@ -134,28 +135,28 @@ fn signing_key(
     };
     let Some(from) = from else {
         return Err(Outcome::failure(
-            cfg.actions.malformed,
+            rt.config.actions.malformed,
             "no single From address",
         ));
     };
-    if !crate::policy::may_sign_as(cfg, auth_login, &from) {
+    if !crate::policy::may_sign_as(&rt.config, auth_login, &from) {
         return Err(Outcome::failure(
-            cfg.actions.sender_not_authorized,
+            rt.config.actions.sender_not_authorized,
             format!(
                 "login '{}' may not sign as <{from}>",
                 auth_login.unwrap_or_default()
             ),
         ));
     }
-    let Some(key) = cfg.keys.find(&from) else {
+    let Some(key) = rt.keys.find(&from) else {
         return Err(Outcome::failure(
-            cfg.actions.key_not_found,
+            rt.config.actions.key_not_found,
             format!("no signing key for <{from}>"),
         ));
     };
     if !crate::pki::valid_now(&key.cert) {
         return Err(Outcome::failure(
-            cfg.actions.key_not_found,
+            rt.config.actions.key_not_found,
             format!("signing certificate {} is not valid now", key.label()),
         ));
     }
@@ -163,8 +164,8 @@ fn signing_key(
 }
 
 /// Whether policy requires encryption for any of the recipients.
-pub fn encryption_required(cfg: &Config, sender: &str, rcpts: &[String]) -> bool {
-    cfg.encrypt.as_ref().is_some_and(|enc| {
+pub fn encryption_required(rt: &Runtime, sender: &str, rcpts: &[String]) -> bool {
+    rt.config.encrypt.as_ref().is_some_and(|enc| {
         rcpts
             .iter()
             .any(|r| policy::encrypt_mode(enc, sender, r) == EncryptMode::Required)
@@ -177,14 +178,14 @@ type Encryption = (Option<Vec<Arc<RecipientCert>>>, Option<String>);
 /// Whether to encrypt, and to which certificates (RFC 8551 §3.3): required
 /// for any recipient means every recipient must have a certificate;
 /// opportunistic for all means encrypt when all have one.
-fn encryption(cfg: &Config, sender: &str, rcpts: &[String]) -> Result<Encryption, Outcome> {
-    let Some(enc) = &cfg.encrypt else {
+fn encryption(rt: &Runtime, sender: &str, rcpts: &[String]) -> Result<Encryption, Outcome> {
+    let Some(enc) = &rt.config.encrypt else {
         return Ok((None, None));
     };
     if rcpts.is_empty() {
         return Ok((None, None));
     }
-    let required = encryption_required(cfg, sender, rcpts);
+    let required = encryption_required(rt, sender, rcpts);
     if !required
         && rcpts
             .iter()
@@ -192,14 +193,13 @@ fn encryption(cfg: &Config, sender: &str, rcpts: &[String]) -> Result<Encryption
     {
         return Ok((None, None));
     }
-    let trust = if enc.require_trusted {
-        cfg.verify.as_ref().map(|v| &v.trust)
-    } else {
-        None
+    let Some(store) = &rt.certs else {
+        return Ok((None, None));
     };
+    let trust = rt.recipient_trust();
     let (mut certs, mut missing, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     for r in rcpts {
-        match enc.certs.find(r, trust) {
+        match store.find(r, trust) {
             Lookup::Found(c) => certs.push(c),
             Lookup::NotFound => missing.push(format!("<{r}>")),
             Lookup::Error(e) => errors.push(format!("<{r}>: {e}")),
@@ -209,9 +209,9 @@ fn encryption(cfg: &Config, sender: &str, rcpts: &[String]) -> Result<Encryption
         let reason = format!("certificate lookup failed for {}", errors.join(", "));
         // Never plaintext where encryption is required.
         let action = if required {
-            FailAction::Tempfail.stricter(cfg.actions.lookup_error)
+            FailAction::Tempfail.stricter(rt.config.actions.lookup_error)
         } else {
-            cfg.actions.lookup_error
+            rt.config.actions.lookup_error
         };
         return match action {
             FailAction::Accept => Ok((None, Some(reason))),
@@ -336,7 +336,7 @@ fn canonical_name(lower: &str) -> String {
 /// Content-* fields and the body, signs it, encrypts the result, and returns
 /// the changes for the MTA.
 pub fn process_message(
-    cfg: &Config,
+    rt: &Runtime,
     work: &Work,
     headers: &[(String, String)],
     body: &[u8],
@@ -353,13 +353,13 @@ pub fn process_message(
     let block = content_header_block(headers, body);
     let capacity = block.len() + body.len() + body.len() / 16 + 2;
     let limits = Limits {
-        max_depth: cfg.max_mime_depth,
-        max_parts: cfg.max_mime_parts,
+        max_depth: rt.config.max_mime_depth,
+        max_parts: rt.config.max_mime_parts,
     };
     // Clear-signed only: the entity is written straight into the new body.
     let mut clear = (work.encrypt.is_none()
         && work.sign.is_some()
-        && cfg.signing.format == crate::config::SignFormat::Clear)
+        && rt.config.signing.format == crate::config::SignFormat::Clear)
         .then(|| sign::ClearBody::new(capacity));
     let mut entity = Vec::new();
     let out = match clear.as_mut() {
@@ -370,27 +370,30 @@ pub fn process_message(
         }
     };
     if let Err(e) = mime::write_7bit(&block, body, 0, limits, out) {
-        return fail(cfg.actions.malformed, format!("cannot sign safely: {e}"));
+        return fail(
+            rt.config.actions.malformed,
+            format!("cannot sign safely: {e}"),
+        );
     }
     let mut detail = Vec::new();
     let signed = match &work.sign {
         Some(key) => {
-            let opts = cfg.signing.options();
+            let opts = crate::sign::SignOptions::from(&rt.config.signing);
             let result = match clear {
                 Some(c) => c.finish(key, &opts),
-                None => sign::sign_entity(key, &entity, cfg.signing.format, &opts),
+                None => sign::sign_entity(key, &entity, rt.config.signing.format, &opts),
             };
             match result {
                 Ok(s) => {
                     detail.push(format!("key={}", key.label()));
                     Some(s)
                 }
-                Err(e) => return fail(cfg.actions.internal_error, e.to_string()),
+                Err(e) => return fail(rt.config.actions.internal_error, e.to_string()),
             }
         }
         None => None,
     };
-    let wrapped = match (&work.encrypt, cfg.encrypt.as_ref()) {
+    let wrapped = match (&work.encrypt, rt.config.encrypt.as_ref()) {
         (Some(certs), Some(enc)) => {
             // Sign first, then encrypt the signed entity (RFC 8551 §3.7).
             let inner = match &signed {
@@ -406,7 +409,7 @@ pub fn process_message(
                     detail.push(format!("recipients={}", certs.len()));
                     w
                 }
-                Err(e) => return fail(cfg.actions.internal_error, e.to_string()),
+                Err(e) => return fail(rt.config.actions.internal_error, e.to_string()),
             }
         }
         _ => match signed {

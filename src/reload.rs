@@ -2,26 +2,26 @@
 //! without dropping connections (SIGHUP and SIGTERM stop the milter, as
 //! with OpenDKIM).
 
-use crate::config::Config;
 use crate::live::Live;
+use crate::runtime::Runtime;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Reloads from `path`; a broken file leaves the running configuration in force.
 pub fn reload(live: &Live, path: &Path) {
-    match Config::load(path) {
+    match Runtime::load(path) {
         Ok(new) => {
             let old = live.config();
-            if new.socket.is_some() && new.socket != old.socket {
+            if new.config.socket.is_some() && new.config.socket != old.config.socket {
                 log::warn!("reload: a new socket takes effect only after a restart");
             }
-            crate::logging::set_level(new.log_level);
+            crate::logging::set_level(new.config.log_level);
             log::info!(
                 "configuration reloaded from {}: {} signing keys, verification {}, encryption {}; certificate cache emptied",
                 path.display(),
                 new.keys.len(),
                 if new.verify.is_some() { "on" } else { "off" },
-                if new.encrypt.is_some() { "on" } else { "off" },
+                if new.config.encrypt.is_some() { "on" } else { "off" },
             );
             // Messages in flight keep the configuration they started with.
             live.replace(Arc::new(new));

@@ -2,19 +2,19 @@
 //! callbacks and the offline test mode drive the same methods.
 
 use crate::certstore::Lookup;
-use crate::config::Config;
 use crate::config::EncryptMode;
 use crate::inbound;
 use crate::outbound::{self, Plan, Work};
 use crate::outcome::Outcome;
 use crate::policy::{self, Direction};
+use crate::runtime::Runtime;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// One message in flight.
 pub struct Message {
-    cfg: Arc<Config>,
+    rt: Arc<Runtime>,
     pub queue_id: Option<String>,
     pub auth_login: Option<String>,
     pub sender: String,
@@ -80,8 +80,8 @@ enum Pending {
 }
 
 impl Message {
-    pub fn config(&self) -> &Config {
-        &self.cfg
+    pub fn config(&self) -> &Runtime {
+        &self.rt
     }
 }
 
@@ -140,16 +140,16 @@ impl Session {
 
     /// MAIL FROM: a new message starts with the configuration in force now,
     /// kept for the whole message even if a reload happens meanwhile.
-    pub fn mail(&mut self, cfg: Arc<Config>, sender: &str, auth_login: Option<&str>) {
+    pub fn mail(&mut self, rt: Arc<Runtime>, sender: &str, auth_login: Option<&str>) {
         let auth_login = auth_login.filter(|l| !l.is_empty()).map(str::to_string);
-        let direction = self
-            .direction_override
-            .unwrap_or_else(|| policy::direction(&cfg, self.client_ip, auth_login.as_deref()));
+        let direction = self.direction_override.unwrap_or_else(|| {
+            policy::direction(&rt.config, self.client_ip, auth_login.as_deref())
+        });
         if self.message.is_none() {
             IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         self.message = Some(Message {
-            cfg,
+            rt,
             queue_id: None,
             auth_login,
             sender: sender.trim_matches(['<', '>']).to_string(),
@@ -171,26 +171,25 @@ impl Session {
             return Step::Continue;
         };
         let rcpt = rcpt.trim().trim_matches(['<', '>']).to_string();
-        if m.recipients.len() >= m.cfg.max_recipients {
+        if m.recipients.len() >= m.rt.config.max_recipients {
             // Only this recipient is refused (452 at RCPT); the message goes
             // on, fully processed, for the others.
             return Step::TempfailRecipient(format!(
                 "<{rcpt}>: more than {} recipients",
-                m.cfg.max_recipients
+                m.rt.config.max_recipients
             ));
         }
         // A recipient that requires encryption but has no certificate can be
         // refused alone, so that the message still reaches the others.
-        if let (Direction::Outbound, Some(enc)) = (m.direction, m.cfg.encrypt.as_ref()) {
+        if let (Direction::Outbound, Some(enc), Some(certs)) = (
+            m.direction,
+            m.rt.config.encrypt.as_ref(),
+            m.rt.certs.as_ref(),
+        ) {
             if enc.refuse_at_rcpt
                 && crate::policy::encrypt_mode(enc, &m.sender, &rcpt) == EncryptMode::Required
             {
-                let trust = if enc.require_trusted {
-                    m.cfg.verify.as_ref().map(|v| &v.trust)
-                } else {
-                    None
-                };
-                match enc.certs.find(&rcpt, trust) {
+                match certs.find(&rcpt, m.rt.recipient_trust()) {
                     Lookup::Found(_) => {}
                     Lookup::NotFound => {
                         return Step::RejectRecipient(format!(
@@ -219,7 +218,7 @@ impl Session {
             return Step::Continue;
         };
         m.size += (name.len() + value.len() + 4) as u64;
-        if m.size > m.cfg.max_message_size {
+        if m.size > m.rt.config.max_message_size {
             return oversized(m);
         }
         if m.deferred.is_none() {
@@ -239,13 +238,13 @@ impl Session {
             return Step::Done(o);
         }
         let pending = match m.direction {
-            Direction::Inbound => match inbound::plan(&m.cfg, &m.headers) {
+            Direction::Inbound => match inbound::plan(&m.rt, &m.headers) {
                 inbound::Plan::Verify(p) => Pending::Verify(p),
                 inbound::Plan::Done(o) => return Step::Done(o),
             },
             Direction::Outbound => {
                 match outbound::plan(
-                    &m.cfg,
+                    &m.rt,
                     m.auth_login.as_deref(),
                     &m.sender,
                     &m.recipients,
@@ -270,13 +269,13 @@ impl Session {
             return Step::Continue;
         }
         m.size += chunk.len() as u64;
-        if m.size > m.cfg.max_message_size {
+        if m.size > m.rt.config.max_message_size {
             m.body = Vec::new();
             release(&mut m.reserved);
             // Inbound with the oversized action accept: the message flows and
             // our header says it was not verified.
             if matches!(m.pending, Some(Pending::Verify(_)))
-                && m.cfg.actions.oversized == crate::config::FailAction::Accept
+                && m.rt.config.actions.oversized == crate::config::FailAction::Accept
             {
                 m.oversized = true;
                 return Step::Continue;
@@ -287,14 +286,14 @@ impl Session {
         if !m.oversized && !matches!(&m.pending, Some(Pending::Verify(p)) if !p.needs_body) {
             // Twice: the body, and the signed, encrypted or decoded copy
             // made of it at end of message.
-            if !reserve(&mut m.reserved, 2 * chunk.len(), m.cfg.memory_limit) {
+            if !reserve(&mut m.reserved, 2 * chunk.len(), m.rt.config.memory_limit) {
                 m.body = Vec::new();
                 release(&mut m.reserved);
                 return Step::Done(Outcome::failure(
                     crate::config::FailAction::Tempfail,
                     format!(
                         "memory_limit reached ({} bytes of messages in flight)",
-                        m.cfg.memory_limit
+                        m.rt.config.memory_limit
                     ),
                 ));
             }
@@ -313,11 +312,11 @@ impl Session {
         }
         match m.pending.take() {
             Some(Pending::Process(work)) => {
-                outbound::process_message(&m.cfg, &work, &m.headers, &m.body)
+                outbound::process_message(&m.rt, &work, &m.headers, &m.body)
             }
             Some(Pending::Verify(p)) => {
                 let body = (!m.oversized).then_some(&m.body[..]);
-                inbound::verify_message(&m.cfg, &p, &m.headers, body, &m.recipients, None)
+                inbound::verify_message(&m.rt, &p, &m.headers, body, &m.recipients, None)
             }
             None => Outcome::unchanged(m.direction.as_str()),
         }
@@ -341,12 +340,12 @@ impl Drop for Session {
 fn oversized(m: &Message) -> Step {
     let reason = format!(
         "message larger than max_message_size ({} bytes)",
-        m.cfg.max_message_size
+        m.rt.config.max_message_size
     );
-    let mut action = m.cfg.actions.oversized;
+    let mut action = m.rt.config.actions.oversized;
     // Never plaintext where encryption is required.
     if m.direction == Direction::Outbound
-        && outbound::encryption_required(&m.cfg, &m.sender, &m.recipients)
+        && outbound::encryption_required(&m.rt, &m.sender, &m.recipients)
     {
         action = action.stricter(crate::config::FailAction::Tempfail);
     }

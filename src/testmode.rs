@@ -1,10 +1,10 @@
 //! `smime-milter test`: runs one message through the same `Session` code the
 //! milter uses and prints what the MTA would deliver (like opendkim-testmsg).
 
-use crate::config::Config;
 use crate::mime;
 use crate::outcome::{apply_header_ops, Verdict};
 use crate::policy::Direction;
+use crate::runtime::Runtime;
 use crate::session::{self, Session, Step};
 use std::io::Write;
 use std::net::IpAddr;
@@ -39,7 +39,7 @@ pub struct Processed {
 }
 
 /// Runs `input` through the same code the milter runs.
-pub fn process(cfg: Arc<Config>, args: &TestArgs, input: &[u8]) -> Processed {
+pub fn process(rt: Arc<Runtime>, args: &TestArgs, input: &[u8]) -> Processed {
     let crlf_input = memchr::memmem::find(input, b"\r\n").is_some();
     let (block, body) = mime::split_entity(input);
     let headers: Vec<(String, String)> = mime::parse_fields(block)
@@ -61,7 +61,7 @@ pub fn process(cfg: Arc<Config>, args: &TestArgs, input: &[u8]) -> Processed {
     let mut s = Session::new(client_ip);
     s.direction_override = args.direction;
     s.mail(
-        cfg,
+        rt,
         args.sender.as_deref().unwrap_or(""),
         args.auth_user.as_deref(),
     );
@@ -120,7 +120,7 @@ pub fn process(cfg: Arc<Config>, args: &TestArgs, input: &[u8]) -> Processed {
 }
 
 pub fn run(
-    cfg: Arc<Config>,
+    rt: Arc<Runtime>,
     args: &TestArgs,
     input: &[u8],
     out: &mut dyn Write,
@@ -133,7 +133,7 @@ pub fn run(
         headers,
         smtp_body,
         crlf_input,
-    } = process(cfg, args, input);
+    } = process(rt, args, input);
     for why in refused {
         writeln!(err, "TEST: recipient refused: {why}")?;
     }

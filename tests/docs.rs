@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use smime_milter::config::KNOWN_KEYS;
+use smime_milter::config::known_keys;
 use std::collections::BTreeSet;
 use std::process::Command;
 
@@ -54,9 +54,9 @@ fn manual_page_documents_exactly_the_keys_the_code_accepts() {
             _ => {}
         }
     }
-    let known: BTreeSet<String> = KNOWN_KEYS
+    let known: BTreeSet<String> = known_keys()
         .iter()
-        .filter(|k| **k != "senders")
+        .filter(|k| *k != "senders")
         .map(|k| leaf(k).to_string())
         .collect();
     let missing: Vec<_> = known.difference(&documented).collect();
@@ -283,7 +283,7 @@ fn manual_pages_render_every_section_and_table_header() {
             .iter()
             .flat_map(|(_, ls)| ls.iter().copied())
             .collect();
-        for key in KNOWN_KEYS {
+        for key in &known_keys() {
             if sections.iter().any(|(h, _)| *h == format!("[{key}]")) {
                 continue; // a table of free-form entries: [senders]
             }

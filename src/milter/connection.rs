@@ -297,7 +297,7 @@ impl<W: Write> Connection<'_, W> {
                     "{}: internal error: panic in {stage} callback: {what}",
                     self.qid()
                 );
-                let action = self.live.config().actions.internal_error;
+                let action = self.live.config().config.actions.internal_error;
                 Err(Outcome::failure(
                     action,
                     format!("panic in {stage} callback"),

@@ -10,9 +10,10 @@
 //! thread per connection did); after a burst, threads beyond `MAX_IDLE`
 //! end.
 
-use crate::config::{Config, SocketSpec};
+use crate::config::SocketSpec;
 use crate::listener::{Listener, Stream};
 use crate::live::Live;
+use crate::runtime::Runtime;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,12 +112,12 @@ fn serve(stream: Stream, live: &Live) {
 
 /// Opens the socket, drops privileges and serves until SIGTERM, SIGHUP or
 /// SIGINT; then waits up to 10 s for the messages in flight.
-pub fn run(cfg: Arc<Config>, socket: &SocketSpec) -> Result<(), RunError> {
-    let identity = crate::privileges::target(&cfg)?;
-    let socket_mode = cfg.socket_mode;
-    let config_path = cfg.path.clone();
-    let pid_file = cfg.pid_file.clone();
-    let live = Arc::new(Live::new(cfg));
+pub fn run(rt: Arc<Runtime>, socket: &SocketSpec) -> Result<(), RunError> {
+    let identity = crate::privileges::target(&rt.config)?;
+    let socket_mode = rt.config.socket_mode;
+    let config_path = rt.config.path.clone();
+    let pid_file = rt.config.pid_file.clone();
+    let live = Arc::new(Live::new(rt));
     // Before any thread starts, so that they all inherit the mask and the
     // signals reach only the threads that wait for them.
     crate::signals::block_signals().map_err(RunError::Threads)?;
@@ -222,7 +223,7 @@ fn spawn_stats_thread(live: Arc<Live>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("stats".into())
         .spawn(move || loop {
-            let interval = live.config().stats_interval;
+            let interval = live.config().config.stats_interval;
             if interval.is_zero() {
                 std::thread::sleep(Duration::from_secs(60));
                 continue;

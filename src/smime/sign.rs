@@ -2,7 +2,7 @@
 //! entity, wrapped as multipart/signed (clear) or application/pkcs7-mime
 //! (opaque).
 
-use crate::config::{Digest, SignFormat};
+use crate::config::{Digest, SignFormat, Signing};
 use crate::ffi::{CMS_SignerInfo_get0_pkey_ctx, CMS_add1_signer, CMS_final};
 use crate::keystore::SigningKey;
 use foreign_types::{ForeignType, ForeignTypeRef};
@@ -40,6 +40,16 @@ pub struct SignOptions {
     pub include_chain: bool,
     /// RSASSA-PSS (salt as long as the digest) instead of PKCS#1 v1.5.
     pub rsa_pss: bool,
+}
+
+impl From<&Signing> for SignOptions {
+    fn from(s: &Signing) -> Self {
+        SignOptions {
+            digest: s.digest,
+            include_chain: s.include_chain,
+            rsa_pss: s.rsa_pss,
+        }
+    }
 }
 
 const RSA_PKCS1_PSS_PADDING: c_int = 6;

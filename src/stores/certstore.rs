@@ -2,6 +2,7 @@
 //! certificate files and/or a map file), then LDAP, behind an LRU cache.
 //! Among the candidates the usable certificate expiring last is chosen.
 
+use crate::config::{CacheConfig, CertSource};
 use crate::ldap::Ldap;
 use crate::pki;
 use crate::truststore::TrustStore;
@@ -44,13 +45,6 @@ impl Stats {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Local,
-    Harvested,
-    Ldap,
-}
-
 /// A certificate to encrypt to, with the ciphers its owner announced.
 #[derive(Debug)]
 pub struct RecipientCert {
@@ -73,17 +67,11 @@ struct Cached {
     expires: Instant,
 }
 
-pub struct CacheSettings {
-    pub capacity: usize,
-    pub ttl: Duration,
-    pub negative_ttl: Duration,
-}
-
 pub struct CertStore {
     local: HashMap<String, Vec<X509>>,
     harvest_dir: Option<std::path::PathBuf>,
     ldap: Option<Ldap>,
-    order: Vec<Source>,
+    order: Vec<CertSource>,
     cache: Mutex<LruCache<String, Cached>>,
     ttl: Duration,
     negative_ttl: Duration,
@@ -218,8 +206,8 @@ impl CertStore {
         local: HashMap<String, Vec<X509>>,
         harvest_dir: Option<std::path::PathBuf>,
         ldap: Option<Ldap>,
-        order: Vec<Source>,
-        cache: CacheSettings,
+        order: Vec<CertSource>,
+        cache: CacheConfig,
     ) -> CertStore {
         let cap = NonZeroUsize::new(cache.capacity.max(1)).expect("at least 1");
         CertStore {
@@ -253,8 +241,8 @@ impl CertStore {
         for source in &self.order {
             let mut ciphers = Vec::new();
             let candidates = match source {
-                Source::Local => self.local.get(&key).cloned().unwrap_or_default(),
-                Source::Harvested => match self
+                CertSource::Local => self.local.get(&key).cloned().unwrap_or_default(),
+                CertSource::Harvested => match self
                     .harvest_dir
                     .as_deref()
                     .and_then(|d| crate::harvest::load(d, &key))
@@ -267,7 +255,7 @@ impl CertStore {
                     }
                     None => Vec::new(),
                 },
-                Source::Ldap => match &self.ldap {
+                CertSource::Ldap => match &self.ldap {
                     Some(l) => {
                         STATS.ldap_searches.fetch_add(1, Ordering::Relaxed);
                         match l.lookup(address) {
@@ -308,11 +296,11 @@ impl CertStore {
 
     /// Every candidate for an address from every source, unfiltered and
     /// uncached (for the admin command). LDAP errors are returned as such.
-    pub fn candidates(&self, address: &str) -> Vec<(Source, Result<X509, String>)> {
+    pub fn candidates(&self, address: &str) -> Vec<(CertSource, Result<X509, String>)> {
         let key = address.to_ascii_lowercase();
         let mut out = Vec::new();
         for c in self.local.get(&key).into_iter().flatten() {
-            out.push((Source::Local, Ok(c.clone())));
+            out.push((CertSource::Local, Ok(c.clone())));
         }
         if let Some((certs, _)) = self
             .harvest_dir
@@ -323,13 +311,13 @@ impl CertStore {
                 certs
                     .into_iter()
                     .take(1)
-                    .map(|c| (Source::Harvested, Ok(c))),
+                    .map(|c| (CertSource::Harvested, Ok(c))),
             );
         }
         if let Some(l) = &self.ldap {
             match l.lookup(address) {
-                Ok(certs) => out.extend(certs.into_iter().map(|c| (Source::Ldap, Ok(c)))),
-                Err(e) => out.push((Source::Ldap, Err(e.to_string()))),
+                Ok(certs) => out.extend(certs.into_iter().map(|c| (CertSource::Ldap, Ok(c)))),
+                Err(e) => out.push((CertSource::Ldap, Err(e.to_string()))),
             }
         }
         out

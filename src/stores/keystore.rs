@@ -3,7 +3,7 @@
 //! (`pkcs11:` URIs). Everything is loaded once, at start and reload. The
 //! same keys decrypt inbound mail for those addresses.
 
-use crate::config::RawKey;
+use crate::config::{ConfigError, KeySpec, Located};
 use crate::pkcs11::{self, Token};
 use openssl::error::ErrorStack;
 use openssl::nid::Nid;
@@ -11,10 +11,8 @@ use openssl::pkcs12::Pkcs12;
 use openssl::pkey::{Id, PKey, PKeyRef, Private};
 use openssl::x509::X509;
 use std::collections::HashMap;
-use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
-use toml::Spanned;
 
 /// A key ready to sign with: certificate, intermediates (no root) and key.
 pub struct SigningKey {
@@ -139,28 +137,18 @@ pub struct KeyStore {
     keys: HashMap<String, Arc<SigningKey>>,
 }
 
-#[derive(Debug)]
-pub enum KeyStoreError {
-    /// Something wrong with the entry whose value starts at `span`.
-    At { span: Range<usize>, what: String },
-}
-
-fn at<T>(s: &Spanned<T>, what: impl Into<String>) -> KeyStoreError {
-    KeyStoreError::At {
-        span: s.span(),
-        what: what.into(),
-    }
+fn at<T>(s: &Located<T>, what: impl Into<String>) -> ConfigError {
+    s.error(what.into())
 }
 
 impl KeyStore {
     pub(crate) fn load(
         token: Option<&Arc<Token>>,
-        entries: &[Spanned<RawKey>],
+        entries: &[KeySpec],
         allow_insecure: bool,
-    ) -> Result<Self, KeyStoreError> {
+    ) -> Result<Self, ConfigError> {
         let mut keys = HashMap::new();
-        for entry in entries {
-            let raw = entry.get_ref();
+        for raw in entries {
             let name = raw.sender.get_ref().trim().to_ascii_lowercase();
             if !valid_sender_entry(&name) {
                 return Err(at(
@@ -171,7 +159,7 @@ impl KeyStore {
             if keys.contains_key(&name) {
                 return Err(at(&raw.sender, format!("duplicate key entry for '{name}'")));
             }
-            let key = load_entry(token, entry, name.clone(), allow_insecure)?;
+            let key = load_entry(token, raw, name.clone(), allow_insecure)?;
             keys.insert(name, Arc::new(key));
         }
         Ok(KeyStore { keys })
@@ -219,14 +207,27 @@ pub(crate) fn read_secret(p: &std::path::Path, allow_insecure: bool) -> Result<V
     std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
 }
 
-fn read_secret_file(
-    path: &Spanned<std::path::PathBuf>,
+/// A passphrase, PIN or password: a secret file's text without the line
+/// end an editor adds.
+pub(crate) fn read_secret_line(
+    p: &std::path::Path,
     allow_insecure: bool,
-) -> Result<Vec<u8>, KeyStoreError> {
+) -> Result<Vec<u8>, String> {
+    let mut s = read_secret(p, allow_insecure)?;
+    while matches!(s.last(), Some(b'\n' | b'\r')) {
+        s.pop();
+    }
+    Ok(s)
+}
+
+fn read_secret_file(
+    path: &Located<std::path::PathBuf>,
+    allow_insecure: bool,
+) -> Result<Vec<u8>, ConfigError> {
     read_secret(path.get_ref(), allow_insecure).map_err(|what| at(path, what))
 }
 
-fn read_file(path: &Spanned<std::path::PathBuf>) -> Result<Vec<u8>, KeyStoreError> {
+fn read_file(path: &Located<std::path::PathBuf>) -> Result<Vec<u8>, ConfigError> {
     let p = path.get_ref();
     std::fs::read(p).map_err(|e| at(path, format!("cannot read {}: {e}", p.display())))
 }
@@ -234,9 +235,9 @@ fn read_file(path: &Spanned<std::path::PathBuf>) -> Result<Vec<u8>, KeyStoreErro
 /// A key (and certificate) addressed by `pkcs11:` URIs.
 fn load_token_entry(
     token: Option<&Arc<Token>>,
-    raw: &RawKey,
+    raw: &KeySpec,
     name: String,
-) -> Result<SigningKey, KeyStoreError> {
+) -> Result<SigningKey, ConfigError> {
     let key_uri = raw.private_key.as_ref().expect("checked by the caller");
     let Some(token) = token else {
         return Err(at(
@@ -283,11 +284,10 @@ fn load_token_entry(
 
 fn load_entry(
     token: Option<&Arc<Token>>,
-    entry: &Spanned<RawKey>,
+    raw: &KeySpec,
     name: String,
     allow_insecure: bool,
-) -> Result<SigningKey, KeyStoreError> {
-    let raw = entry.get_ref();
+) -> Result<SigningKey, ConfigError> {
     if raw
         .private_key
         .as_ref()
@@ -296,15 +296,7 @@ fn load_entry(
         return load_token_entry(token, raw, name);
     }
     let passphrase = match &raw.passphrase_file {
-        Some(p) => {
-            let bytes = read_secret_file(p, allow_insecure)?;
-            // One line; the trailing newline an editor adds is not part of it.
-            let mut s = bytes;
-            while matches!(s.last(), Some(b'\n' | b'\r')) {
-                s.pop();
-            }
-            Some(s)
-        }
+        Some(p) => Some(read_secret_line(&p.value, allow_insecure).map_err(|w| at(p, w))?),
         None => None,
     };
 
@@ -395,12 +387,12 @@ fn load_entry(
 
 /// Checks the key and that it belongs to the certificate; drops the root.
 fn finish_entry(
-    where_: &Spanned<std::path::PathBuf>,
+    where_: &Located<std::path::PathBuf>,
     name: String,
     cert: X509,
     chain: Vec<X509>,
     pkey: PKey<Private>,
-) -> Result<SigningKey, KeyStoreError> {
+) -> Result<SigningKey, ConfigError> {
     check_key(&pkey).map_err(|what| at(where_, what))?;
     let matches = cert
         .public_key()

@@ -25,7 +25,6 @@ pub struct LdapSettings {
     pub search_timeout: Duration,
 }
 
-pub const DEFAULT_FILTER: &str = "(|(mail=%s)(proxyAddresses=smtp:%s))";
 const ATTRS: [&str; 3] = [
     "userSMIMECertificate",
     "userCertificate;binary",
@@ -185,7 +184,7 @@ mod tests {
     #[test]
     fn filter_values_are_escaped() {
         assert_eq!(
-            filter_for(DEFAULT_FILTER, "a@example.com"),
+            filter_for(crate::config::DEFAULT_LDAP_FILTER, "a@example.com"),
             "(|(mail=a@example.com)(proxyAddresses=smtp:a@example.com))"
         );
         assert_eq!(

@@ -1,0 +1,874 @@
+//! The file as written: the serde structs that read it (unknown keys are
+//! errors), and the validation that turns them into a `Config`.
+
+use super::values::{quantity_de, Net};
+use super::{
+    Actions, ByteSize, CacheConfig, CertSource, Config, ConfigError, Digest, EncryptMode,
+    EncryptRule, Encryption, FailAction, KeySpec, LdapConfig, Located, PinSource, Pkcs11, Place,
+    Seconds, SignFormat, Signing, SocketSpec, Verification, DEFAULT_HARVEST_DIR,
+    DEFAULT_LDAP_FILTER,
+};
+use crate::pki::Cipher;
+use ipnet::IpNet;
+use serde::{de, Deserialize, Deserializer};
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    socket: Option<SocketSpec>,
+    socket_mode: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    run_as_root: Option<bool>,
+    pid_file: Option<PathBuf>,
+    log_level: Option<Spanned<String>>,
+    internal_hosts: Option<Vec<Net>>,
+    #[serde(default, deserialize_with = "quantity_de")]
+    max_message_size: Option<ByteSize>,
+    #[serde(default, deserialize_with = "quantity_de")]
+    memory_limit: Option<ByteSize>,
+    max_mime_depth: Option<usize>,
+    max_recipients: Option<usize>,
+    max_mime_parts: Option<usize>,
+    allow_insecure_key_files: Option<bool>,
+    authserv_id: Option<Spanned<String>>,
+    #[serde(default)]
+    signing: RawSigning,
+    pkcs11: Option<RawPkcs11>,
+    #[serde(default)]
+    verify: RawVerify,
+    #[serde(default)]
+    encrypt: RawEncrypt,
+    #[serde(default)]
+    decrypt: RawDecrypt,
+    #[serde(default)]
+    harvest: RawHarvest,
+    ldap: Option<Spanned<RawLdap>>,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default, deserialize_with = "quantity_de")]
+    stats_interval: Option<Seconds>,
+    #[serde(default)]
+    senders: HashMap<String, Vec<String>>,
+    #[serde(default)]
+    actions: RawActions,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    enabled: Option<bool>,
+    format: Option<SignFormat>,
+    digest: Option<Digest>,
+    include_chain: Option<bool>,
+    rsa_padding: Option<Spanned<String>>,
+    #[serde(default)]
+    key: Vec<Spanned<RawKey>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    sender: Spanned<String>,
+    certificate: Option<Spanned<PathBuf>>,
+    private_key: Option<Spanned<PathBuf>>,
+    pkcs12: Option<Spanned<PathBuf>>,
+    passphrase_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    enabled: Option<bool>,
+    trust_anchors: Option<Spanned<PathBuf>>,
+    trust_dir: Option<Spanned<PathBuf>>,
+    crl_dir: Option<Spanned<PathBuf>>,
+    min_rsa_bits: Option<u32>,
+    allow_sha1: Option<bool>,
+    #[serde(default, deserialize_with = "quantity_de")]
+    max_date_skew: Option<Seconds>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDecrypt {
+    enabled: Option<bool>,
+    release_unauthenticated: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHarvest {
+    enabled: Option<bool>,
+    dir: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEncrypt {
+    cipher: Option<Cipher>,
+    default_policy: Option<EncryptMode>,
+    missing_cert: Option<Spanned<FailAction>>,
+    refuse_at_rcpt: Option<bool>,
+    require_trusted_recipient_certs: Option<Spanned<bool>>,
+    certs_dir: Option<Spanned<PathBuf>>,
+    certs_map: Option<Spanned<PathBuf>>,
+    lookup_order: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    policy: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    recipient: Option<String>,
+    sender: Option<String>,
+    mode: EncryptMode,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLdap {
+    uris: Vec<String>,
+    starttls: Option<bool>,
+    ca_file: Option<Spanned<PathBuf>>,
+    bind_dn: Option<String>,
+    bind_password_file: Option<Spanned<PathBuf>>,
+    base_dn: String,
+    filter: Option<Spanned<String>>,
+    #[serde(default, deserialize_with = "quantity_de")]
+    connect_timeout: Option<Seconds>,
+    #[serde(default, deserialize_with = "quantity_de")]
+    search_timeout: Option<Seconds>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    capacity: Option<usize>,
+    #[serde(default, deserialize_with = "quantity_de")]
+    ttl: Option<Seconds>,
+    #[serde(default, deserialize_with = "quantity_de")]
+    negative_ttl: Option<Seconds>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawActions {
+    decrypt_failed: Option<FailAction>,
+    lookup_error: Option<FailAction>,
+    bad_signature: Option<FailAction>,
+    key_not_found: Option<FailAction>,
+    sender_not_authorized: Option<FailAction>,
+    internal_error: Option<FailAction>,
+    malformed: Option<FailAction>,
+    oversized: Option<FailAction>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPkcs11 {
+    module: Spanned<PathBuf>,
+    pin_file: Option<Spanned<PathBuf>>,
+    pin_env: Option<Spanned<String>>,
+}
+
+/// Maps byte offsets in the file to line numbers and key names for messages.
+struct Locator<'a> {
+    file: Arc<str>,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    pub fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// The line of `span` and its key, read back from the line itself.
+    fn place(&self, span: Range<usize>) -> Place {
+        let line = self.line_of(span.start);
+        let text = self.text.lines().nth(line - 1).unwrap_or("");
+        let key = text
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"'))
+            .filter(|k| !k.is_empty() && !k.contains(['[', ' ']));
+        Place {
+            file: self.file.clone(),
+            line,
+            key: key.map(str::to_string),
+        }
+    }
+
+    /// `file:line: key 'k': what`.
+    fn error(&self, span: Range<usize>, what: impl fmt::Display) -> ConfigError {
+        self.place(span).error(what)
+    }
+
+    fn located<T>(&self, s: Spanned<T>) -> Located<T> {
+        Located {
+            place: self.place(s.span()),
+            value: s.into_inner(),
+        }
+    }
+
+    fn located_opt<T>(&self, s: Option<Spanned<T>>) -> Option<Located<T>> {
+        s.map(|s| self.located(s))
+    }
+}
+
+pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let loc = Locator {
+        file: Arc::from(file.as_str()),
+        text,
+    };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        loc.error(span, e.message().trim())
+    })?;
+
+    let socket_mode = match &raw.socket_mode {
+        Some(m) => Some(
+            u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    loc.error(
+                        m.span(),
+                        format!("invalid mode '{}' (expected octal, e.g. 0660)", m.get_ref()),
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let log_level = match &raw.log_level {
+        None => log::LevelFilter::Info,
+        Some(l) => match l.get_ref().as_str() {
+            "error" => log::LevelFilter::Error,
+            "warning" | "warn" => log::LevelFilter::Warn,
+            "info" => log::LevelFilter::Info,
+            "debug" => log::LevelFilter::Debug,
+            other => {
+                return Err(loc.error(
+                    l.span(),
+                    format!("invalid log level '{other}' (expected error, warning, info or debug)"),
+                ))
+            }
+        },
+    };
+    for name in [&raw.user, &raw.group].into_iter().flatten() {
+        if name.get_ref().is_empty() {
+            return Err(loc.error(name.span(), "must not be empty"));
+        }
+    }
+
+    let mut senders = HashMap::new();
+    for (login, addrs) in raw.senders {
+        let addrs: Vec<String> = addrs.iter().map(|a| a.to_ascii_lowercase()).collect();
+        senders.insert(login.to_ascii_lowercase(), addrs);
+    }
+
+    let pkcs11 = raw.pkcs11.map(|p| pkcs11(&loc, p)).transpose()?;
+    let keys: Vec<KeySpec> = raw
+        .signing
+        .key
+        .into_iter()
+        .map(|k| {
+            let k = k.into_inner();
+            KeySpec {
+                sender: loc.located(k.sender),
+                certificate: loc.located_opt(k.certificate),
+                private_key: loc.located_opt(k.private_key),
+                pkcs12: loc.located_opt(k.pkcs12),
+                passphrase_file: loc.located_opt(k.passphrase_file),
+            }
+        })
+        .collect();
+
+    let authserv_id = match &raw.authserv_id {
+        Some(id) => {
+            let v = id.get_ref().trim();
+            if v.is_empty()
+                || !v
+                    .bytes()
+                    .all(|c| c.is_ascii_graphic() && !b"();\"\\".contains(&c))
+            {
+                return Err(loc.error(
+                    id.span(),
+                    format!("invalid authserv-id '{v}' (a host name, no spaces)"),
+                ));
+            }
+            v.to_string()
+        }
+        None => host_name(),
+    };
+
+    // At most 1 GiB: a signed or encrypted body grows by a third, and
+    // MTAs count milter lengths in a C int.
+    let max_message_size = raw.max_message_size.map_or(64 << 20, |s| s.0.min(1 << 30));
+    let memory_limit = raw.memory_limit.map_or(1 << 30, |s| s.0);
+    if memory_limit < 2 * max_message_size {
+        // Such a message would be deferred every time, then bounce.
+        let at = text
+            .lines()
+            .position(|l| l.trim_start().starts_with("memory_limit"))
+            .map_or(0, |n| n + 1);
+        return Err(ConfigError {
+            file: file.clone(),
+            line: at,
+            what: format!(
+                "key 'memory_limit': {memory_limit} bytes is less than twice max_message_size \
+                 ({max_message_size} bytes); a message of the largest size counts twice"
+            ),
+        });
+    }
+    let max_mime_depth = raw.max_mime_depth.unwrap_or(32);
+    let max_mime_parts = raw.max_mime_parts.unwrap_or(1000);
+    let v = raw.verify;
+    let has_anchors = v.trust_anchors.is_some() || v.trust_dir.is_some();
+    if v.enabled == Some(true) && !has_anchors {
+        return Err(ConfigError {
+            file: file.clone(),
+            line: 0,
+            what: "[verify] enabled = true needs trust_anchors or trust_dir".into(),
+        });
+    }
+    let verify = (v.enabled.unwrap_or(true) && has_anchors).then(|| Verification {
+        trust_anchors: loc.located_opt(v.trust_anchors),
+        trust_dir: loc.located_opt(v.trust_dir),
+        crl_dir: loc.located_opt(v.crl_dir),
+        min_rsa_bits: v.min_rsa_bits.unwrap_or(2048),
+        allow_sha1: v.allow_sha1.unwrap_or(false),
+        max_date_skew: v.max_date_skew.map_or(3600, |s| s.0) as i64,
+    });
+
+    let harvest_dir = match (raw.harvest.enabled.unwrap_or(true), raw.harvest.dir) {
+        (false, _) => None,
+        (true, Some(d)) => {
+            if !d.get_ref().is_dir() {
+                return Err(loc.error(
+                    d.span(),
+                    format!("{} is not a directory", d.get_ref().display()),
+                ));
+            }
+            Some(d.into_inner())
+        }
+        // The default place is used when it exists (the packages create it).
+        (true, None) => Some(PathBuf::from(DEFAULT_HARVEST_DIR)).filter(|d| d.is_dir()),
+    };
+    let encrypt = encryption(
+        &loc,
+        raw.encrypt,
+        raw.ldap,
+        raw.cache,
+        verify.is_some(),
+        harvest_dir.is_some(),
+    )?;
+
+    let a = raw.actions;
+    Ok(Config {
+        path: path.to_path_buf(),
+        allow_insecure_key_files: raw.allow_insecure_key_files.unwrap_or(false),
+        pkcs11,
+        socket: raw.socket,
+        socket_mode,
+        user: raw.user.map(|u| u.into_inner()),
+        group: raw.group.map(|g| g.into_inner()),
+        run_as_root: raw.run_as_root.unwrap_or(false),
+        pid_file: raw.pid_file,
+        log_level,
+        internal_hosts: raw
+            .internal_hosts
+            .map(|v| v.into_iter().map(|n| n.0).collect())
+            .unwrap_or_else(default_internal_hosts),
+        max_message_size,
+        memory_limit,
+        max_mime_depth,
+        max_recipients: raw.max_recipients.unwrap_or(1000),
+        max_mime_parts,
+        authserv_id,
+        verify,
+        encrypt,
+        decrypt: raw.decrypt.enabled.unwrap_or(false),
+        release_unauthenticated: raw.decrypt.release_unauthenticated.unwrap_or(false),
+        harvest_dir,
+        harvest_writes: true,
+        stats_interval: std::time::Duration::from_secs(raw.stats_interval.map_or(3600, |s| s.0)),
+        signing: Signing {
+            enabled: raw.signing.enabled.unwrap_or(true),
+            format: raw.signing.format.unwrap_or(SignFormat::Clear),
+            digest: raw.signing.digest.unwrap_or(Digest::Sha256),
+            include_chain: raw.signing.include_chain.unwrap_or(true),
+            rsa_pss: match raw
+                .signing
+                .rsa_padding
+                .as_ref()
+                .map(|s| s.get_ref().as_str())
+            {
+                None | Some("pkcs1") => false,
+                Some("pss") => true,
+                Some(other) => {
+                    let span = raw.signing.rsa_padding.as_ref().map_or(0..0, |s| s.span());
+                    return Err(loc.error(
+                        span,
+                        format!("invalid rsa_padding '{other}' (expected pkcs1 or pss)"),
+                    ));
+                }
+            },
+            keys,
+        },
+        senders,
+        actions: Actions {
+            decrypt_failed: a.decrypt_failed.unwrap_or(FailAction::Accept),
+            lookup_error: a.lookup_error.unwrap_or(FailAction::Tempfail),
+            bad_signature: a.bad_signature.unwrap_or(FailAction::Accept),
+            key_not_found: a.key_not_found.unwrap_or(FailAction::Accept),
+            sender_not_authorized: a.sender_not_authorized.unwrap_or(FailAction::Accept),
+            internal_error: a.internal_error.unwrap_or(FailAction::Tempfail),
+            malformed: a.malformed.unwrap_or(FailAction::Accept),
+            oversized: a.oversized.unwrap_or(FailAction::Accept),
+        },
+    })
+}
+
+fn rule_pattern(s: Option<String>) -> Option<String> {
+    s.map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| v != "*" && !v.is_empty())
+}
+
+fn encryption(
+    loc: &Locator<'_>,
+    e: RawEncrypt,
+    ldap: Option<Spanned<RawLdap>>,
+    cache: RawCache,
+    have_anchors: bool,
+    harvesting: bool,
+) -> Result<Option<Encryption>, ConfigError> {
+    let default_mode = e.default_policy.unwrap_or(EncryptMode::Never);
+    let rules: Vec<EncryptRule> = e
+        .policy
+        .into_iter()
+        .map(|r| EncryptRule {
+            recipient: rule_pattern(r.recipient),
+            sender: rule_pattern(r.sender),
+            mode: r.mode,
+        })
+        .collect();
+    if default_mode == EncryptMode::Never && rules.iter().all(|r| r.mode == EncryptMode::Never) {
+        return Ok(None);
+    }
+    let missing_cert = match e.missing_cert {
+        Some(a) if *a.get_ref() == FailAction::Accept => {
+            return Err(loc.error(a.span(), "accept would send mail in plaintext that policy requires encrypted; use tempfail or reject"))
+        }
+        Some(a) => a.into_inner(),
+        None => FailAction::Tempfail,
+    };
+    let require_trusted = match &e.require_trusted_recipient_certs {
+        Some(r) if *r.get_ref() && !have_anchors => {
+            return Err(loc.error(
+                r.span(),
+                "needs trust anchors: set [verify] trust_anchors or trust_dir",
+            ))
+        }
+        Some(r) => *r.get_ref(),
+        None => false,
+    };
+    let ldap = ldap.map(|l| ldap_config(loc, l)).transpose()?;
+    let lookup_order = match &e.lookup_order {
+        None => {
+            let mut o = vec![CertSource::Local];
+            if harvesting {
+                o.push(CertSource::Harvested);
+            }
+            if ldap.is_some() {
+                o.push(CertSource::Ldap);
+            }
+            o
+        }
+        Some(list) => {
+            let mut o = Vec::new();
+            for s in list.get_ref() {
+                o.push(match s.as_str() {
+                    "local" => CertSource::Local,
+                    "harvested" => CertSource::Harvested,
+                    "ldap" if ldap.is_some() => CertSource::Ldap,
+                    "ldap" => {
+                        return Err(loc.error(
+                            list.span(),
+                            "lookup_order names ldap but there is no [ldap] section",
+                        ))
+                    }
+                    other => {
+                        return Err(loc.error(
+                            list.span(),
+                            format!("unknown source '{other}' (expected local or ldap)"),
+                        ))
+                    }
+                });
+            }
+            o
+        }
+    };
+    Ok(Some(Encryption {
+        cipher: e.cipher.unwrap_or(Cipher::Aes256Cbc),
+        default_mode,
+        rules,
+        missing_cert,
+        refuse_at_rcpt: e.refuse_at_rcpt.unwrap_or(false),
+        require_trusted,
+        lookup_order,
+        certs_dir: loc.located_opt(e.certs_dir),
+        certs_map: loc.located_opt(e.certs_map),
+        ldap,
+        cache: CacheConfig {
+            capacity: cache.capacity.unwrap_or(10_000),
+            ttl: Duration::from_secs(cache.ttl.map_or(3600, |s| s.0)),
+            negative_ttl: Duration::from_secs(cache.negative_ttl.map_or(300, |s| s.0)),
+        },
+    }))
+}
+
+fn ldap_config(loc: &Locator<'_>, l: Spanned<RawLdap>) -> Result<LdapConfig, ConfigError> {
+    let span = l.span();
+    let l = l.into_inner();
+    if l.uris.is_empty()
+        || l.uris
+            .iter()
+            .any(|u| !(u.starts_with("ldap://") || u.starts_with("ldaps://")))
+    {
+        return Err(loc.error(span, "[ldap] uris must list ldap:// or ldaps:// URIs"));
+    }
+    if let Some(f) = &l.filter {
+        if !f.get_ref().contains("%s") || !f.get_ref().starts_with('(') {
+            return Err(loc.error(
+                f.span(),
+                "filter must be an LDAP filter with %s for the address",
+            ));
+        }
+    }
+    Ok(LdapConfig {
+        uris: l.uris,
+        starttls: l.starttls.unwrap_or(false),
+        ca_file: loc.located_opt(l.ca_file),
+        bind_dn: l.bind_dn,
+        bind_password_file: loc.located_opt(l.bind_password_file),
+        base_dn: l.base_dn,
+        filter: l
+            .filter
+            .map(|f| f.into_inner())
+            .unwrap_or_else(|| DEFAULT_LDAP_FILTER.to_string()),
+        connect_timeout: Duration::from_secs(l.connect_timeout.map_or(5, |s| s.0)),
+        search_timeout: Duration::from_secs(l.search_timeout.map_or(5, |s| s.0)),
+    })
+}
+
+fn pkcs11(loc: &Locator<'_>, p: RawPkcs11) -> Result<Pkcs11, ConfigError> {
+    let pin = match (p.pin_file, p.pin_env) {
+        (Some(f), None) => PinSource::File(loc.located(f)),
+        (None, Some(v)) => PinSource::Env(loc.located(v)),
+        _ => {
+            return Err(loc.error(
+                p.module.span(),
+                "[pkcs11] needs exactly one of pin_file and pin_env",
+            ))
+        }
+    };
+    Ok(Pkcs11 {
+        module: loc.located(p.module),
+        pin,
+    })
+}
+
+/// The host name, the default authserv-id.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(h) if ok && !h.is_empty() => h.to_ascii_lowercase(),
+        _ => "localhost".into(),
+    }
+}
+
+fn default_internal_hosts() -> Vec<IpNet> {
+    vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
+}
+
+/// Every key the file accepts, as `table.key`, read from the structs that
+/// parse it (serde lists each struct's fields): the man page and the
+/// sample configuration are checked against it by tests.
+pub fn known_keys() -> Vec<String> {
+    // Tables, by the name they are written under, with their fields.
+    let tables: [(&str, &[&str]); 11] = [
+        ("signing", fields::<RawSigning>()),
+        ("signing.key", fields::<RawKey>()),
+        ("pkcs11", fields::<RawPkcs11>()),
+        ("verify", fields::<RawVerify>()),
+        ("decrypt", fields::<RawDecrypt>()),
+        ("harvest", fields::<RawHarvest>()),
+        ("encrypt", fields::<RawEncrypt>()),
+        ("encrypt.policy", fields::<RawRule>()),
+        ("ldap", fields::<RawLdap>()),
+        ("cache", fields::<RawCache>()),
+        ("actions", fields::<RawActions>()),
+    ];
+    let is_table = |name: &str| tables.iter().any(|(t, _)| *t == name);
+    let mut keys: Vec<String> = fields::<RawConfig>()
+        .iter()
+        .filter(|f| !is_table(f))
+        .map(|f| f.to_string())
+        .collect();
+    for (table, fields) in tables {
+        for f in fields {
+            let key = format!("{table}.{f}");
+            if !is_table(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
+
+/// The field names serde's derive gives `deserialize_struct` for `T`.
+fn fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("fields read"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/test.toml"), text)
+    }
+
+    #[test]
+    fn empty_config_gets_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.socket, None);
+        assert_eq!(c.max_message_size, 64 << 20);
+        assert_eq!(c.actions.internal_error, FailAction::Tempfail);
+        assert_eq!(c.actions.key_not_found, FailAction::Accept);
+        assert_eq!(c.signing.format, SignFormat::Clear);
+        assert_eq!(c.signing.digest, Digest::Sha256);
+        assert_eq!(c.internal_hosts.len(), 2);
+    }
+
+    #[test]
+    fn unknown_key_reports_file_line_and_key() {
+        let e = parse("socket = \"unix:/tmp/s\"\n\nbogus = 1\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.to_string().starts_with("/etc/test.toml:3:"), "{e}");
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_in_subtable_is_reported() {
+        let e = parse("[signing]\nformat = \"clear\"\ndigets = \"sha256\"\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.to_string().contains("digets"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key_and_line() {
+        let cases = [
+            ("socket = \"tcp:25\"\n", "socket"),
+            ("\ninternal_hosts = [\"10.0.0.0/33\"]\n", "internal_hosts"),
+            ("[actions]\nkey_not_found = \"discard\"\n", "key_not_found"),
+            ("[signing]\ndigest = \"md5\"\n", "digest"),
+            ("max_message_size = \"12X\"\n", "max_message_size"),
+            ("socket_mode = \"0999\"\n", "socket_mode"),
+            ("log_level = \"loud\"\n", "log_level"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err();
+            let line = text.lines().position(|l| l.contains(key)).unwrap() + 1;
+            assert_eq!(e.line, line, "{text}: {e}");
+            assert!(e.what.contains(&format!("key '{key}'")), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn discard_is_not_an_action() {
+        // No configuration can make the milter drop mail.
+        assert!("discard".parse::<FailAction>().is_err());
+    }
+
+    #[test]
+    fn socket_notations() {
+        assert_eq!(
+            "unix:/run/s.sock".parse::<SocketSpec>().unwrap(),
+            SocketSpec::Unix("/run/s.sock".into())
+        );
+        assert_eq!(
+            "inet:8891@127.0.0.1".parse::<SocketSpec>().unwrap(),
+            SocketSpec::Inet {
+                port: 8891,
+                host: "127.0.0.1".into()
+            }
+        );
+        assert_eq!(
+            "inet6:8891@[::1]".parse::<SocketSpec>().unwrap().notation(),
+            "inet6:8891@[::1]"
+        );
+        for bad in [
+            "unix:rel/path",
+            "inet:0@x",
+            "inet:70000@x",
+            "inet:25",
+            "inet:25@",
+            "foo:1",
+        ] {
+            assert!(bad.parse::<SocketSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!("25M".parse::<ByteSize>().unwrap().0, 25 << 20);
+        assert_eq!("512k".parse::<ByteSize>().unwrap().0, 512 << 10);
+        assert_eq!("1000".parse::<ByteSize>().unwrap().0, 1000);
+        assert!("M".parse::<ByteSize>().is_err());
+        assert!("99999999999G".parse::<ByteSize>().is_err());
+        let c = parse("max_message_size = 1234\n").unwrap();
+        assert_eq!(c.max_message_size, 1234);
+        // A limit that a message of the largest size could never fit.
+        let e = parse("max_message_size = \"64M\"\nmemory_limit = \"100M\"\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.what.contains("twice max_message_size"), "{}", e.what);
+        assert!(parse("max_message_size = \"16M\"\nmemory_limit = \"40M\"\n").is_ok());
+    }
+
+    #[test]
+    fn internal_hosts_accept_addresses_and_cidrs() {
+        let c =
+            parse("internal_hosts = [\"192.0.2.7\", \"10.0.0.0/8\", \"2001:db8::/32\"]\n").unwrap();
+        assert_eq!(c.internal_hosts.len(), 3);
+        assert!(c.internal_hosts[0].contains(&"192.0.2.7".parse::<IpAddr>().unwrap()));
+    }
+
+    #[test]
+    fn verification_is_on_only_with_trust_anchors() {
+        let c = parse("").unwrap();
+        assert!(c.verify.is_none());
+        let e = parse("[verify]\nenabled = true\n").unwrap_err();
+        assert!(e.what.contains("needs trust_anchors or trust_dir"), "{e}");
+        let c = parse("[verify]\nallow_sha1 = true\ntrust_anchors = \"/etc/roots.pem\"\n").unwrap();
+        let v = c.verify.unwrap();
+        assert!(v.allow_sha1);
+        assert_eq!(v.trust_anchors.unwrap().place.line, 3);
+        let e = parse("[verify]\nmax_date_skew = \"1 week\"\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
+    fn authserv_id_defaults_to_the_host_name_and_is_checked() {
+        assert!(!parse("").unwrap().authserv_id.is_empty());
+        assert_eq!(
+            parse("authserv_id = \"mx.example.com\"\n")
+                .unwrap()
+                .authserv_id,
+            "mx.example.com"
+        );
+        let e = parse("authserv_id = \"mx example\"\n").unwrap_err();
+        assert!(e.what.contains("key 'authserv_id'"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!("1h".parse::<Seconds>().unwrap().0, 3600);
+        assert_eq!("90".parse::<Seconds>().unwrap().0, 90);
+        assert_eq!("2d".parse::<Seconds>().unwrap().0, 172800);
+        assert!("h".parse::<Seconds>().is_err());
+    }
+
+    #[test]
+    fn senders_table_is_lowercased() {
+        let c =
+            parse("[senders]\nAlice = [\"Alice@Example.COM\", \"@Sales.example.com\"]\n").unwrap();
+        assert_eq!(
+            c.senders["alice"],
+            vec![
+                "alice@example.com".to_string(),
+                "@sales.example.com".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn the_key_list_is_what_the_parser_accepts() {
+        let keys = known_keys();
+        assert!(keys.len() > 60 && keys.iter().any(|k| k == "encrypt.policy.mode"));
+        assert!(!keys.iter().any(|k| k == "signing" || k == "signing.key"));
+        for key in &keys {
+            // Set alone to a value of the wrong type: the parser must name a
+            // type problem, never an unknown key.
+            let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+            let text = match table {
+                "" => format!("{leaf} = []\n"),
+                "signing.key" | "encrypt.policy" => format!("[[{table}]]\n{leaf} = []\n"),
+                _ => format!("[{table}]\n{leaf} = []\n"),
+            };
+            if let Err(e) = toml::from_str::<RawConfig>(&text) {
+                assert!(!e.message().contains("unknown field"), "{key}: {e}");
+            }
+        }
+        let e = toml::from_str::<RawConfig>("[verify]\nbogus = []\n")
+            .err()
+            .unwrap();
+        assert!(e.message().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn every_known_key_is_in_the_sample_config() {
+        let sample = include_str!("../../contrib/smime-milter.toml");
+        for key in known_keys() {
+            let leaf = key.rsplit('.').next().unwrap();
+            assert!(
+                sample.lines().any(|l| {
+                    let l = l.trim_start_matches('#').trim();
+                    l.starts_with(&format!("{leaf} =")) || l == format!("[{key}]")
+                }),
+                "key {key} is not documented in contrib/smime-milter.toml"
+            );
+        }
+    }
+}
