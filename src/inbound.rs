@@ -8,7 +8,7 @@ use crate::address::{self, FromIdentity};
 use crate::auth_results;
 use crate::config::FailAction;
 use crate::decrypt::{self, Decryption};
-use crate::mime::{self, ContentType, HiddenField};
+use crate::mime::{self, is_named, values_named, ContentType, HiddenField, SmimeKind};
 use crate::outcome::{Changes, HeaderOp, Outcome, Verdict};
 use crate::runtime::Runtime;
 use crate::verify::{self, FromView, SmimeResult};
@@ -33,41 +33,10 @@ pub struct Pending {
     pub needs_body: bool,
 }
 
-/// The header name as a reader matches it: `Name :` is `Name`.
-fn is_named(field: &str, name: &str) -> bool {
-    field
-        .trim_end_matches([' ', '\t'])
-        .eq_ignore_ascii_case(name)
-}
-
-fn values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    headers
-        .iter()
-        .filter(|(n, _)| is_named(n, name))
-        .map(|(_, v)| v.as_str())
-        .collect()
-}
-
 /// application/pkcs7-mime that is (or, as a `.p7m` without smime-type, may
 /// be) enveloped or authEnveloped data.
 fn may_be_enveloped(ct: &ContentType) -> bool {
-    if !matches!(
-        ct.mime_type.as_str(),
-        "application/pkcs7-mime" | "application/x-pkcs7-mime"
-    ) {
-        return false;
-    }
-    match ct.param("smime-type").map(str::to_ascii_lowercase) {
-        Some(t) => t == "enveloped-data" || t == "authenveloped-data",
-        None => is_p7m(ct),
-    }
-}
-
-fn is_p7m(ct: &ContentType) -> bool {
-    ct.param("name")
-        .unwrap_or("")
-        .to_ascii_lowercase()
-        .ends_with(".p7m")
+    ct.smime_kind().may_be_enveloped()
 }
 
 /// What to do once the body has arrived.
@@ -165,8 +134,7 @@ pub fn plan(rt: &Runtime, headers: &[(String, String)]) -> Plan {
             })
         };
     }
-    let needs_body = values(headers, "Content-Type")
-        .into_iter()
+    let needs_body = values_named(headers, "Content-Type")
         .map(mime::unfold)
         .chain(
             hidden
@@ -194,15 +162,8 @@ pub fn plan(rt: &Runtime, headers: &[(String, String)]) -> Plan {
 /// What a reader that reads RFC 2231 parameters, or the other of two
 /// fields, may take for S/MIME: we must not take it for unsigned.
 fn looks_signed(c: &ContentType) -> bool {
-    verify::signed_form(c).is_some()
-        || (c.mime_type == "multipart/signed"
-            && !c
-                .param("protocol")
-                .is_some_and(|p| p.to_ascii_lowercase().contains("pgp")))
-        || matches!(
-            c.mime_type.as_str(),
-            "application/pkcs7-mime" | "application/x-pkcs7-mime"
-        )
+    let kind = c.smime_kind();
+    kind.is_pkcs7_mime() || matches!(kind, SmimeKind::ClearSigned | SmimeKind::OtherSigned)
 }
 
 /// The message's structure, read once from its header.
@@ -219,12 +180,10 @@ struct Structure {
 }
 
 fn structure(headers: &[(String, String)], hidden: &[HiddenField]) -> Structure {
-    let cts: Vec<String> = values(headers, "Content-Type")
-        .into_iter()
+    let cts: Vec<String> = values_named(headers, "Content-Type")
         .map(mime::unfold)
         .collect();
-    let ctes: Vec<String> = values(headers, "Content-Transfer-Encoding")
-        .into_iter()
+    let ctes: Vec<String> = values_named(headers, "Content-Transfer-Encoding")
         .map(mime::unfold)
         .collect();
     let parsed: Vec<ContentType> = cts.iter().filter_map(|v| ContentType::parse(v)).collect();
@@ -257,20 +216,19 @@ fn from_view<'a>(
     hidden: &[HiddenField],
     identity: &'a mut Option<FromIdentity>,
 ) -> FromView<'a> {
-    let froms = values(headers, "From");
     if hidden.iter().any(|h| is_named(&h.name, "From")) {
         return FromView::Unusable {
             address: None,
             why: "ambiguous From: From hidden in another field",
         };
     }
-    let [one] = froms.as_slice() else {
+    let Some(from) = mime::only_value(headers, "From") else {
         return FromView::Unusable {
             address: None,
             why: "ambiguous From: not exactly one From field",
         };
     };
-    *identity = Some(address::from_identity(&mime::unfold(one)));
+    *identity = Some(address::from_identity(&from));
     match identity.as_ref().expect("just set") {
         FromIdentity::One(a) => FromView::One(a),
         FromIdentity::ShowsOther { address, what } => FromView::Unusable {
@@ -314,7 +272,8 @@ fn whole_body_encryption(ct: &ContentType, cte: Option<&str>, body: &[u8]) -> Op
 }
 
 fn enveloped_der(ct: &ContentType, cte: Option<&str>, body: &[u8]) -> Option<Vec<u8>> {
-    let maybe = may_be_enveloped(ct) || (ct.mime_type == "application/octet-stream" && is_p7m(ct));
+    let maybe =
+        may_be_enveloped(ct) || (ct.mime_type == "application/octet-stream" && ct.has_p7m_name());
     if !maybe {
         return None;
     }
@@ -572,8 +531,8 @@ fn verify_message_once(
     let mut identity = None;
     let inputs = Inputs {
         from: from_view(headers, &hidden, &mut identity),
-        date: values(headers, "Date")
-            .first()
+        date: values_named(headers, "Date")
+            .next()
             .and_then(|d| verify::parse_date(&mime::unfold(d))),
         now,
     };
@@ -726,7 +685,7 @@ fn decrypt_message(
     let values = |name: &str| -> Vec<String> {
         new_fields
             .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(|(n, _)| is_named(n, name))
             .map(|(_, v)| mime::unfold(v))
             .collect()
     };

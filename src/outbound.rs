@@ -7,7 +7,7 @@ use crate::certstore::{Lookup, RecipientCert};
 use crate::config::{EncryptMode, FailAction};
 use crate::encrypt;
 use crate::keystore::SigningKey;
-use crate::mime::{self, ContentType, Limits};
+use crate::mime::{self, values_named, ContentType, Limits, SmimeKind};
 use crate::outcome::{Changes, HeaderOp, Outcome, Verdict};
 use crate::policy;
 use crate::runtime::Runtime;
@@ -36,35 +36,20 @@ pub struct Work {
     pub required: bool,
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> impl Iterator<Item = &'a str> + 'a {
-    let name = name.to_string();
-    headers
-        .iter()
-        .filter(move |(n, _)| n.eq_ignore_ascii_case(&name))
-        .map(|(_, v)| v.as_str())
-}
-
 /// What the client did already: (signed, encrypted).
 fn smime_state(headers: &[(String, String)]) -> (bool, bool) {
-    let Some(ct) = header(headers, "Content-Type")
+    let Some(ct) = values_named(headers, "Content-Type")
         .next()
         .and_then(|v| ContentType::parse(&mime::unfold(v)))
     else {
         return (false, false);
     };
-    match ct.mime_type.as_str() {
-        "multipart/signed" => (
-            ct.param("protocol")
-                .is_some_and(|p| p.to_ascii_lowercase().contains("pkcs7-signature")),
-            false,
-        ),
-        "application/pkcs7-mime" | "application/x-pkcs7-mime" => {
-            let t = ct.param("smime-type").unwrap_or("").to_ascii_lowercase();
-            // Without smime-type it may be either: counted as signed, so it
-            // is still encrypted when policy says so.
-            let encrypted = t == "enveloped-data" || t == "authenveloped-data";
-            (!encrypted, encrypted)
-        }
+    match ct.smime_kind() {
+        SmimeKind::ClearSigned => (true, false),
+        SmimeKind::Enveloped => (false, true),
+        // Without smime-type it may be either: counted as signed, so it
+        // is still encrypted when policy says so.
+        k if k.is_pkcs7_mime() => (true, false),
         _ => (false, false),
     }
 }
@@ -128,11 +113,7 @@ fn signing_key(
     if !rt.config.signing.enabled {
         return Err(Outcome::unchanged("signing disabled"));
     }
-    let froms: Vec<&str> = header(headers, "From").collect();
-    let from = match froms.as_slice() {
-        [one] => address::single_address(&mime::unfold(one)),
-        _ => None,
-    };
+    let from = mime::only_value(headers, "From").and_then(|v| address::single_address(&v));
     let Some(from) = from else {
         return Err(Outcome::failure(
             rt.config.actions.malformed,
@@ -262,25 +243,19 @@ fn content_header_block(headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
 /// and put the new ones on the message.
 fn header_ops(headers: &[(String, String)], signed: &sign::Wrapped) -> Vec<HeaderOp> {
     let mut ops = Vec::new();
-    let mut names: Vec<(String, usize)> = Vec::new(); // lower-case name, count
-    for (name, _) in headers.iter().filter(|(n, _)| mime::is_content_field(n)) {
-        let lower = name.to_ascii_lowercase();
-        match names.iter_mut().find(|(n, _)| *n == lower) {
-            Some((_, c)) => *c += 1,
-            None => names.push((lower, 1)),
-        }
-    }
     let mut ct_count = 0;
-    for (name, count) in &names {
+    for (name, count) in crate::outcome::content_field_counts(headers) {
+        let name = name.to_ascii_lowercase();
+        // The first Content-Type is changed in place, keeping its position.
         let first = if name == "content-type" {
-            ct_count = *count;
+            ct_count = count;
             2
         } else {
             1
         };
-        for index in (first..=*count).rev() {
+        for index in (first..=count).rev() {
             ops.push(HeaderOp::Change {
-                name: canonical_name(name),
+                name: canonical_name(&name),
                 index,
                 value: None,
             });
@@ -310,7 +285,7 @@ fn header_ops(headers: &[(String, String)], signed: &sign::Wrapped) -> Vec<Heade
             value: value.clone(),
         });
     }
-    if header(headers, "MIME-Version").next().is_none() {
+    if values_named(headers, "MIME-Version").next().is_none() {
         ops.push(HeaderOp::Add {
             name: "MIME-Version".into(),
             value: "1.0".into(),

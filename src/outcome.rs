@@ -138,23 +138,8 @@ pub fn replace_content_fields(
     headers: &[(String, String)],
     new: &[(String, String)],
 ) -> Vec<HeaderOp> {
-    // Occurrences per name, in one pass (a message may carry very many).
-    let mut counts: Vec<(String, usize)> = Vec::new();
-    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for (n, _) in headers
-        .iter()
-        .filter(|(n, _)| crate::mime::is_content_field(n))
-    {
-        match index.get(&n.to_ascii_lowercase()) {
-            Some(&i) => counts[i].1 += 1,
-            None => {
-                index.insert(n.to_ascii_lowercase(), counts.len());
-                counts.push((n.clone(), 1));
-            }
-        }
-    }
     let mut ops = Vec::new();
-    for (name, count) in counts {
+    for (name, count) in content_field_counts(headers) {
         for i in (1..=count).rev() {
             ops.push(HeaderOp::Change {
                 name: name.clone(),
@@ -172,6 +157,27 @@ pub fn replace_content_fields(
     ops
 }
 
+/// The Content-* fields, each name once (as first written, in the order
+/// first seen) with how often it occurs: what a rewrite must delete.
+/// Counted in one pass: a message may carry very many.
+pub fn content_field_counts(headers: &[(String, String)]) -> Vec<(String, usize)> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (n, _) in headers
+        .iter()
+        .filter(|(n, _)| crate::mime::is_content_field(n))
+    {
+        match index.get(&n.to_ascii_lowercase()) {
+            Some(&i) => counts[i].1 += 1,
+            None => {
+                index.insert(n.to_ascii_lowercase(), counts.len());
+                counts.push((n.clone(), 1));
+            }
+        }
+    }
+    counts
+}
+
 /// Applies header operations to a list of (name, value) fields the way an MTA
 /// does; used by the test mode to show what would be delivered.
 pub fn apply_header_ops(fields: &mut Vec<(String, String)>, ops: &[HeaderOp]) {
@@ -181,9 +187,7 @@ pub fn apply_header_ops(fields: &mut Vec<(String, String)>, ops: &[HeaderOp]) {
                 let pos = fields
                     .iter()
                     .enumerate()
-                    .filter(|(_, (n, _))| {
-                        n.trim_end_matches([' ', '\t']).eq_ignore_ascii_case(name)
-                    })
+                    .filter(|(_, (n, _))| crate::mime::is_named(n, name))
                     .nth(index.saturating_sub(1))
                     .map(|(i, _)| i);
                 match (pos, value) {

@@ -151,11 +151,41 @@ pub fn parse_fields(block: &[u8]) -> Vec<Field<'_>> {
     fields
 }
 
+/// Whether a field has this name as a reader matches it: in any case, and
+/// `Name :` (RFC 5322 §4.5.3, obsolete but read) is `Name`.
+pub fn is_named(field: &str, name: &str) -> bool {
+    field
+        .trim_end_matches([' ', '\t'])
+        .eq_ignore_ascii_case(name)
+}
+
+/// The values of the header fields with this name, in order.
+pub fn values_named<'a>(
+    headers: &'a [(String, String)],
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .iter()
+        .filter(move |(n, _)| is_named(n, name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The unfolded value of the one field with this name; `None` when there
+/// is none or more than one (a reader could show either: RFC 5322 allows
+/// one From, and a verdict or signature must not pick).
+pub fn only_value(headers: &[(String, String)], name: &str) -> Option<String> {
+    let mut values = values_named(headers, name);
+    match (values.next(), values.next()) {
+        (Some(v), None) => Some(unfold(v)),
+        _ => None,
+    }
+}
+
 /// The unfolded value of the first field with this name.
 pub fn field_value(fields: &[Field<'_>], name: &str) -> Option<String> {
     fields
         .iter()
-        .find(|f| f.name.eq_ignore_ascii_case(name))
+        .find(|f| is_named(f.name, name))
         .map(|f| f.unfolded())
 }
 
@@ -168,7 +198,90 @@ pub struct ContentType {
     pub params: Vec<(String, String)>,
 }
 
+/// What a Content-Type says of S/MIME (RFC 8551 §3.2): the one place the
+/// media types and their `protocol`, `smime-type` and `name` are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmimeKind {
+    /// Neither multipart/signed nor pkcs7-mime.
+    NotSmime,
+    /// multipart/signed with an S/MIME protocol.
+    ClearSigned,
+    /// multipart/signed with a PGP protocol.
+    PgpSigned,
+    /// multipart/signed with no protocol or one we do not know.
+    OtherSigned,
+    /// pkcs7-mime with smime-type signed-data.
+    OpaqueSigned,
+    /// pkcs7-mime with smime-type enveloped-data or authEnveloped-data.
+    Enveloped,
+    /// pkcs7-mime with another smime-type (certs-only, compressed-data...).
+    OtherPkcs7,
+    /// pkcs7-mime without smime-type, named `.p7m`: signed or enveloped.
+    UntypedP7m,
+    /// pkcs7-mime without smime-type or a `.p7m` name.
+    UntypedPkcs7,
+}
+
+impl SmimeKind {
+    /// Signed, or (untyped `.p7m`) possibly signed.
+    pub fn may_be_signed(self) -> bool {
+        matches!(
+            self,
+            SmimeKind::ClearSigned | SmimeKind::OpaqueSigned | SmimeKind::UntypedP7m
+        )
+    }
+
+    /// Enveloped, or (untyped `.p7m`) possibly enveloped.
+    pub fn may_be_enveloped(self) -> bool {
+        matches!(self, SmimeKind::Enveloped | SmimeKind::UntypedP7m)
+    }
+
+    pub fn is_pkcs7_mime(self) -> bool {
+        matches!(
+            self,
+            SmimeKind::OpaqueSigned
+                | SmimeKind::Enveloped
+                | SmimeKind::OtherPkcs7
+                | SmimeKind::UntypedP7m
+                | SmimeKind::UntypedPkcs7
+        )
+    }
+}
+
 impl ContentType {
+    pub fn smime_kind(&self) -> SmimeKind {
+        match self.mime_type.as_str() {
+            "multipart/signed" => match self.param("protocol").map(str::to_ascii_lowercase) {
+                Some(p)
+                    if p == "application/pkcs7-signature"
+                        || p == "application/x-pkcs7-signature" =>
+                {
+                    SmimeKind::ClearSigned
+                }
+                Some(p) if p.contains("pgp") => SmimeKind::PgpSigned,
+                _ => SmimeKind::OtherSigned,
+            },
+            "application/pkcs7-mime" | "application/x-pkcs7-mime" => {
+                match self.param("smime-type").map(str::to_ascii_lowercase) {
+                    Some(t) if t == "signed-data" => SmimeKind::OpaqueSigned,
+                    Some(t) if t == "enveloped-data" || t == "authenveloped-data" => {
+                        SmimeKind::Enveloped
+                    }
+                    Some(_) => SmimeKind::OtherPkcs7,
+                    None if self.has_p7m_name() => SmimeKind::UntypedP7m,
+                    None => SmimeKind::UntypedPkcs7,
+                }
+            }
+            _ => SmimeKind::NotSmime,
+        }
+    }
+
+    /// A `name` parameter ending in `.p7m`.
+    pub fn has_p7m_name(&self) -> bool {
+        self.param("name")
+            .is_some_and(|n| n.to_ascii_lowercase().ends_with(".p7m"))
+    }
+
     /// Parses a value; `None` when there is no `type/subtype` at its start.
     pub fn parse(value: &str) -> Option<ContentType> {
         let mut p = ParamParser {

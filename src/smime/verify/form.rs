@@ -2,7 +2,7 @@
 //! and refusing the unsigned parts of a signed message that can be read
 //! more than one way (doc/inbound-verdicts.md §3).
 
-use crate::mime::{self, ContentType};
+use crate::mime::{self, ContentType, SmimeKind};
 use openssl::cms::{CMSOptions, CmsContentInfo};
 use std::borrow::Cow;
 
@@ -16,22 +16,9 @@ pub enum SignedForm {
 /// multipart/signed with an S/MIME protocol, or pkcs7-mime that is (or may
 /// be, for a `.p7m` without smime-type) signed-data.
 pub fn signed_form(ct: &ContentType) -> Option<SignedForm> {
-    match ct.mime_type.as_str() {
-        "multipart/signed" => {
-            let p = ct.param("protocol")?.to_ascii_lowercase();
-            (p == "application/pkcs7-signature" || p == "application/x-pkcs7-signature")
-                .then_some(SignedForm::Clear)
-        }
-        "application/pkcs7-mime" | "application/x-pkcs7-mime" => {
-            match ct.param("smime-type").map(str::to_ascii_lowercase) {
-                Some(t) if t == "signed-data" => Some(SignedForm::Opaque),
-                Some(_) => None,
-                None => {
-                    let name = ct.param("name").unwrap_or("").to_ascii_lowercase();
-                    name.ends_with(".p7m").then_some(SignedForm::Opaque)
-                }
-            }
-        }
+    match ct.smime_kind() {
+        SmimeKind::ClearSigned => Some(SignedForm::Clear),
+        SmimeKind::OpaqueSigned | SmimeKind::UntypedP7m => Some(SignedForm::Opaque),
         _ => None,
     }
 }
@@ -181,7 +168,7 @@ pub fn unsigned_header_problem(fields: &[mime::Field<'_>]) -> Option<&'static st
     let values = |name: &str| -> Vec<String> {
         fields
             .iter()
-            .filter(|f| f.name.trim_end().eq_ignore_ascii_case(name))
+            .filter(|f| mime::is_named(f.name, name))
             .map(|f| f.unfolded())
             .collect()
     };
