@@ -100,3 +100,15 @@ extern "C" {
         cb: *mut c_void,
     ) -> *mut EVP_PKEY;
 }
+
+/// A dynamic engine's `bind_engine` (engine.h `dynamic_bind_engine`), as
+/// libp11's pkcs11.so exports it.
+pub type BindFn = unsafe extern "C" fn(*mut c_void, *const c_char, *const DynamicFns) -> c_int;
+
+/// OpenSSL's `dynamic_fns`: with our static state the engine skips the
+/// memory-callback set-up (it shares our libcrypto).
+#[repr(C)]
+pub struct DynamicFns {
+    pub static_state: *mut c_void,
+    pub mem_fns: [*mut c_void; 3],
+}

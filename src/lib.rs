@@ -15,6 +15,7 @@ pub mod smime;
 pub mod stores;
 
 pub mod admin;
+pub mod auth_results;
 pub mod config;
 mod ffi;
 pub mod inbound;
@@ -32,7 +33,7 @@ pub mod signals;
 pub mod testmode;
 
 // The modules by their own names, as the code and its users name them.
-pub use mail::{address, auth_results, mime};
+pub use mail::{address, mime};
 pub use milter::{connection, listener, protocol, server};
 pub use smime::{decrypt, encrypt, sign, signed_data, verify};
 pub use stores::{certstore, harvest, keystore, ldap, pkcs11, truststore};

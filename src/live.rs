@@ -8,21 +8,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 pub struct Live {
-    config: RwLock<Arc<Runtime>>,
+    runtime: RwLock<Arc<Runtime>>,
     stopping: AtomicBool,
 }
 
 impl Live {
-    pub fn new(config: Arc<Runtime>) -> Live {
+    pub fn new(runtime: Arc<Runtime>) -> Live {
         Live {
-            config: RwLock::new(config),
+            runtime: RwLock::new(runtime),
             stopping: AtomicBool::new(false),
         }
     }
 
-    /// The configuration new messages use.
-    pub fn config(&self) -> Arc<Runtime> {
-        self.config
+    /// The configuration, loaded, that new messages use.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -30,7 +30,7 @@ impl Live {
 
     /// Messages that start from now on use `new`.
     pub fn replace(&self, new: Arc<Runtime>) {
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = new;
+        *self.runtime.write().unwrap_or_else(|e| e.into_inner()) = new;
     }
 
     /// No new message is started from now on.

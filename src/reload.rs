@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub fn reload(live: &Live, path: &Path) {
     match Runtime::load(path) {
         Ok(new) => {
-            let old = live.config();
+            let old = live.runtime();
             if new.config.socket.is_some() && new.config.socket != old.config.socket {
                 log::warn!("reload: a new socket takes effect only after a restart");
             }

@@ -79,12 +79,6 @@ enum Pending {
     Verify(inbound::Pending),
 }
 
-impl Message {
-    pub fn config(&self) -> &Runtime {
-        &self.rt
-    }
-}
-
 /// Messages between MAIL FROM and their end, over all connections: a stop
 /// waits for them.
 static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

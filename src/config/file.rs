@@ -1,12 +1,13 @@
 //! The file as written: the serde structs that read it (unknown keys are
 //! errors), and the validation that turns them into a `Config`.
 
-use super::values::{quantity_de, Net};
-use super::{
-    Actions, ByteSize, CacheConfig, CertSource, Config, ConfigError, Digest, EncryptMode,
-    EncryptRule, Encryption, FailAction, KeySpec, LdapConfig, Located, PinSource, Pkcs11, Place,
-    Seconds, SignFormat, Signing, SocketSpec, Verification, DEFAULT_HARVEST_DIR,
+use super::model::{
+    Actions, CacheConfig, CertSource, Config, ConfigError, EncryptRule, Encryption, KeySpec,
+    LdapConfig, Located, PinSource, Pkcs11, Place, Signing, Verification, DEFAULT_HARVEST_DIR,
     DEFAULT_LDAP_FILTER,
+};
+use super::values::{
+    quantity_de, ByteSize, Digest, EncryptMode, FailAction, Net, Seconds, SignFormat, SocketSpec,
 };
 use crate::pki::Cipher;
 use ipnet::IpNet;
@@ -180,6 +181,22 @@ struct RawPkcs11 {
     pin_env: Option<Spanned<String>>,
 }
 
+impl Config {
+    /// Reads, parses and validates the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            what: format!("cannot read configuration: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        parse(path, text)
+    }
+}
+
 /// Maps byte offsets in the file to line numbers and key names for messages.
 struct Locator<'a> {
     file: Arc<str>,
@@ -228,7 +245,7 @@ impl Locator<'_> {
     }
 }
 
-pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
     let loc = Locator {
         file: Arc::from(file.as_str()),

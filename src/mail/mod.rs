@@ -1,6 +1,5 @@
 //! Internet mail as bytes: MIME structure and header fields, the From
-//! field, and our Authentication-Results header.
+//! field as a reader sees it.
 
 pub mod address;
-pub mod auth_results;
 pub mod mime;

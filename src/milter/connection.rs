@@ -216,7 +216,7 @@ impl<W: Write> Connection<'_, W> {
                 let sender = String::from_utf8_lossy(args.first().copied().unwrap_or_default());
                 let login = self.macros.get("auth_authen").map(str::to_string);
                 self.guarded("mail", step::NR_MAIL, |s| {
-                    s.mail(self.live.config(), &sender, login.as_deref());
+                    s.mail(self.live.runtime(), &sender, login.as_deref());
                     Step::Continue
                 })
             }
@@ -297,7 +297,7 @@ impl<W: Write> Connection<'_, W> {
                     "{}: internal error: panic in {stage} callback: {what}",
                     self.qid()
                 );
-                let action = self.live.config().config.actions.internal_error;
+                let action = self.live.runtime().config.actions.internal_error;
                 Err(Outcome::failure(
                     action,
                     format!("panic in {stage} callback"),

@@ -223,7 +223,7 @@ fn spawn_stats_thread(live: Arc<Live>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("stats".into())
         .spawn(move || loop {
-            let interval = live.config().config.stats_interval;
+            let interval = live.runtime().config.stats_interval;
             if interval.is_zero() {
                 std::thread::sleep(Duration::from_secs(60));
                 continue;

@@ -6,14 +6,14 @@
 //! sessions, so messages are signed concurrently.
 
 use crate::ffi::{
-    ENGINE_ctrl_cmd, ENGINE_ctrl_cmd_string, ENGINE_finish, ENGINE_free, ENGINE_get_static_state,
-    ENGINE_init, ENGINE_load_private_key, ENGINE_new,
+    BindFn, DynamicFns, ENGINE_ctrl_cmd, ENGINE_ctrl_cmd_string, ENGINE_finish, ENGINE_free,
+    ENGINE_get_static_state, ENGINE_init, ENGINE_load_private_key, ENGINE_new,
 };
 use foreign_types::ForeignType;
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_void, CString};
+use std::ffi::{c_char, c_void, CString};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
@@ -150,16 +150,6 @@ fn bind_fn() -> Option<BindFn> {
     });
     // SAFETY: the symbol is OpenSSL's dynamic-engine bind function.
     f.map(|p| unsafe { std::mem::transmute::<usize, BindFn>(p) })
-}
-
-type BindFn = unsafe extern "C" fn(*mut c_void, *const c_char, *const DynamicFns) -> c_int;
-
-/// OpenSSL's `dynamic_fns`: with our static state the engine skips the
-/// memory-callback set-up (it shares our libcrypto).
-#[repr(C)]
-struct DynamicFns {
-    static_state: *mut c_void,
-    mem_fns: [*mut c_void; 3],
 }
 
 /// A new instance of libp11's engine with its own context, logged in.
