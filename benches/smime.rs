@@ -12,13 +12,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "../tests/common/milter_client.rs"]
-mod milter_client;
-#[path = "../tests/common/slapd.rs"]
-mod slapd;
-#[path = "../tests/common/softhsm.rs"]
-mod softhsm;
-use common::*;
+use common::{milter_client, slapd, softhsm};
 
 use milter_client::{split_message, MilterClient};
 use smime_milter::inbound;

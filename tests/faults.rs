@@ -7,12 +7,9 @@
 //! required.
 
 mod common;
-#[path = "common/milter_client.rs"]
-mod milter_client;
-#[path = "common/slapd.rs"]
-mod slapd;
-#[path = "common/softhsm.rs"]
-mod softhsm;
+use common::milter_client;
+use common::slapd;
+use common::softhsm;
 
 use common::*;
 use milter_client::{send_one, split_message, MessageResult, MilterClient, Modification, Reply};

@@ -6,8 +6,7 @@
 //! keep getting answers.
 
 mod common;
-#[path = "common/milter_client.rs"]
-mod milter_client;
+use common::milter_client;
 
 use common::*;
 use milter_client::{send_one, split_message, MilterClient, Modification, Reply};

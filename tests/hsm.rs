@@ -2,10 +2,8 @@
 //! SOFTHSM2_CONF), RSA and EC keys imported, used through `pkcs11:` URIs.
 
 mod common;
-#[path = "common/milter_client.rs"]
-mod milter_client;
-#[path = "common/softhsm.rs"]
-mod softhsm;
+use common::milter_client;
+use common::softhsm;
 
 use common::*;
 use milter_client::{split_message, MilterClient, Reply};

@@ -3,10 +3,8 @@
 //! behaviour counted on the server side.
 
 mod common;
-#[path = "common/milter_client.rs"]
-mod milter_client;
-#[path = "common/slapd.rs"]
-mod slapd;
+use common::milter_client;
+use common::slapd;
 
 use common::*;
 use milter_client::{split_message, MilterClient, Reply};

@@ -2,8 +2,7 @@
 //! playing Postfix; the rewritten messages are verified with openssl.
 
 mod common;
-#[path = "common/milter_client.rs"]
-mod milter_client;
+use common::milter_client;
 
 use common::*;
 use milter_client::{send_parts, split_message, MilterClient, Modification, Reply};

@@ -3,8 +3,7 @@
 //! with openssl and gpgsm and decode to what was sent.
 
 mod common;
-#[path = "common/slapd.rs"]
-mod slapd;
+use common::slapd;
 use common::*;
 use slapd::{test_ldif, Slapd};
 
