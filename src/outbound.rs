@@ -175,7 +175,11 @@ fn encryption(rt: &Runtime, sender: &str, rcpts: &[String]) -> Result<Encryption
         return Ok((None, None));
     }
     let Some(store) = &rt.certs else {
-        return Ok((None, None));
+        // Runtime::new builds one whenever [encrypt] is set: never plaintext.
+        return Err(Outcome::failure(
+            FailAction::Tempfail,
+            "no recipient certificate store",
+        ));
     };
     let trust = rt.recipient_trust();
     let (mut certs, mut missing, mut errors) = (Vec::new(), Vec::new(), Vec::new());
@@ -218,7 +222,7 @@ fn content_header_block(headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
     let mut block = Vec::new();
     let mut has_ct = false;
     for (name, value) in headers.iter().filter(|(n, _)| mime::is_content_field(n)) {
-        has_ct |= name.eq_ignore_ascii_case("Content-Type");
+        has_ct |= mime::is_named(name, "Content-Type");
         block.extend_from_slice(name.as_bytes());
         block.extend_from_slice(b": ");
         block.extend_from_slice(value.trim_start().as_bytes());

@@ -48,7 +48,7 @@ impl Runtime {
         let verify = match &config.verify {
             None => None,
             Some(v) => Some(Verifier {
-                trust: trust_store(&v.trust_anchors, &v.trust_dir, &v.crl_dir)?,
+                trust: trust_store(&config.path, &v.trust_anchors, &v.trust_dir, &v.crl_dir)?,
                 settings: crate::verify::Settings {
                     min_rsa_bits: v.min_rsa_bits,
                     allow_sha1: v.allow_sha1,
@@ -61,7 +61,7 @@ impl Runtime {
         let certs = config
             .encrypt
             .as_ref()
-            .map(|e| cert_store(e, config.harvest_dir.clone(), insecure))
+            .map(|e| cert_store(&config.path, e, config.harvest_dir.clone(), insecure))
             .transpose()?;
         Ok(Runtime {
             config,
@@ -88,7 +88,21 @@ fn path_of(p: &Option<Located<PathBuf>>) -> Option<&Path> {
     p.as_ref().map(|l| l.value.as_path())
 }
 
+/// An error at the key that named `at`; at the file when it is not set
+/// (OpenSSL failing before any path was read).
+fn error_at(file: &Path, at: &Option<Located<PathBuf>>, what: String) -> ConfigError {
+    match at {
+        Some(l) => l.error(what),
+        None => ConfigError {
+            file: file.display().to_string(),
+            line: 0,
+            what,
+        },
+    }
+}
+
 fn trust_store(
+    file: &Path,
     anchors: &Option<Located<PathBuf>>,
     dir: &Option<Located<PathBuf>>,
     crls: &Option<Located<PathBuf>>,
@@ -99,13 +113,12 @@ fn trust_store(
             TrustError::Dir(w) => (dir, w),
             TrustError::Crls(w) => (crls, w),
         };
-        at.as_ref()
-            .expect("an error comes from a path that is set")
-            .error(what)
+        error_at(file, at, what)
     })
 }
 
 fn cert_store(
+    file: &Path,
     e: &Encryption,
     harvest_dir: Option<PathBuf>,
     insecure: bool,
@@ -116,9 +129,7 @@ fn cert_store(
                 LocalError::Dir(w) => (&e.certs_dir, w),
                 LocalError::Map(w) => (&e.certs_map, w),
             };
-            at.as_ref()
-                .expect("an error comes from a path that is set")
-                .error(what)
+            error_at(file, at, what)
         })?;
     let ldap = match &e.ldap {
         None => None,

@@ -201,22 +201,32 @@ impl Config {
 struct Locator<'a> {
     file: Arc<str>,
     text: &'a str,
+    /// Where each line starts: every value is located, so a lookup must not
+    /// scan the file (a key table may have thousands of entries).
+    line_starts: Vec<usize>,
 }
 
-impl Locator<'_> {
-    pub fn line_of(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
+impl<'a> Locator<'a> {
+    fn new(file: &str, text: &'a str) -> Locator<'a> {
+        let line_starts = std::iter::once(0)
+            .chain(memchr::memchr_iter(b'\n', text.as_bytes()).map(|i| i + 1))
+            .collect();
+        Locator {
+            file: Arc::from(file),
+            text,
+            line_starts,
+        }
     }
 
     /// The line of `span` and its key, read back from the line itself.
     fn place(&self, span: Range<usize>) -> Place {
-        let line = self.line_of(span.start);
-        let text = self.text.lines().nth(line - 1).unwrap_or("");
+        let line = self
+            .line_starts
+            .partition_point(|&s| s <= span.start)
+            .max(1);
+        let start = self.line_starts[line - 1];
+        let end = self.line_starts.get(line).map_or(self.text.len(), |&e| e);
+        let text = self.text[start..end].trim_end_matches(['\r', '\n']);
         let key = text
             .split_once('=')
             .map(|(k, _)| k.trim().trim_matches('"'))
@@ -247,10 +257,7 @@ impl Locator<'_> {
 
 fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
-    let loc = Locator {
-        file: Arc::from(file.as_str()),
-        text,
-    };
+    let loc = Locator::new(&file, text);
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         loc.error(span, e.message().trim())
@@ -741,6 +748,19 @@ mod tests {
             assert_eq!(e.line, line, "{text}: {e}");
             assert!(e.what.contains(&format!("key '{key}'")), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn places_are_found_in_crlf_files_and_at_the_last_line() {
+        let e = parse("user = \"milter\"\r\n\r\nlog_level = \"loud\"").unwrap_err();
+        assert_eq!(
+            (e.line, e.what.contains("key 'log_level'")),
+            (3, true),
+            "{e}"
+        );
+        let c = parse("[verify]\r\ntrust_dir = \"/etc/ssl/certs\"\r\n").unwrap();
+        let place = &c.verify.unwrap().trust_dir.unwrap().place;
+        assert_eq!((place.line, place.key.as_deref()), (2, Some("trust_dir")));
     }
 
     #[test]

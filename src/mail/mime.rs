@@ -198,8 +198,10 @@ pub struct ContentType {
     pub params: Vec<(String, String)>,
 }
 
-/// What a Content-Type says of S/MIME (RFC 8551 §3.2): the one place the
-/// media types and their `protocol`, `smime-type` and `name` are read.
+/// What an entity's Content-Type says of S/MIME (RFC 8551 §3.2): the one
+/// place an entity is classified by its media type, `protocol`,
+/// `smime-type` and `name` (the signature part of a multipart/signed is
+/// checked where it is read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SmimeKind {
     /// Neither multipart/signed nor pkcs7-mime.
@@ -223,14 +225,6 @@ pub enum SmimeKind {
 }
 
 impl SmimeKind {
-    /// Signed, or (untyped `.p7m`) possibly signed.
-    pub fn may_be_signed(self) -> bool {
-        matches!(
-            self,
-            SmimeKind::ClearSigned | SmimeKind::OpaqueSigned | SmimeKind::UntypedP7m
-        )
-    }
-
     /// Enveloped, or (untyped `.p7m`) possibly enveloped.
     pub fn may_be_enveloped(self) -> bool {
         matches!(self, SmimeKind::Enveloped | SmimeKind::UntypedP7m)

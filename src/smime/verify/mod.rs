@@ -22,7 +22,7 @@ pub use form::{
 pub use verdict::{Context, FromView, Settings, SmimeResult, Verdict};
 
 use crate::address::{self, FromIdentity};
-use crate::mime::{self, ContentType};
+use crate::mime::{self, ContentType, SmimeKind};
 
 /// Verifies the entity with this Content-Type and transfer encoding, and every
 /// signed layer inside it. `None` when it is not signed.
@@ -249,9 +249,7 @@ fn verify_opaque(
     if !cms::is_signed_data(&parsed.cms) {
         // A `.p7m` without smime-type may be enveloped: not a signature.
         // One that says signed-data and is something else says two things.
-        let says_signed = ct
-            .param("smime-type")
-            .is_some_and(|t| t.eq_ignore_ascii_case("signed-data"));
+        let says_signed = ct.smime_kind() == SmimeKind::OpaqueSigned;
         return says_signed.then(|| {
             (
                 Verdict::error(
