@@ -155,6 +155,8 @@ fn cert_store(
                 filter: l.filter.clone(),
                 connect_timeout: l.connect_timeout,
                 search_timeout: l.search_timeout,
+                max_connections: l.max_connections,
+                retry_after: l.retry_after,
             }))
         }
     };

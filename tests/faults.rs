@@ -154,7 +154,7 @@ fn milter_killed_and_restarted_under_postfix_load_loses_nothing() {
 fn ldap_tables(uri: &str, certs: &Path) -> String {
     format!(
         "[encrypt]\ncerts_dir = \"{}\"\nlookup_order = [\"ldap\"]\ndefault_policy = \"required\"\n\
-         [ldap]\nuris = [\"{uri}\"]\nbase_dn = \"{}\"\nconnect_timeout = \"1s\"\nsearch_timeout = \"1s\"\n\
+         [ldap]\nuris = [\"{uri}\"]\nbase_dn = \"{}\"\nconnect_timeout = \"1s\"\nsearch_timeout = \"1s\"\nretry_after = \"2s\"\n\
          [cache]\nttl = \"1s\"\nnegative_ttl = \"1s\"\n{}",
         certs.display(),
         slapd::BASE_DN,

@@ -10,7 +10,7 @@ use common::*;
 use milter_client::{split_message, MilterClient, Reply};
 use slapd::{test_ldif, Slapd, BASE_DN, ROOT_DN, ROOT_PW};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn data(name: &str) -> Vec<u8> {
     std::fs::read(project_dir().join("tests/data").join(name)).unwrap()
@@ -205,7 +205,7 @@ fn the_cache_answers_repeated_lookups_and_expires() {
     let mut ldap = Slapd::start(&test_ldif());
     let tables = format!(
         "[signing]\nenabled = false\n[encrypt]\ndefault_policy = \"opportunistic\"\n{}[cache]\nttl = \"3s\"\nnegative_ttl = \"3s\"\n",
-        ldap_section(&[ldap.uri()], "")
+        ldap_section(&[ldap.uri()], "retry_after = \"1s\"")
     );
     let m = Milter::start("stats_interval = \"1s\"\n", &tables);
 
@@ -227,7 +227,8 @@ fn the_cache_answers_repeated_lookups_and_expires() {
     assert_eq!(ldap.searches(), 3);
 
     // Errors are not cached: with the server down the message is deferred,
-    // and once it is back the next lookup reaches it.
+    // and once it is back (and its retry_after has passed) the next lookup
+    // reaches it.
     ldap.stop();
     let (reply, encrypted) = send(&m, "E1", "bob@example.com");
     assert!(
@@ -236,6 +237,18 @@ fn the_cache_answers_repeated_lookups_and_expires() {
     );
     assert!(!encrypted);
     ldap.resume();
+    let (reply, _) = send(&m, "E1b", "bob@example.com");
+    assert!(
+        matches!(&reply, Reply::Code(t) if t.starts_with("451")),
+        "{reply:?}"
+    );
+    let log = m.wait_log("E1b: outbound");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("E1b: outbound") && l.contains("skipped after a failure")),
+        "within retry_after the server is not asked: {log}"
+    );
+    std::thread::sleep(Duration::from_millis(1200));
     let before = ldap.searches();
     assert!(send(&m, "E2", "bob@example.com").1, "{}", m.log());
     assert_eq!(ldap.searches(), before + 1);
@@ -334,4 +347,101 @@ fn refuse_at_rcpt_through_the_milter_protocol() {
         log.contains("recipient refused: <nocert@example.com> has no S/MIME certificate"),
         "{log}"
     );
+}
+
+/// One message to `rcpts`: the reply, whether it was encrypted, and how
+/// long the milter took.
+fn send_to(m: &Milter, qid: &str, rcpts: &[&str]) -> (Reply, bool, Duration) {
+    let mut c = MilterClient::connect(&m.socket_path).unwrap();
+    c.connect_info("127.0.0.1").unwrap();
+    let (headers, body) =
+        split_message(b"From: alice@example.com\r\nSubject: budget\r\n\r\nhello\r\n");
+    let t = Instant::now();
+    let r = c
+        .message(qid, None, "alice@example.com", rcpts, &headers, &body)
+        .unwrap();
+    let took = t.elapsed();
+    c.quit();
+    let encrypted = r.new_body().is_some();
+    (r.reply, encrypted, took)
+}
+
+/// Search timeout 3 s; a paused server accepts connections and never answers.
+fn silent_tables(uris: &[String]) -> String {
+    format!(
+        "[signing]\nenabled = false\n[encrypt]\ndefault_policy = \"required\"\n{}",
+        ldap_section(uris, "retry_after = \"60s\"")
+    )
+}
+
+#[test]
+fn a_silent_directory_costs_one_timeout_and_the_next_uri_answers() {
+    let silent = Slapd::start(&test_ldif());
+    let ldap = Slapd::start(&test_ldif());
+    silent.pause();
+    let m = Milter::start(
+        "lookup_budget = \"8s\"\n",
+        &silent_tables(&[silent.uri(), ldap.uri()]),
+    );
+    // Three recipients side by side: one search timeout (3 s), not three.
+    let rcpts = ["carol@example.com", "bob@example.com", "alice@example.com"];
+    let (reply, encrypted, took) = send_to(&m, "S1", &rcpts);
+    assert!(encrypted, "{reply:?} {}", m.log());
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(6),
+        "one timeout, then the second server: {took:?}"
+    );
+    // The silent server is skipped now: the next message does not wait.
+    let (_, encrypted, took) = send_to(&m, "S2", &["nocert@example.com", "carol@example.com"]);
+    assert!(!encrypted);
+    assert!(took < Duration::from_secs(2), "skipped server: {took:?}");
+    let log = m.log();
+    assert_eq!(
+        log.matches("skipped for 60 s").count(),
+        1,
+        "said once: {log}"
+    );
+    assert_eq!(ldap.searches(), 4, "{}", ldap.log_text());
+    silent.unpause();
+}
+
+#[test]
+fn a_silent_directory_alone_defers_every_message_within_the_budget() {
+    let silent = Slapd::start(&test_ldif());
+    silent.pause();
+    let m = Milter::start("lookup_budget = \"2s\"\n", &silent_tables(&[silent.uri()]));
+    // Four messages at once, to distinct recipients: each waits for the
+    // budget (2 s, shorter than the search timeout), side by side.
+    let started = Instant::now();
+    let results: Vec<(Reply, bool, Duration)> = std::thread::scope(|s| {
+        let handles: Vec<_> = ["carol", "bob", "alice", "dave"]
+            .iter()
+            .enumerate()
+            .map(|(i, who)| {
+                let m = &m;
+                s.spawn(move || send_to(m, &format!("B{i}"), &[&format!("{who}@example.com")]))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let total = started.elapsed();
+    for (reply, encrypted, took) in &results {
+        assert!(!encrypted);
+        assert!(
+            matches!(reply, Reply::Tempfail)
+                || matches!(reply, Reply::Code(c) if c.starts_with('4')),
+            "deferred, never plaintext: {reply:?}"
+        );
+        assert!(
+            *took >= Duration::from_millis(1500) && *took < Duration::from_millis(3500),
+            "within the budget: {took:?}"
+        );
+    }
+    assert!(
+        total < Duration::from_secs(5),
+        "side by side, not one after another: {total:?}"
+    );
+    let log = m.log();
+    assert!(log.contains("time budget spent"), "{log}");
+    silent.unpause();
 }

@@ -38,6 +38,9 @@ struct RawConfig {
     max_mime_depth: Option<usize>,
     max_recipients: Option<usize>,
     max_mime_parts: Option<usize>,
+    max_connections: Option<Spanned<usize>>,
+    #[serde(default, deserialize_with = "quantity_de")]
+    lookup_budget: Option<Seconds>,
     allow_insecure_key_files: Option<bool>,
     authserv_id: Option<Spanned<String>>,
     #[serde(default)]
@@ -148,6 +151,9 @@ struct RawLdap {
     connect_timeout: Option<Seconds>,
     #[serde(default, deserialize_with = "quantity_de")]
     search_timeout: Option<Seconds>,
+    max_connections: Option<Spanned<usize>>,
+    #[serde(default, deserialize_with = "quantity_de")]
+    retry_after: Option<Seconds>,
 }
 
 #[derive(Deserialize, Default)]
@@ -358,6 +364,23 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             ),
         });
     }
+    let max_connections = match raw.max_connections {
+        Some(n) if *n.get_ref() == 0 => return Err(loc.error(n.span(), "must be at least 1")),
+        Some(n) => n.into_inner(),
+        None => 2000,
+    };
+    let lookup_budget = Duration::from_secs(raw.lookup_budget.map_or(8, |s| s.0));
+    if lookup_budget.is_zero() {
+        let at = text
+            .lines()
+            .position(|l| l.trim_start().starts_with("lookup_budget"))
+            .map_or(0, |n| n + 1);
+        return Err(ConfigError {
+            file: file.clone(),
+            line: at,
+            what: "key 'lookup_budget': must be at least 1 s".into(),
+        });
+    }
     let max_mime_depth = raw.max_mime_depth.unwrap_or(32);
     let max_mime_parts = raw.max_mime_parts.unwrap_or(1000);
     let v = raw.verify;
@@ -423,6 +446,8 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         max_recipients: raw.max_recipients.unwrap_or(1000),
         max_mime_parts,
         authserv_id,
+        lookup_budget,
+        max_connections,
         verify,
         encrypt,
         decrypt: raw.decrypt.enabled.unwrap_or(false),
@@ -596,6 +621,12 @@ fn ldap_config(loc: &Locator<'_>, l: Spanned<RawLdap>) -> Result<LdapConfig, Con
             .unwrap_or_else(|| DEFAULT_LDAP_FILTER.to_string()),
         connect_timeout: Duration::from_secs(l.connect_timeout.map_or(5, |s| s.0)),
         search_timeout: Duration::from_secs(l.search_timeout.map_or(5, |s| s.0)),
+        max_connections: match l.max_connections {
+            Some(n) if *n.get_ref() == 0 => return Err(loc.error(n.span(), "must be at least 1")),
+            Some(n) => n.into_inner(),
+            None => 8,
+        },
+        retry_after: Duration::from_secs(l.retry_after.map_or(30, |s| s.0)),
     })
 }
 

@@ -164,6 +164,10 @@ pub struct LdapConfig {
     pub filter: String,
     pub connect_timeout: Duration,
     pub search_timeout: Duration,
+    /// Connections kept open to each server, at most.
+    pub max_connections: usize,
+    /// How long a server that timed out or refused is skipped.
+    pub retry_after: Duration,
 }
 
 /// The recipient certificate cache.
@@ -220,6 +224,12 @@ pub struct Config {
     pub max_mime_depth: usize,
     pub max_recipients: usize,
     pub max_mime_parts: usize,
+    /// MTA connections served at once; more are closed at once (the MTA
+    /// applies its default action). Read at start only.
+    pub max_connections: usize,
+    /// All directory work for one message (or one RCPT) ends within this:
+    /// below the MTAs' milter timeouts (Sendmail's default is 10 s).
+    pub lookup_budget: Duration,
     /// Our name in Authentication-Results (RFC 8601 authserv-id).
     pub authserv_id: String,
     pub signing: Signing,

@@ -12,9 +12,14 @@ use openssl::x509::{X509Ref, X509};
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Directory lookups one message runs side by side, at most.
+const PARALLEL_LOOKUPS: usize = 8;
+/// `certs show` asks the directory with this much time.
+const ADMIN_LOOKUP_TIME: Duration = Duration::from_secs(30);
 
 /// Counters for the periodic stats line; they survive reloads.
 #[derive(Debug, Default)]
@@ -221,20 +226,74 @@ impl CertStore {
         }
     }
 
-    /// The certificate to encrypt to for `address`.
-    pub fn find(&self, address: &str, trust: Option<&TrustStore>) -> Lookup {
-        let key = address.to_ascii_lowercase();
-        {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(c) = cache.get(&key) {
-                if c.expires > Instant::now() {
-                    STATS.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    return match &c.cert {
-                        Some(cert) => Lookup::Found(Arc::clone(cert)),
-                        None => Lookup::NotFound,
-                    };
-                }
+    /// The cached answer for `key`, if fresh.
+    fn cached(&self, key: &str) -> Option<Lookup> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let c = cache.get(key).filter(|c| c.expires > Instant::now())?;
+        STATS.cache_hits.fetch_add(1, Ordering::Relaxed);
+        Some(match &c.cert {
+            Some(cert) => Lookup::Found(Arc::clone(cert)),
+            None => Lookup::NotFound,
+        })
+    }
+
+    /// The certificates for every address, in order, looked up side by side
+    /// (at most `PARALLEL_LOOKUPS` at once) and all ended by `deadline`.
+    /// Once one is not found or fails, the message's answer is decided: the
+    /// lookups not yet started are not made, and `None` stands for them.
+    pub fn find_all(
+        &self,
+        addresses: &[String],
+        trust: Option<&TrustStore>,
+        deadline: Instant,
+    ) -> Vec<Option<Lookup>> {
+        let mut out: Vec<Option<Lookup>> = addresses
+            .iter()
+            .map(|a| self.cached(&a.to_ascii_lowercase()))
+            .collect();
+        if out.iter().flatten().any(|l| !matches!(l, Lookup::Found(_))) {
+            return out;
+        }
+        let misses: Vec<usize> = (0..addresses.len()).filter(|&i| out[i].is_none()).collect();
+        if misses.len() == 1 {
+            let i = misses[0];
+            out[i] = Some(self.find(&addresses[i], trust, deadline));
+            return out;
+        }
+        let next = AtomicUsize::new(0);
+        let decided = AtomicBool::new(false);
+        let results: Mutex<Vec<(usize, Lookup)>> = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..misses.len().min(PARALLEL_LOOKUPS) {
+                s.spawn(|| loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    if n >= misses.len() || decided.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let i = misses[n];
+                    let found = self.find(&addresses[i], trust, deadline);
+                    if !matches!(found, Lookup::Found(_)) {
+                        decided.store(true, Ordering::SeqCst);
+                    }
+                    results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((i, found));
+                });
             }
+        });
+        for (i, l) in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            out[i] = Some(l);
+        }
+        out
+    }
+
+    /// The certificate to encrypt to for `address`; a directory asked by
+    /// `deadline` at the latest.
+    pub fn find(&self, address: &str, trust: Option<&TrustStore>, deadline: Instant) -> Lookup {
+        let key = address.to_ascii_lowercase();
+        if let Some(hit) = self.cached(&key) {
+            return hit;
         }
         STATS.cache_misses.fetch_add(1, Ordering::Relaxed);
         let mut found = None;
@@ -258,7 +317,7 @@ impl CertStore {
                 CertSource::Ldap => match &self.ldap {
                     Some(l) => {
                         STATS.ldap_searches.fetch_add(1, Ordering::Relaxed);
-                        match l.lookup(address) {
+                        match l.lookup(address, deadline) {
                             Ok(c) => c,
                             Err(e) => {
                                 // Not cached: the next message asks again.
@@ -315,7 +374,7 @@ impl CertStore {
             );
         }
         if let Some(l) = &self.ldap {
-            match l.lookup(address) {
+            match l.lookup(address, Instant::now() + ADMIN_LOOKUP_TIME) {
                 Ok(certs) => out.extend(certs.into_iter().map(|c| (CertSource::Ldap, Ok(c)))),
                 Err(e) => out.push((CertSource::Ldap, Err(e.to_string()))),
             }

@@ -1,13 +1,17 @@
 //! Recipient certificates from a directory (Active Directory / OpenLDAP):
 //! `userCertificate;binary` (DER) and `userSMIMECertificate` (a PKCS#7
-//! certs-only blob, as Exchange publishes it). Servers are tried in order;
-//! one connection is kept and reopened after an error.
+//! certs-only blob, as Exchange publishes it).
+//!
+//! A slow directory must not stall the gateway: each server has a small
+//! pool of connections (so lookups run side by side), every lookup ends by
+//! the message's deadline, and a server that times out or refuses is
+//! skipped for `retry_after` (logged once) while the next URI answers.
 
-use ldap3::{LdapConn, LdapConnSettings, Scope, SearchEntry};
+use ldap3::{LdapConn, LdapConnSettings, LdapError as Ldap3Error, Scope, SearchEntry};
 use openssl::pkcs7::Pkcs7;
 use openssl::x509::X509;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct LdapSettings {
@@ -23,6 +27,10 @@ pub struct LdapSettings {
     pub filter: String,
     pub connect_timeout: Duration,
     pub search_timeout: Duration,
+    /// Connections kept open to each server, at most.
+    pub max_connections: usize,
+    /// How long a server that timed out or refused is skipped.
+    pub retry_after: Duration,
 }
 
 const ATTRS: [&str; 3] = [
@@ -37,17 +45,44 @@ pub enum LdapError {
     Unreachable(String),
     #[error("LDAP search failed: {0}")]
     Search(String),
+    #[error("lookup time budget spent ({0})")]
+    Budget(String),
+}
+
+/// One directory server: its idle connections and whether it is skipped.
+struct Server {
+    uri: String,
+    state: Mutex<ServerState>,
+    /// Signalled when a connection is returned or dropped.
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct ServerState {
+    idle: Vec<LdapConn>,
+    /// Connections open, idle or in use.
+    open: usize,
+    /// Skipped until then, after a timeout or refusal.
+    down_until: Option<Instant>,
 }
 
 pub struct Ldap {
     settings: LdapSettings,
-    conn: Mutex<Option<LdapConn>>,
+    servers: Vec<Server>,
 }
 
 impl std::fmt::Debug for Ldap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Ldap({:?})", self.settings.uris)
     }
+}
+
+/// How a server failed: whether to skip it for a while.
+enum Failure {
+    /// Timeout, refusal, broken connection, failed bind: the server.
+    Server(String),
+    /// The search itself was refused (bad base, filter): the query.
+    Query(String),
 }
 
 /// The search filter for an address: every `%s` is the address escaped per
@@ -70,111 +105,237 @@ pub fn certs_from_pkcs7(der: &[u8]) -> Vec<X509> {
 
 impl Ldap {
     pub fn new(settings: LdapSettings) -> Ldap {
-        Ldap {
-            settings,
-            conn: Mutex::new(None),
-        }
+        let servers = settings
+            .uris
+            .iter()
+            .map(|uri| Server {
+                uri: uri.clone(),
+                state: Mutex::new(ServerState::default()),
+                freed: Condvar::new(),
+            })
+            .collect();
+        Ldap { settings, servers }
     }
 
-    fn connect(&self) -> Result<LdapConn, LdapError> {
+    /// Every certificate published for the address (all matching entries),
+    /// asked of the first server that answers, by `deadline`. An error means
+    /// "unknown", never "none".
+    pub fn lookup(&self, address: &str, deadline: Instant) -> Result<Vec<X509>, LdapError> {
+        let filter = filter_for(&self.settings.filter, address);
         let mut errors = Vec::new();
-        for uri in &self.settings.uris {
-            let mut s = LdapConnSettings::new()
-                .set_conn_timeout(self.settings.connect_timeout)
-                .set_starttls(self.settings.starttls && uri.starts_with("ldap://"));
-            if let Some(pem) = &self.settings.ca_pem {
-                let connector = native_tls::Certificate::from_pem(pem).and_then(|ca| {
-                    native_tls::TlsConnector::builder()
-                        .add_root_certificate(ca)
-                        .build()
-                });
-                match connector {
-                    Ok(c) => s = s.set_connector(c),
-                    Err(e) => return Err(LdapError::Unreachable(format!("TLS set-up: {e}"))),
+        for server in &self.servers {
+            if let Some(until) = server.lock().down_until {
+                if until > Instant::now() {
+                    errors.push(format!("{}: skipped after a failure", server.uri));
+                    continue;
                 }
             }
-            match LdapConn::with_settings(s, uri) {
-                Ok(mut conn) => {
-                    if let (Some(dn), Some(pw)) =
-                        (&self.settings.bind_dn, &self.settings.bind_password)
-                    {
-                        match conn
-                            .with_timeout(self.settings.search_timeout)
-                            .simple_bind(dn, pw)
-                            .and_then(|r| r.success())
-                        {
-                            Ok(_) => {}
-                            Err(e) => {
-                                errors.push(format!("{uri}: bind as {dn} failed: {e}"));
-                                continue;
-                            }
-                        }
+            match self.search_on(server, &filter, deadline) {
+                Ok(certs) => {
+                    let mut st = server.lock();
+                    if st.down_until.take().is_some() {
+                        log::info!("LDAP server {} answers again", server.uri);
                     }
-                    return Ok(conn);
+                    return Ok(certs);
                 }
-                Err(e) => errors.push(format!("{uri}: {e}")),
+                Err(Failure::Query(e)) => return Err(LdapError::Search(e)),
+                Err(Failure::Server(e)) => {
+                    // Not answering within the message's budget is failing.
+                    self.mark_down(server, &e);
+                    if Instant::now() >= deadline {
+                        return Err(LdapError::Budget(format!("{}: {e}", server.uri)));
+                    }
+                    errors.push(format!("{}: {e}", server.uri));
+                }
             }
         }
         Err(LdapError::Unreachable(errors.join("; ")))
     }
 
-    /// Every certificate published for the address (all matching entries).
-    /// An error means "unknown", never "none".
-    pub fn lookup(&self, address: &str) -> Result<Vec<X509>, LdapError> {
-        let filter = filter_for(&self.settings.filter, address);
-        let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        // One retry on a fresh connection: a kept one may have timed out.
+    /// A failed server is skipped for `retry_after`; said once, not per lookup.
+    fn mark_down(&self, server: &Server, why: &str) {
+        let mut st = server.lock();
+        let was_down = st.down_until.is_some_and(|u| u > Instant::now());
+        st.down_until = Some(Instant::now() + self.settings.retry_after);
+        // Its kept connections are as dead as the one that failed.
+        st.open -= st.idle.len();
+        st.idle.clear();
+        drop(st);
+        server.freed.notify_all();
+        if !was_down {
+            log::warn!(
+                "LDAP server {} failed ({why}); skipped for {} s",
+                server.uri,
+                self.settings.retry_after.as_secs()
+            );
+        }
+    }
+
+    /// One search on a pooled connection. A kept connection that fails is
+    /// tried once more on a fresh one: the server may have closed it.
+    fn search_on(
+        &self,
+        server: &Server,
+        filter: &str,
+        deadline: Instant,
+    ) -> Result<Vec<X509>, Failure> {
         for attempt in 0..2 {
-            if guard.is_none() {
-                *guard = Some(self.connect()?);
-            }
-            let conn = guard.as_mut().expect("connected above");
+            let (mut conn, kept) = self.take_connection(server, deadline)?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
             let result = conn
-                .with_timeout(self.settings.search_timeout)
+                .with_timeout(self.settings.search_timeout.min(remaining))
                 .search(
                     &self.settings.base_dn,
                     Scope::Subtree,
-                    &filter,
+                    filter,
                     ATTRS.to_vec(),
                 )
                 .and_then(|r| r.success());
             match result {
                 Ok((entries, _)) => {
-                    let mut certs = Vec::new();
-                    for e in entries {
-                        let e = SearchEntry::construct(e);
-                        for (name, values) in e.bin_attrs.iter().map(|(n, v)| (n, v.clone())).chain(
-                            e.attrs.iter().map(|(n, v)| {
-                                (
-                                    n,
-                                    v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>(),
-                                )
-                            }),
-                        ) {
-                            let lname = name.to_ascii_lowercase();
-                            for v in values {
-                                if lname.starts_with("usersmimecertificate") {
-                                    certs.extend(certs_from_pkcs7(&v));
-                                } else if lname.starts_with("usercertificate") {
-                                    if let Ok(c) = X509::from_der(&v) {
-                                        certs.push(c);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    return Ok(certs);
+                    server.give_back(conn);
+                    return Ok(certs_in_entries(entries));
                 }
                 Err(e) => {
-                    *guard = None;
-                    if attempt == 1 {
-                        return Err(LdapError::Search(e.to_string()));
+                    server.drop_connection();
+                    match classify(&e) {
+                        Failure::Server(_) if kept && attempt == 0 && !is_timeout(&e) => continue,
+                        f => return Err(f),
                     }
                 }
             }
         }
-        unreachable!("the loop returns")
+        unreachable!("the second attempt returns")
     }
+
+    /// An idle connection, a new one while the pool has room, else the
+    /// first one returned before `deadline`. Whether it was kept (idle).
+    fn take_connection(
+        &self,
+        server: &Server,
+        deadline: Instant,
+    ) -> Result<(LdapConn, bool), Failure> {
+        let mut st = server.lock();
+        loop {
+            if st.down_until.is_some_and(|u| u > Instant::now()) {
+                return Err(Failure::Server("skipped after a failure".into()));
+            }
+            if let Some(conn) = st.idle.pop() {
+                return Ok((conn, true));
+            }
+            if st.open < self.settings.max_connections.max(1) {
+                st.open += 1;
+                drop(st);
+                return match self.connect(&server.uri, deadline) {
+                    Ok(conn) => Ok((conn, false)),
+                    Err(e) => {
+                        server.drop_connection();
+                        Err(Failure::Server(e))
+                    }
+                };
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Failure::Server("every connection busy".into()));
+            }
+            st = server
+                .freed
+                .wait_timeout(st, remaining)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn connect(&self, uri: &str, deadline: Instant) -> Result<LdapConn, String> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err("no time left to connect".into());
+        }
+        let mut s = LdapConnSettings::new()
+            .set_conn_timeout(self.settings.connect_timeout.min(remaining))
+            .set_starttls(self.settings.starttls && uri.starts_with("ldap://"));
+        if let Some(pem) = &self.settings.ca_pem {
+            let connector = native_tls::Certificate::from_pem(pem).and_then(|ca| {
+                native_tls::TlsConnector::builder()
+                    .add_root_certificate(ca)
+                    .build()
+            });
+            match connector {
+                Ok(c) => s = s.set_connector(c),
+                Err(e) => return Err(format!("TLS set-up: {e}")),
+            }
+        }
+        let mut conn = LdapConn::with_settings(s, uri).map_err(|e| e.to_string())?;
+        if let (Some(dn), Some(pw)) = (&self.settings.bind_dn, &self.settings.bind_password) {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            conn.with_timeout(self.settings.search_timeout.min(remaining))
+                .simple_bind(dn, pw)
+                .and_then(|r| r.success())
+                .map_err(|e| format!("bind as {dn} failed: {e}"))?;
+        }
+        Ok(conn)
+    }
+}
+
+impl Server {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ServerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn give_back(&self, conn: LdapConn) {
+        self.lock().idle.push(conn);
+        self.freed.notify_one();
+    }
+
+    fn drop_connection(&self) {
+        let mut st = self.lock();
+        st.open = st.open.saturating_sub(1);
+        drop(st);
+        self.freed.notify_one();
+    }
+}
+
+fn is_timeout(e: &Ldap3Error) -> bool {
+    matches!(e, Ldap3Error::Timeout { .. })
+}
+
+/// A result code is the server answering: the query is at fault. Anything
+/// else (timeout, I/O, a closed connection) is the server's.
+fn classify(e: &Ldap3Error) -> Failure {
+    match e {
+        // busy, unavailable: the server asks to be left alone.
+        Ldap3Error::LdapResult { result } if matches!(result.rc, 51 | 52) => {
+            Failure::Server(e.to_string())
+        }
+        Ldap3Error::LdapResult { .. } | Ldap3Error::FilterParsing => Failure::Query(e.to_string()),
+        _ => Failure::Server(e.to_string()),
+    }
+}
+
+fn certs_in_entries(entries: Vec<ldap3::ResultEntry>) -> Vec<X509> {
+    let mut certs = Vec::new();
+    for e in entries {
+        let e = SearchEntry::construct(e);
+        let text = e.attrs.iter().map(|(n, v)| {
+            (
+                n,
+                v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>(),
+            )
+        });
+        for (name, values) in e.bin_attrs.iter().map(|(n, v)| (n, v.clone())).chain(text) {
+            let lname = name.to_ascii_lowercase();
+            for v in values {
+                if lname.starts_with("usersmimecertificate") {
+                    certs.extend(certs_from_pkcs7(&v));
+                } else if lname.starts_with("usercertificate") {
+                    if let Ok(c) = X509::from_der(&v) {
+                        certs.push(c);
+                    }
+                }
+            }
+        }
+    }
+    certs
 }
 
 #[cfg(test)]

@@ -134,8 +134,22 @@ access to * by * read
     /// Stops the server (by its pid) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A paused server would not see SIGTERM.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
             super::stop_child(&mut c);
         }
+    }
+
+    /// SIGSTOP: the kernel still accepts connections, nothing answers.
+    pub fn pause(&self) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn unpause(&self) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
     }
 
     pub fn ldaps_uri(&self) -> String {
