@@ -34,6 +34,6 @@ pub mod testmode;
 
 // The modules by their own names, as the code and its users name them.
 pub use mail::{address, mime};
-pub use milter::{connection, listener, protocol, server};
+pub use milter::{connection, listener, progress, protocol, server};
 pub use smime::{decrypt, encrypt, sign, signed_data, verify};
 pub use stores::{certstore, harvest, keystore, ldap, pkcs11, truststore};

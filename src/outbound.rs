@@ -13,6 +13,7 @@ use crate::policy;
 use crate::runtime::Runtime;
 use crate::sign;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// What to do once the body has arrived.
 #[derive(Debug)]
@@ -34,6 +35,9 @@ pub struct Work {
     /// Encryption is required for some recipient: no failure may let the
     /// message through in plaintext.
     pub required: bool,
+    /// Header values that were not UTF-8, by header index, as they came:
+    /// what we sign carries them byte for byte.
+    pub raw_values: Vec<(usize, Vec<u8>)>,
 }
 
 /// What the client did already: (signed, encrypted).
@@ -62,6 +66,7 @@ pub fn plan(
     sender: &str,
     rcpts: &[String],
     headers: &[(String, String)],
+    deadline: Instant,
 ) -> Plan {
     let (signed, encrypted) = smime_state(headers);
     if encrypted {
@@ -71,7 +76,7 @@ pub fn plan(
         required: encryption_required(rt, sender, rcpts),
         ..Work::default()
     };
-    match encryption(rt, sender, rcpts) {
+    match encryption(rt, sender, rcpts, deadline) {
         Ok((certs, note)) => {
             work.encrypt = certs;
             work.notes.extend(note);
@@ -159,7 +164,12 @@ type Encryption = (Option<Vec<Arc<RecipientCert>>>, Option<String>);
 /// Whether to encrypt, and to which certificates (RFC 8551 §3.3): required
 /// for any recipient means every recipient must have a certificate;
 /// opportunistic for all means encrypt when all have one.
-fn encryption(rt: &Runtime, sender: &str, rcpts: &[String]) -> Result<Encryption, Outcome> {
+fn encryption(
+    rt: &Runtime,
+    sender: &str,
+    rcpts: &[String],
+    deadline: Instant,
+) -> Result<Encryption, Outcome> {
     let Some(enc) = &rt.config.encrypt else {
         return Ok((None, None));
     };
@@ -183,11 +193,13 @@ fn encryption(rt: &Runtime, sender: &str, rcpts: &[String]) -> Result<Encryption
     };
     let trust = rt.recipient_trust();
     let (mut certs, mut missing, mut errors) = (Vec::new(), Vec::new(), Vec::new());
-    for r in rcpts {
-        match store.find(r, trust) {
-            Lookup::Found(c) => certs.push(c),
-            Lookup::NotFound => missing.push(format!("<{r}>")),
-            Lookup::Error(e) => errors.push(format!("<{r}>: {e}")),
+    // A recipient not looked up (None) waits on one that decided already.
+    for (r, found) in rcpts.iter().zip(store.find_all(rcpts, trust, deadline)) {
+        match found {
+            Some(Lookup::Found(c)) => certs.push(c),
+            Some(Lookup::NotFound) => missing.push(format!("<{r}>")),
+            Some(Lookup::Error(e)) => errors.push(format!("<{r}>: {e}")),
+            None => {}
         }
     }
     if !errors.is_empty() {
@@ -218,14 +230,25 @@ fn encryption(rt: &Runtime, sender: &str, rcpts: &[String]) -> Result<Encryption
 
 /// The Content-* fields of the message as one header block; a message
 /// without a Content-Type is text/plain (RFC 2045 §5.2).
-fn content_header_block(headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
+fn content_header_block(
+    headers: &[(String, String)],
+    raw_values: &[(usize, Vec<u8>)],
+    body: &[u8],
+) -> Vec<u8> {
     let mut block = Vec::new();
     let mut has_ct = false;
-    for (name, value) in headers.iter().filter(|(n, _)| mime::is_content_field(n)) {
+    for (i, (name, value)) in headers.iter().enumerate() {
+        if !mime::is_content_field(name) {
+            continue;
+        }
         has_ct |= mime::is_named(name, "Content-Type");
+        let value = match raw_values.iter().find(|(at, _)| *at == i) {
+            Some((_, raw)) => raw.trim_ascii_start(),
+            None => value.trim_start().as_bytes(),
+        };
         block.extend_from_slice(name.as_bytes());
         block.extend_from_slice(b": ");
-        block.extend_from_slice(value.trim_start().as_bytes());
+        block.extend_from_slice(value);
         block.extend_from_slice(b"\r\n");
     }
     if !has_ct {
@@ -329,7 +352,7 @@ pub fn process_message(
         };
         Outcome::failure(action, reason)
     };
-    let block = content_header_block(headers, body);
+    let block = content_header_block(headers, &work.raw_values, body);
     let capacity = block.len() + body.len() + body.len() / 16 + 2;
     let limits = Limits {
         max_depth: rt.config.max_mime_depth,
@@ -433,7 +456,7 @@ mod tests {
             ("Subject", "hi"),
             ("Content-Disposition", "inline"),
         ]);
-        let block = content_header_block(&headers, b"x");
+        let block = content_header_block(&headers, &[], b"x");
         assert_eq!(
             block,
             b"Content-Type: text/plain;\n\tcharset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\nContent-Disposition: inline\r\n"
@@ -474,15 +497,15 @@ mod tests {
     #[test]
     fn message_without_mime_headers_is_text_plain() {
         assert_eq!(
-            content_header_block(&h(&[("From", "a@x")]), b"hi"),
+            content_header_block(&h(&[("From", "a@x")]), &[], b"hi"),
             b"Content-Type: text/plain; charset=us-ascii\r\n"
         );
         assert_eq!(
-            content_header_block(&h(&[]), "grüß".as_bytes()),
+            content_header_block(&h(&[]), &[], "grüß".as_bytes()),
             b"Content-Type: text/plain; charset=utf-8\r\n"
         );
         assert_eq!(
-            content_header_block(&h(&[]), b"\xe4"),
+            content_header_block(&h(&[]), &[], b"\xe4"),
             b"Content-Type: text/plain; charset=unknown-8bit\r\n"
         );
     }

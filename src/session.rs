@@ -21,6 +21,9 @@ pub struct Message {
     /// Envelope recipients accepted so far (angle brackets removed).
     pub recipients: Vec<String>,
     pub headers: Vec<(String, String)>,
+    /// Header values that were not UTF-8 (`headers` has them with U+FFFD),
+    /// by index, as the MTA sent them.
+    pub raw_values: Vec<(usize, Vec<u8>)>,
     pub body: Vec<u8>,
     /// Header and body bytes seen, including what was not kept.
     pub size: u64,
@@ -104,8 +107,11 @@ pub enum Step {
     Continue,
     /// Refuse this recipient only (5xx); the message goes on for the others.
     RejectRecipient(String),
-    /// Refuse this recipient for now (4xx).
+    /// Refuse this recipient for now (4xx): its certificate is unknown.
     TempfailRecipient(String),
+    /// Refuse this recipient for now: one more than `max_recipients`
+    /// (RFC 5321 §4.5.3.1.10: 452, the client sends it again later).
+    TooManyRecipients(String),
     /// Decided: report this outcome; no further data is needed.
     Done(Outcome),
 }
@@ -149,6 +155,7 @@ impl Session {
             sender: sender.trim_matches(['<', '>']).to_string(),
             recipients: Vec::new(),
             headers: Vec::new(),
+            raw_values: Vec::new(),
             body: Vec::new(),
             size: 0,
             direction,
@@ -168,7 +175,7 @@ impl Session {
         if m.recipients.len() >= m.rt.config.max_recipients {
             // Only this recipient is refused (452 at RCPT); the message goes
             // on, fully processed, for the others.
-            return Step::TempfailRecipient(format!(
+            return Step::TooManyRecipients(format!(
                 "<{rcpt}>: more than {} recipients",
                 m.rt.config.max_recipients
             ));
@@ -183,7 +190,8 @@ impl Session {
             if enc.refuse_at_rcpt
                 && crate::policy::encrypt_mode(enc, &m.sender, &rcpt) == EncryptMode::Required
             {
-                match certs.find(&rcpt, m.rt.recipient_trust()) {
+                let deadline = Instant::now() + m.rt.config.lookup_budget;
+                match certs.find(&rcpt, m.rt.recipient_trust(), deadline) {
                     Lookup::Found(_) => {}
                     Lookup::NotFound => {
                         return Step::RejectRecipient(format!(
@@ -202,7 +210,7 @@ impl Session {
         Step::Continue
     }
 
-    pub fn header(&mut self, name: &str, value: &str) -> Step {
+    pub fn header(&mut self, name: &str, value: &[u8]) -> Step {
         // Debug builds only: lets the tests prove a panic becomes a tempfail.
         #[cfg(debug_assertions)]
         if name.eq_ignore_ascii_case("X-Smime-Milter-Test-Panic") {
@@ -216,7 +224,11 @@ impl Session {
             return oversized(m);
         }
         if m.deferred.is_none() {
-            m.headers.push((name.to_string(), value.to_string()));
+            let text = String::from_utf8_lossy(value);
+            if let std::borrow::Cow::Owned(_) = text {
+                m.raw_values.push((m.headers.len(), value.to_vec()));
+            }
+            m.headers.push((name.to_string(), text.into_owned()));
         }
         Step::Continue
     }
@@ -243,8 +255,12 @@ impl Session {
                     &m.sender,
                     &m.recipients,
                     &m.headers,
+                    Instant::now() + m.rt.config.lookup_budget,
                 ) {
-                    Plan::Process(work) => Pending::Process(work),
+                    Plan::Process(mut work) => {
+                        work.raw_values = std::mem::take(&mut m.raw_values);
+                        Pending::Process(work)
+                    }
                     Plan::Done(o) => return Step::Done(o),
                 }
             }

@@ -76,13 +76,15 @@ pub fn process(rt: Arc<Runtime>, args: &TestArgs, input: &[u8]) -> Processed {
                 outcome = Some(o);
                 break;
             }
-            Step::RejectRecipient(why) | Step::TempfailRecipient(why) => refused.push(why),
+            Step::RejectRecipient(why)
+            | Step::TempfailRecipient(why)
+            | Step::TooManyRecipients(why) => refused.push(why),
             Step::Continue => {}
         }
     }
     if outcome.is_none() {
         for (n, v) in &headers {
-            if let Step::Done(o) = s.header(n, v) {
+            if let Step::Done(o) = s.header(n, v.as_bytes()) {
                 outcome = Some(o);
                 break;
             }

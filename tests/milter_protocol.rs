@@ -457,3 +457,131 @@ fn odd_header_names_are_signed_not_deferred() {
     );
     assert!(r.new_body().is_some(), "{:?}\n{}", r.reply, m.log());
 }
+
+#[test]
+fn an_empty_decrypted_body_replaces_the_ciphertext() {
+    // AES-GCM (authenticated), so the plaintext is released: its body is empty.
+    let der = openssl_encrypt("carol", b"Content-Type: text/plain\r\n\r\n", "-aes-256-gcm");
+    let b64 = pipe(std::process::Command::new("base64"), &der).stdout;
+    let mut msg = b"From: Sender <sender@example.net>\r\nTo: carol@example.com\r\n\
+        Subject: empty\r\nMIME-Version: 1.0\r\n\
+        Content-Type: application/pkcs7-mime; smime-type=authEnveloped-data; name=\"smime.p7m\"\r\n\
+        Content-Transfer-Encoding: base64\r\n\r\n"
+        .to_vec();
+    msg.extend_from_slice(&b64);
+    let m = Milter::start(
+        "",
+        &format!("[decrypt]\nenabled = true\n{}", pki().key_table()),
+    );
+    let (headers, body) = split_message(&msg);
+    let mut c = MilterClient::connect(&m.socket_path).unwrap();
+    c.connect_info("192.0.2.7").unwrap();
+    let r = c
+        .message(
+            "E0",
+            None,
+            "sender@example.net",
+            &["carol@example.com"],
+            &headers,
+            &body,
+        )
+        .unwrap();
+    assert!(
+        matches!(r.reply, Reply::Continue | Reply::Accept),
+        "{:?}",
+        r.reply
+    );
+    assert_eq!(
+        r.new_body(),
+        Some(Vec::new()),
+        "{:?} {}",
+        r.modifications,
+        m.log()
+    );
+}
+
+#[test]
+fn one_recipient_over_the_limit_gets_452_4_5_3() {
+    let m = Milter::start("max_recipients = 2\n", &pki().key_table());
+    let mut c = MilterClient::connect(&m.socket_path).unwrap();
+    c.connect_info("127.0.0.1").unwrap();
+    let (headers, body) = split_message(b"From: alice@example.com\r\n\r\nhi\r\n");
+    let r = c
+        .message(
+            "R3",
+            None,
+            "alice@example.com",
+            &["a@example.net", "b@example.net", "c@example.net"],
+            &headers,
+            &body,
+        )
+        .unwrap();
+    // The client stops at the first recipient refused: the third.
+    assert!(
+        matches!(&r.reply, Reply::Code(t) if t.starts_with("452 4.5.3")),
+        "{:?}",
+        r.reply
+    );
+}
+
+#[test]
+fn three_thousand_idle_connections_meet_the_cap_cleanly() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let m = Milter::start("max_connections = 1000\n", &pki().key_table());
+    let held: Vec<UnixStream> = (0..3000)
+        .map(|_| UnixStream::connect(&m.socket_path).unwrap())
+        .collect();
+    m.wait_log("refusing new ones");
+    // Those beyond the cap are closed by the milter: EOF, not a wait.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let refused = loop {
+        let refused = held
+            .iter()
+            .filter(|s| {
+                s.set_nonblocking(true).unwrap();
+                matches!((&**s).read(&mut [0u8; 1]), Ok(0))
+            })
+            .count();
+        if refused >= 2000 || std::time::Instant::now() > deadline {
+            break refused;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(refused, 2000, "{}", m.log());
+    let threads = proc_status_kb(m.pid(), "Threads:");
+    assert!(threads <= 1000 + 20, "{threads} threads");
+    let log = m.log();
+    assert_eq!(
+        log.matches("refusing new ones").count(),
+        1,
+        "said once: {log}"
+    );
+
+    // Once they are gone, a new connection is served.
+    drop(held);
+    let raw = data("plain.eml");
+    let (headers, body) = split_message(&raw);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut c = MilterClient::connect(&m.socket_path).unwrap();
+        let served = c.connect_info("127.0.0.1").is_ok()
+            && c.message(
+                "CAP",
+                None,
+                "alice@example.com",
+                &["bob@example.net"],
+                &headers,
+                &body,
+            )
+            .is_ok_and(|r| r.new_body().is_some());
+        if served {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", m.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(m
+        .wait_log("accepting MTA connections again")
+        .contains("again"));
+}

@@ -6,6 +6,7 @@ mod common;
 use common::slapd;
 use common::*;
 use slapd::{test_ldif, Slapd};
+use std::time::{Duration, Instant};
 
 fn data(name: &str) -> Vec<u8> {
     std::fs::read(project_dir().join("tests/data").join(name)).unwrap()
@@ -504,4 +505,113 @@ fn sigterm_under_load_loses_no_message() {
     assert_eq!(postfix.queued(), 0);
     let log = milter.wait_log("smime-milter stopped");
     assert!(log.contains("smime-milter stopped"), "{log}");
+}
+
+/// A directory that accepts connections and never answers (slapd stopped
+/// with SIGSTOP) costs one search timeout; progress replies keep Postfix
+/// waiting through it. Alone, it defers the message within the budget.
+#[test]
+fn a_silent_directory_meets_no_postfix_milter_timeout() {
+    if skip_unless_root() {
+        return;
+    }
+    let silent = Slapd::start(&test_ldif());
+    let ldap = Slapd::start(&test_ldif());
+    silent.pause();
+    let tables = |uris: &str| {
+        format!(
+            "[encrypt]\ndefault_policy = \"required\"\n[ldap]\nuris = [{uris}]\nbase_dn = \"{}\"\n\
+             search_timeout = \"9s\"\nretry_after = \"60s\"\n{}",
+            slapd::BASE_DN,
+            pki().key_table()
+        )
+    };
+    let both = format!("\"{}\", \"{}\"", silent.uri(), ldap.uri());
+    let milter = Milter::start("lookup_budget = \"15s\"\n", &tables(&both));
+    // Postfix's end-of-headers timeout shortened below the silent server's
+    // 9 s: only progress replies keep it waiting.
+    let postfix = Postfix::start_extra(&milter.spec(), "milter_content_timeout = 7s");
+    let plain = String::from_utf8_lossy(&data("plain.eml")).replace(
+        "From: Alice <alice@example.com>",
+        "From: Zed <zed@unsigned.example>",
+    );
+    let started = Instant::now();
+    let reply = postfix.send(
+        "zed@unsigned.example",
+        &["carol@example.com", "alice@example.com"],
+        plain.as_bytes(),
+    );
+    let took = started.elapsed();
+    assert!(reply.starts_with("250"), "{reply}\n{}", milter.log());
+    assert!(
+        took >= Duration::from_secs(8),
+        "the silent server was waited for: {took:?}"
+    );
+    let delivered = postfix.delivered(1);
+    let text = String::from_utf8_lossy(&delivered[0]);
+    assert!(text.contains("smime-type=enveloped-data"), "{text}");
+    let maillog = postfix.maillog();
+    assert!(!maillog.contains("timeout"), "no milter timeout: {maillog}");
+    assert_eq!(milter.log().matches("skipped for 60 s").count(), 1);
+
+    // The silent server alone, default budget (8 s) and Postfix defaults:
+    // deferred within the budget, nothing delivered in plaintext.
+    let milter = Milter::start("", &tables(&format!("\"{}\"", silent.uri())));
+    let postfix = Postfix::start(&milter.spec());
+    let started = Instant::now();
+    let reply = postfix.send(
+        "zed@unsigned.example",
+        &["bob@example.com"],
+        plain.as_bytes(),
+    );
+    let took = started.elapsed();
+    assert!(
+        reply.starts_with("4"),
+        "deferred: {reply}\n{}",
+        milter.log()
+    );
+    assert!(
+        took < Duration::from_secs(11),
+        "within the budget: {took:?}"
+    );
+    assert!(
+        !postfix.maillog().contains("timeout"),
+        "{}",
+        postfix.maillog()
+    );
+    assert!(
+        milter.log().contains("time budget spent"),
+        "{}",
+        milter.log()
+    );
+    silent.unpause();
+}
+
+/// A header parameter in raw Latin-1 (not UTF-8) reaches the signed part
+/// byte for byte, and the signature verifies over it.
+#[test]
+fn a_latin1_header_parameter_is_signed_byte_for_byte() {
+    if skip_unless_root() {
+        return;
+    }
+    let milter = Milter::start("", &pki().key_table());
+    let postfix = Postfix::start(&milter.spec());
+    let mut msg = b"From: Alice <alice@example.com>\r\nTo: bob@example.net\r\n\
+        Subject: latin1\r\nMIME-Version: 1.0\r\n\
+        Content-Type: application/octet-stream; name=\"\xe4rger.bin\"\r\n\
+        Content-Transfer-Encoding: base64\r\n\r\n"
+        .to_vec();
+    msg.extend_from_slice(b"aGVsbG8gd29ybGQ=\r\n");
+    let reply = postfix.send("alice@example.com", &["bob@example.net"], &msg);
+    assert!(reply.starts_with("250"), "{reply}\n{}", milter.log());
+    let delivered = postfix.delivered(1);
+    let signed_part = openssl_verify(&delivered[0]).unwrap_or_else(|e| panic!("{e}"));
+    let wanted: &[u8] = b"name=\"\xe4rger.bin\"";
+    assert!(
+        signed_part.windows(wanted.len()).any(|w| w == wanted),
+        "{}",
+        String::from_utf8_lossy(&signed_part)
+    );
+    // No replacement character (U+FFFD, UTF-8 EF BF BD) anywhere.
+    assert!(!signed_part.windows(3).any(|w| w == [0xef, 0xbf, 0xbd]));
 }

@@ -4,7 +4,9 @@
 //! smtp-sink; what arrives must be signed and verify.
 
 mod common;
+use common::slapd;
 use common::*;
+use slapd::{test_ldif, Slapd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,6 +22,12 @@ struct Sendmail {
 
 impl Sendmail {
     fn start(milter_socket: &Path) -> Sendmail {
+        Self::start_with(milter_socket, ", T=C:30s;S:5m;R:5m;E:10m")
+    }
+
+    /// `timeouts`: appended to the filter's equates; empty for Sendmail's
+    /// defaults (S and R 10 s).
+    fn start_with(milter_socket: &Path, timeouts: &str) -> Sendmail {
         let dir = tempdir();
         let d = dir.path();
         let queue = d.join("mqueue");
@@ -65,7 +73,7 @@ FEATURE(`accept_unresolvable_domains')dnl
 FEATURE(`nocanonify')dnl
 FEATURE(`no_default_msa')dnl
 DAEMON_OPTIONS(`Port={port}, Addr=127.0.0.1, Name=MTA')dnl
-INPUT_MAIL_FILTER(`smime-milter', `S=local:{sock}, F=T, T=C:30s;S:5m;R:5m;E:10m')dnl
+INPUT_MAIL_FILTER(`smime-milter', `S=local:{sock}, F=T{timeouts}')dnl
 MAILER(`smtp')dnl
 LOCAL_NET_CONFIG
 R$* < @ $* > $*\t\t$#esmtp $@ [127.0.0.1] $: $1 < @ $2 > $3
@@ -168,18 +176,22 @@ impl Drop for Sendmail {
     }
 }
 
-#[test]
-fn outbound_mail_through_sendmail_arrives_signed() {
+/// Whether Sendmail can run here (under CI it must).
+fn sendmail_runs() -> bool {
     let unpacked = Path::new(ROOT)
         .join("usr/libexec/sendmail/sendmail")
         .exists();
-    if !can_run_as_root()
-        || !can_run(
+    can_run_as_root()
+        && can_run(
             (!unpacked).then(|| {
                 format!("Sendmail not unpacked at {ROOT} (run contrib/dev-setup.sh as root)")
             }),
         )
-    {
+}
+
+#[test]
+fn outbound_mail_through_sendmail_arrives_signed() {
+    if !sendmail_runs() {
         return;
     }
     let milter = Milter::start("", &pki().key_table());
@@ -228,4 +240,61 @@ fn outbound_mail_through_sendmail_arrives_signed() {
             >= 2,
         "{log}"
     );
+}
+
+/// Sendmail with its default milter timeouts (10 s for a reply) and a
+/// directory server that accepts connections and never answers (slapd
+/// stopped): behind it a working one, the message arrives encrypted; alone,
+/// it is deferred by our own answer within the budget, never by a timeout.
+#[test]
+fn a_silent_directory_meets_no_sendmail_milter_timeout() {
+    if !sendmail_runs() {
+        return;
+    }
+    let silent = Slapd::start(&test_ldif());
+    let ldap = Slapd::start(&test_ldif());
+    silent.pause();
+    let tables = |uris: &str| {
+        format!(
+            "[encrypt]\ndefault_policy = \"required\"\n[ldap]\nuris = [{uris}]\nbase_dn = \"{}\"\n\
+             search_timeout = \"4s\"\n{}",
+            slapd::BASE_DN,
+            pki().key_table()
+        )
+    };
+    let msg = b"From: Zed <zed@unsigned.example>\r\nTo: carol@example.com\r\n\
+        Subject: silent directory\r\n\r\nsecret words\r\n";
+
+    let both = format!("\"{}\", \"{}\"", silent.uri(), ldap.uri());
+    let milter = Milter::start("", &tables(&both));
+    let sendmail = Sendmail::start_with(&milter.socket_path, "");
+    let reply = smtp_send(
+        sendmail.port,
+        "zed@unsigned.example",
+        &["carol@example.com", "alice@example.com"],
+        msg,
+    );
+    assert!(reply.starts_with("250"), "{reply}\n{}", milter.log());
+    let delivered = sendmail.delivered(1);
+    let text = String::from_utf8_lossy(&delivered[0]);
+    assert!(text.contains("smime-type=enveloped-data"), "{text}");
+    assert!(!text.contains("secret words"));
+    drop(sendmail);
+
+    let milter = Milter::start("", &tables(&format!("\"{}\"", silent.uri())));
+    let sendmail = Sendmail::start_with(&milter.socket_path, "");
+    let started = Instant::now();
+    let reply = smtp_send(
+        sendmail.port,
+        "zed@unsigned.example",
+        &["bob@example.com"],
+        msg,
+    );
+    assert!(
+        reply.contains("4.7.0 S/MIME processing failed"),
+        "deferred by the milter's answer, not a timeout: {reply}\n{}",
+        milter.log()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    silent.unpause();
 }

@@ -4,10 +4,12 @@
 
 use crate::live::Live;
 use crate::outcome::{HeaderOp, Outcome, Verdict};
+use crate::progress::Busy;
 use crate::protocol::{self, action, stage, step, Command, ProtocolError, Response};
 use crate::session::{self, Session, Step};
 use std::io::{Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 /// The steps we need no reply for, so that the MTA need not wait after the
 /// connection, each header line and body chunk (a round trip each), and the
@@ -28,7 +30,8 @@ const NEEDED_ACTIONS: u32 = action::ADDHDRS | action::CHGHDRS | action::CHGBODY;
 /// Per stage, the macros smime-milter reads: the queue id (logs) and the
 /// SMTP AUTH login (who may sign as whom). An empty list asks for none.
 const MACROS: &[(u32, &str)] = &[
-    (stage::CONNECT, ""),
+    // The MTA's name: Postfix takes progress replies at every step.
+    (stage::CONNECT, "v"),
     (stage::HELO, ""),
     (stage::ENVFROM, "i {auth_authen}"),
     // Postfix assigns the queue id after the first valid recipient
@@ -114,6 +117,8 @@ enum Flow {
 
 struct Connection<'a, W: Write> {
     live: &'a Live,
+    /// For progress replies during long steps (None in unit tests).
+    busy: Option<Arc<Busy>>,
     out: W,
     session: Session,
     macros: Macros,
@@ -127,10 +132,12 @@ pub fn serve(
     output: impl Write,
     buffers: &mut protocol::Buffers,
     live: &Live,
+    busy: Option<Arc<Busy>>,
 ) -> Result<(), ProtocolError> {
     let (mut reader, out) = buffers.split(input, output);
     let mut conn = Connection {
         live,
+        busy,
         out,
         session: Session::new(None),
         macros: Macros::default(),
@@ -165,6 +172,13 @@ pub fn serve(
 }
 
 impl<W: Write> Connection<'_, W> {
+    /// Postfix names itself in the `v` macro (Sendmail gives its version).
+    fn mta_is_postfix(&self) -> bool {
+        self.macros
+            .get("v")
+            .is_some_and(|v| v.starts_with("Postfix"))
+    }
+
     fn qid(&self) -> String {
         self.macros
             .queue_id()
@@ -226,11 +240,9 @@ impl<W: Write> Connection<'_, W> {
             }
             Command::Data => self.reply_unless(step::NR_DATA, Response::Continue),
             Command::Header { name, value } => {
-                let (name, value) = (
-                    String::from_utf8_lossy(name),
-                    String::from_utf8_lossy(value),
-                );
-                self.guarded("header", step::NR_HDR, |s| s.header(&name, &value))
+                // The value's bytes go on as they came (not all are UTF-8).
+                let name = String::from_utf8_lossy(name);
+                self.guarded("header", step::NR_HDR, |s| s.header(&name, value))
             }
             Command::EndOfHeaders => {
                 let qid = self.macros.queue_id();
@@ -285,7 +297,20 @@ impl<W: Write> Connection<'_, W> {
     /// Runs a step on the session; a panic is logged and becomes the
     /// internal-error action's outcome.
     fn call<T>(&mut self, stage: &str, f: impl FnOnce(&mut Session) -> T) -> Result<T, Outcome> {
-        match catch_unwind(AssertUnwindSafe(|| f(&mut self.session))) {
+        // Progress where the MTA takes it: Sendmail at end of message only.
+        let busy = self.busy.clone().filter(|_| {
+            stage == "eom" || (matches!(stage, "eoh" | "rcpt") && self.mta_is_postfix())
+        });
+        if let Some(b) = &busy {
+            // What is buffered goes first: progress must not overtake it.
+            let _ = self.out.flush();
+            b.begin();
+        }
+        let result = catch_unwind(AssertUnwindSafe(|| f(&mut self.session)));
+        if let Some(b) = &busy {
+            b.end();
+        }
+        match result {
             Ok(v) => Ok(v),
             Err(panic) => {
                 let what = panic
@@ -327,7 +352,7 @@ impl<W: Write> Connection<'_, W> {
     fn step(&mut self, st: Step) -> std::io::Result<Flow> {
         match st {
             Step::Continue => self.reply(Response::Continue)?,
-            Step::Done(o) => self.finish(o)?,
+            Step::Done(o) => self.finish(o, Ok(()))?,
             Step::RejectRecipient(why) => {
                 log::warn!("{}: recipient refused: {why}", self.qid());
                 self.reply(Response::ReplyCode(
@@ -340,29 +365,41 @@ impl<W: Write> Connection<'_, W> {
                     "451 4.7.1 cannot look up the recipient's S/MIME certificate, try again later",
                 ))?
             }
+            Step::TooManyRecipients(why) => {
+                log::warn!("{}: recipient deferred: {why}", self.qid());
+                self.reply(Response::ReplyCode("452 4.5.3 too many recipients"))?
+            }
         }
         Ok(Flow::Go)
     }
 
-    /// Logs the summary, ends the message and answers the MTA.
-    fn finish(&mut self, outcome: Outcome) -> std::io::Result<()> {
+    /// Answers the MTA, ends the message, then logs the summary: the line
+    /// says what the MTA was sent, or that the answer did not reach it.
+    /// `changes`: how writing the message's changes went (end of message).
+    fn finish(&mut self, outcome: Outcome, changes: std::io::Result<()>) -> std::io::Result<()> {
+        let sent = changes
+            .and_then(|()| {
+                self.reply(match outcome.verdict {
+                    Verdict::Accept => Response::Accept,
+                    Verdict::Tempfail(_) => Response::ReplyCode(TEMPFAIL_REPLY),
+                    Verdict::Reject(_) => Response::ReplyCode(REJECT_REPLY),
+                })
+            })
+            .and_then(|()| self.out.flush());
         let qid = self.macros.queue_id();
         if let Some(m) = self.session.message.as_mut() {
             if m.queue_id.is_none() {
                 m.queue_id = qid;
             }
             let line = session::summary_line(m, &outcome);
-            match outcome.verdict {
-                Verdict::Accept => log::info!("{line}"),
-                _ => log::warn!("{line}"),
+            match (&sent, outcome.verdict) {
+                (Err(e), _) => log::warn!("{line} (not received by the MTA: {e})"),
+                (Ok(()), Verdict::Accept) => log::info!("{line}"),
+                (Ok(()), _) => log::warn!("{line}"),
             }
         }
         self.session.reset();
-        self.reply(match outcome.verdict {
-            Verdict::Accept => Response::Accept,
-            Verdict::Tempfail(_) => Response::ReplyCode(TEMPFAIL_REPLY),
-            Verdict::Reject(_) => Response::ReplyCode(REJECT_REPLY),
-        })
+        sent
     }
 
     fn end_of_message(&mut self, last_chunk: &[u8]) -> std::io::Result<Flow> {
@@ -384,10 +421,13 @@ impl<W: Write> Connection<'_, W> {
                 s.end_of_message()
             })
             .unwrap_or_else(|o| o);
-        if outcome.verdict == Verdict::Accept {
-            self.write_changes(&outcome)?;
-        }
-        self.finish(outcome)?;
+        // Changes only at end of message, and only to a message accepted.
+        let changes = if outcome.verdict == Verdict::Accept {
+            self.write_changes(&outcome)
+        } else {
+            Ok(())
+        };
+        self.finish(outcome, changes)?;
         Ok(Flow::Go)
     }
 
@@ -412,6 +452,11 @@ impl<W: Write> Connection<'_, W> {
             self.reply(r)?;
         }
         if let Some(body) = &o.changes.body {
+            // An empty body is a body too (a decrypted message may have
+            // none): one empty packet, as libmilter sends.
+            if body.is_empty() {
+                self.reply(Response::ReplaceBody(&[]))?;
+            }
             for chunk in body.chunks(protocol::BODY_CHUNK) {
                 self.reply(Response::ReplaceBody(chunk))?;
             }

@@ -4,5 +4,6 @@
 
 pub mod connection;
 pub mod listener;
+pub mod progress;
 pub mod protocol;
 pub mod server;

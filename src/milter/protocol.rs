@@ -12,6 +12,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 /// The protocol version we speak (Sendmail 8.14+, Postfix 2.6+).
 pub const VERSION: u32 = 6;
@@ -58,6 +59,11 @@ pub mod stage {
 /// size is negotiated (SMFIP_MDS_*), which we never ask for; a little slack
 /// costs nothing, and a length beyond it means a broken peer.
 pub const MAX_PACKET: usize = 256 * 1024;
+
+/// A connection quiet for this long, or a packet not whole this long after
+/// its first byte, is dropped (libmilter's default timeout).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(7210);
+const PACKET_TIMEOUT: Duration = IDLE_TIMEOUT;
 
 /// The largest body chunk we send (libmilter's MILTER_CHUNK_SIZE).
 pub const BODY_CHUNK: usize = 65535;
@@ -199,8 +205,24 @@ impl<R: Read> Reader<'_, R> {
     /// The next packet's command byte and data; None when the MTA closed the
     /// connection between packets.
     pub fn next_packet(&mut self) -> Result<Option<(u8, &[u8])>, ProtocolError> {
+        // From its first byte a packet must be whole within PACKET_TIMEOUT:
+        // the socket's timeout alone restarts with every byte.
+        let mut started: Option<Instant> = None;
+        let in_time = |started: &mut Option<Instant>| -> io::Result<()> {
+            let t = *started.get_or_insert_with(Instant::now);
+            if t.elapsed() > PACKET_TIMEOUT {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "a packet took longer than the idle timeout",
+                ));
+            }
+            Ok(())
+        };
         while self.end - self.start < 4 {
             let had = self.end - self.start;
+            if had > 0 {
+                in_time(&mut started)?;
+            }
             if !self.fill(4)? {
                 if had == 0 {
                     return Ok(None);
@@ -220,6 +242,7 @@ impl<R: Read> Reader<'_, R> {
             self.buf.resize(4 + len, 0);
         }
         while self.end - self.start < 4 + len {
+            in_time(&mut started)?;
             if !self.fill(4 + len)? {
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
             }

@@ -13,16 +13,15 @@
 use crate::config::SocketSpec;
 use crate::listener::{Listener, Stream};
 use crate::live::Live;
+use crate::progress::{Busy, Locked};
+use crate::protocol::IDLE_TIMEOUT;
 use crate::runtime::Runtime;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Idle threads kept for the next connections.
 const MAX_IDLE: usize = 16;
-/// A connection with no packet for this long is dropped (libmilter's
-/// default timeout).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(7210);
 /// How long a stop waits for messages in flight.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -45,6 +44,12 @@ pub enum RunError {
 struct Pool {
     listener: Listener,
     idle: AtomicUsize,
+    /// Connections being served.
+    active: AtomicUsize,
+    /// `max_connections` of the configuration the milter started with.
+    limit: usize,
+    /// Accepting fails (descriptors, limit): said once until it recovers.
+    troubled: AtomicBool,
     live: Arc<Live>,
 }
 
@@ -70,16 +75,34 @@ impl Pool {
             }
             match accepted {
                 Ok(stream) => {
-                    if idle == 0 {
-                        if let Err(e) = self.spawn_worker() {
-                            log::error!("cannot start a connection thread: {e}");
+                    if self.active.fetch_add(1, Ordering::SeqCst) >= self.limit {
+                        // Closed at once: the MTA applies its default action
+                        // (tempfail) instead of waiting for a reply.
+                        drop(stream);
+                        self.trouble(&format!(
+                            "{} MTA connections open (max_connections): refusing new ones",
+                            self.limit
+                        ));
+                    } else {
+                        self.recovered();
+                        if idle == 0 {
+                            if let Err(e) = self.spawn_worker() {
+                                log::error!("cannot start a connection thread: {e}");
+                            }
                         }
+                        serve(stream, &self.live);
                     }
-                    serve(stream, &self.live);
+                    self.active.fetch_sub(1, Ordering::SeqCst);
                 }
                 Err(e) => {
-                    // Out of descriptors, say: not a reason to spin.
-                    log::error!("accepting a connection failed: {e}");
+                    let hint = match e.raw_os_error() {
+                        Some(libc::EMFILE | libc::ENFILE) => {
+                            " (out of file descriptors: raise LimitNOFILE or lower max_connections)"
+                        }
+                        _ => "",
+                    };
+                    self.trouble(&format!("accepting MTA connections fails: {e}{hint}"));
+                    // Not a reason to spin.
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
@@ -91,6 +114,21 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Logged once, not ten times a second, until accepting works again.
+    fn trouble(&self, what: &str) {
+        if !self.troubled.swap(true, Ordering::SeqCst) {
+            log::error!("{what}");
+        }
+    }
+
+    fn recovered(&self) {
+        if self.troubled.swap(false, Ordering::SeqCst) {
+            log::info!("accepting MTA connections again");
+        }
+    }
+}
+
 fn serve(stream: Stream, live: &Live) {
     if let Err(e) = stream.set_timeouts(IDLE_TIMEOUT) {
         log::warn!("cannot set the connection timeout: {e}");
@@ -98,11 +136,17 @@ fn serve(stream: Stream, live: &Live) {
     thread_local! {
         static BUFFERS: std::cell::RefCell<crate::protocol::Buffers> = Default::default();
     }
+    let stream = Arc::new(stream);
+    let busy = Busy::register(Arc::clone(&stream));
     let (input, output) = stream.halves();
+    let output = Locked {
+        inner: output,
+        busy: Arc::clone(&busy),
+    };
     // Session panics are caught step by step in `connection`; this is the
     // last line for the protocol code itself, so the thread lives on.
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        BUFFERS.with_borrow_mut(|b| crate::connection::serve(input, output, b, live))
+        BUFFERS.with_borrow_mut(|b| crate::connection::serve(input, output, b, live, Some(busy)))
     })) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => log::debug!("MTA connection ended: {e}"),
@@ -117,6 +161,7 @@ pub fn run(rt: Arc<Runtime>, socket: &SocketSpec) -> Result<(), RunError> {
     let socket_mode = rt.config.socket_mode;
     let config_path = rt.config.path.clone();
     let pid_file = rt.config.pid_file.clone();
+    let limit = rt.config.max_connections;
     let live = Arc::new(Live::new(rt));
     // Before any thread starts, so that they all inherit the mask and the
     // signals reach only the threads that wait for them.
@@ -137,9 +182,13 @@ pub fn run(rt: Arc<Runtime>, socket: &SocketSpec) -> Result<(), RunError> {
     }
     crate::reload::spawn_reload_thread(live.clone(), config_path).map_err(RunError::Threads)?;
     spawn_stats_thread(live.clone()).map_err(RunError::Threads)?;
+    crate::progress::spawn_thread().map_err(RunError::Threads)?;
     let pool = Arc::new(Pool {
         listener,
         idle: AtomicUsize::new(0),
+        active: AtomicUsize::new(0),
+        limit,
+        troubled: AtomicBool::new(false),
         live: live.clone(),
     });
     pool.spawn_worker().map_err(RunError::Threads)?;
