@@ -202,6 +202,10 @@ fn encryption(
             None => {}
         }
     }
+    if errors.is_empty() && missing.is_empty() && certs.len() < rcpts.len() {
+        // Not looked up, and nothing else decided: unknown, never plaintext.
+        errors.push("recipients not looked up".into());
+    }
     if !errors.is_empty() {
         let reason = format!("certificate lookup failed for {}", errors.join(", "));
         // Never plaintext where encryption is required.

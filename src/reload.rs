@@ -15,8 +15,8 @@ pub fn reload(live: &Live, path: &Path) {
             if new.config.socket.is_some() && new.config.socket != old.config.socket {
                 log::warn!("reload: a new socket takes effect only after a restart");
             }
-            if new.config.max_connections != old.config.max_connections {
-                log::warn!("reload: a new max_connections takes effect only after a restart");
+            if new.config.max_mta_connections != old.config.max_mta_connections {
+                log::warn!("reload: a new max_mta_connections takes effect only after a restart");
             }
             crate::logging::set_level(new.config.log_level);
             log::info!(

@@ -167,6 +167,15 @@ impl Session {
         });
     }
 
+    /// Whether the message in progress must not leave in plaintext: a
+    /// failure then defers it whatever the action configured.
+    pub fn requires_encryption(&self) -> bool {
+        self.message.as_ref().is_some_and(|m| {
+            m.direction == Direction::Outbound
+                && outbound::encryption_required(&m.rt, &m.sender, &m.recipients)
+        })
+    }
+
     pub fn rcpt(&mut self, rcpt: &str) -> Step {
         let Some(m) = self.message.as_mut() else {
             return Step::Continue;

@@ -42,15 +42,20 @@ pub struct Processed {
 pub fn process(rt: Arc<Runtime>, args: &TestArgs, input: &[u8]) -> Processed {
     let crlf_input = memchr::memmem::find(input, b"\r\n").is_some();
     let (block, body) = mime::split_entity(input);
-    let headers: Vec<(String, String)> = mime::parse_fields(block)
+    // Each value as the MTA would pass it: after the colon's blanks,
+    // without the line end; its bytes as they are (not all are UTF-8).
+    let raw_values: Vec<(&str, &[u8])> = mime::parse_fields(block)
         .iter()
         .map(|f| {
-            let v = String::from_utf8_lossy(f.value);
-            let v = v.trim_start_matches([' ', '\t']);
-            let v = v.strip_suffix('\n').unwrap_or(v);
-            let v = v.strip_suffix('\r').unwrap_or(v);
-            (f.name.to_string(), v.to_string())
+            let blanks = f.value.iter().take_while(|&&b| b == b' ' || b == b'\t');
+            let v = &f.value[blanks.count()..];
+            let v = v.strip_suffix(b"\n").unwrap_or(v);
+            (f.name, v.strip_suffix(b"\r").unwrap_or(v))
         })
+        .collect();
+    let headers: Vec<(String, String)> = raw_values
+        .iter()
+        .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v).into_owned()))
         .collect();
     let mut smtp_body = Vec::with_capacity(body.len() + body.len() / 20);
     mime::push_crlf(&mut smtp_body, body);
@@ -83,8 +88,8 @@ pub fn process(rt: Arc<Runtime>, args: &TestArgs, input: &[u8]) -> Processed {
         }
     }
     if outcome.is_none() {
-        for (n, v) in &headers {
-            if let Step::Done(o) = s.header(n, v.as_bytes()) {
+        for (n, v) in &raw_values {
+            if let Step::Done(o) = s.header(n, v) {
                 outcome = Some(o);
                 break;
             }

@@ -205,7 +205,7 @@ fn the_cache_answers_repeated_lookups_and_expires() {
     let mut ldap = Slapd::start(&test_ldif());
     let tables = format!(
         "[signing]\nenabled = false\n[encrypt]\ndefault_policy = \"opportunistic\"\n{}[cache]\nttl = \"3s\"\nnegative_ttl = \"3s\"\n",
-        ldap_section(&[ldap.uri()], "retry_after = \"1s\"")
+        ldap_section(&[ldap.uri()], "retry_after = \"5s\"")
     );
     let m = Milter::start("stats_interval = \"1s\"\n", &tables);
 
@@ -230,6 +230,7 @@ fn the_cache_answers_repeated_lookups_and_expires() {
     // and once it is back (and its retry_after has passed) the next lookup
     // reaches it.
     ldap.stop();
+    let failed_at = std::time::Instant::now();
     let (reply, encrypted) = send(&m, "E1", "bob@example.com");
     assert!(
         matches!(&reply, Reply::Code(t) if t.starts_with("451")),
@@ -248,7 +249,9 @@ fn the_cache_answers_repeated_lookups_and_expires() {
             .any(|l| l.contains("E1b: outbound") && l.contains("skipped after a failure")),
         "within retry_after the server is not asked: {log}"
     );
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(
+        (failed_at + Duration::from_millis(5300)).saturating_duration_since(Instant::now()),
+    );
     let before = ldap.searches();
     assert!(send(&m, "E2", "bob@example.com").1, "{}", m.log());
     assert_eq!(ldap.searches(), before + 1);
@@ -433,12 +436,13 @@ fn a_silent_directory_alone_defers_every_message_within_the_budget() {
             "deferred, never plaintext: {reply:?}"
         );
         assert!(
-            *took >= Duration::from_millis(1500) && *took < Duration::from_millis(3500),
+            *took >= Duration::from_millis(1500) && *took < Duration::from_millis(4500),
             "within the budget: {took:?}"
         );
     }
+    // One after another they would take 8 s.
     assert!(
-        total < Duration::from_secs(5),
+        total < Duration::from_secs(7),
         "side by side, not one after another: {total:?}"
     );
     let log = m.log();

@@ -254,19 +254,12 @@ fn a_silent_directory_meets_no_sendmail_milter_timeout() {
     let silent = Slapd::start(&test_ldif());
     let ldap = Slapd::start(&test_ldif());
     silent.pause();
-    let tables = |uris: &str| {
-        format!(
-            "[encrypt]\ndefault_policy = \"required\"\n[ldap]\nuris = [{uris}]\nbase_dn = \"{}\"\n\
-             search_timeout = \"4s\"\n{}",
-            slapd::BASE_DN,
-            pki().key_table()
-        )
-    };
+    let tables =
+        |servers: &[&Slapd]| slapd::required_encryption_tables(servers, "search_timeout = \"4s\"");
     let msg = b"From: Zed <zed@unsigned.example>\r\nTo: carol@example.com\r\n\
         Subject: silent directory\r\n\r\nsecret words\r\n";
 
-    let both = format!("\"{}\", \"{}\"", silent.uri(), ldap.uri());
-    let milter = Milter::start("", &tables(&both));
+    let milter = Milter::start("", &tables(&[&silent, &ldap]));
     let sendmail = Sendmail::start_with(&milter.socket_path, "");
     let reply = smtp_send(
         sendmail.port,
@@ -281,7 +274,7 @@ fn a_silent_directory_meets_no_sendmail_milter_timeout() {
     assert!(!text.contains("secret words"));
     drop(sendmail);
 
-    let milter = Milter::start("", &tables(&format!("\"{}\"", silent.uri())));
+    let milter = Milter::start("", &tables(&[&silent]));
     let sendmail = Sendmail::start_with(&milter.socket_path, "");
     let started = Instant::now();
     let reply = smtp_send(

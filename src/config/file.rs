@@ -38,7 +38,7 @@ struct RawConfig {
     max_mime_depth: Option<usize>,
     max_recipients: Option<usize>,
     max_mime_parts: Option<usize>,
-    max_connections: Option<Spanned<usize>>,
+    max_mta_connections: Option<Spanned<usize>>,
     #[serde(default, deserialize_with = "quantity_de")]
     lookup_budget: Option<Seconds>,
     allow_insecure_key_files: Option<bool>,
@@ -364,13 +364,13 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             ),
         });
     }
-    let max_connections = match raw.max_connections {
+    let max_mta_connections = match raw.max_mta_connections {
         Some(n) if *n.get_ref() == 0 => return Err(loc.error(n.span(), "must be at least 1")),
         Some(n) => n.into_inner(),
         None => 2000,
     };
     let lookup_budget = Duration::from_secs(raw.lookup_budget.map_or(8, |s| s.0));
-    if lookup_budget.is_zero() {
+    if lookup_budget.is_zero() || lookup_budget > Duration::from_secs(3600) {
         let at = text
             .lines()
             .position(|l| l.trim_start().starts_with("lookup_budget"))
@@ -378,7 +378,7 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         return Err(ConfigError {
             file: file.clone(),
             line: at,
-            what: "key 'lookup_budget': must be at least 1 s".into(),
+            what: "key 'lookup_budget': must be from 1 s to 1 h".into(),
         });
     }
     let max_mime_depth = raw.max_mime_depth.unwrap_or(32);
@@ -447,7 +447,7 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         max_mime_parts,
         authserv_id,
         lookup_budget,
-        max_connections,
+        max_mta_connections,
         verify,
         encrypt,
         decrypt: raw.decrypt.enabled.unwrap_or(false),
@@ -626,7 +626,8 @@ fn ldap_config(loc: &Locator<'_>, l: Spanned<RawLdap>) -> Result<LdapConfig, Con
             Some(n) => n.into_inner(),
             None => 8,
         },
-        retry_after: Duration::from_secs(l.retry_after.map_or(30, |s| s.0)),
+        // At most a day: added to every failure time.
+        retry_after: Duration::from_secs(l.retry_after.map_or(30, |s| s.0).min(86_400)),
     })
 }
 

@@ -226,7 +226,7 @@ pub struct Config {
     pub max_mime_parts: usize,
     /// MTA connections served at once; more are closed at once (the MTA
     /// applies its default action). Read at start only.
-    pub max_connections: usize,
+    pub max_mta_connections: usize,
     /// All directory work for one message (or one RCPT) ends within this:
     /// below the MTAs' milter timeouts (Sendmail's default is 10 s).
     pub lookup_budget: Duration,

@@ -301,9 +301,10 @@ impl<W: Write> Connection<'_, W> {
         let busy = self.busy.clone().filter(|_| {
             stage == "eom" || (matches!(stage, "eoh" | "rcpt") && self.mta_is_postfix())
         });
+        // What is buffered goes first: progress must not overtake it (and
+        // none follows a write that failed).
+        let busy = busy.filter(|_| self.out.flush().is_ok());
         if let Some(b) = &busy {
-            // What is buffered goes first: progress must not overtake it.
-            let _ = self.out.flush();
             b.begin();
         }
         let result = catch_unwind(AssertUnwindSafe(|| f(&mut self.session)));
@@ -322,7 +323,10 @@ impl<W: Write> Connection<'_, W> {
                     "{}: internal error: panic in {stage} callback: {what}",
                     self.qid()
                 );
-                let action = self.live.runtime().config.actions.internal_error;
+                let mut action = self.live.runtime().config.actions.internal_error;
+                if self.session.requires_encryption() {
+                    action = action.stricter(crate::config::FailAction::Tempfail);
+                }
                 Err(Outcome::failure(
                     action,
                     format!("panic in {stage} callback"),

@@ -149,7 +149,6 @@ impl Stream {
         }
     }
 
-    /// A reading and a writing half of the same socket.
     /// Writes all of `buf` through a shared reference (progress replies).
     pub fn write_shared(&self, buf: &[u8]) -> io::Result<()> {
         match self {
@@ -158,6 +157,7 @@ impl Stream {
         }
     }
 
+    /// A reading and a writing half of the same socket.
     pub fn halves(&self) -> (Box<dyn Read + '_>, Box<dyn Write + '_>) {
         match self {
             Stream::Unix(s) => (Box::new(s), Box::new(s)),

@@ -60,10 +60,10 @@ pub mod stage {
 /// costs nothing, and a length beyond it means a broken peer.
 pub const MAX_PACKET: usize = 256 * 1024;
 
-/// A connection quiet for this long, or a packet not whole this long after
-/// its first byte, is dropped (libmilter's default timeout).
+/// A connection quiet for this long is dropped (libmilter's default
+/// timeout); so is one whose packet is not whole this long after its first
+/// byte (checked after each read, so at most one read timeout later).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(7210);
-const PACKET_TIMEOUT: Duration = IDLE_TIMEOUT;
 
 /// The largest body chunk we send (libmilter's MILTER_CHUNK_SIZE).
 pub const BODY_CHUNK: usize = 65535;
@@ -205,12 +205,12 @@ impl<R: Read> Reader<'_, R> {
     /// The next packet's command byte and data; None when the MTA closed the
     /// connection between packets.
     pub fn next_packet(&mut self) -> Result<Option<(u8, &[u8])>, ProtocolError> {
-        // From its first byte a packet must be whole within PACKET_TIMEOUT:
-        // the socket's timeout alone restarts with every byte.
+        // A packet must be whole within IDLE_TIMEOUT of its first byte: the
+        // socket's timeout alone restarts with every byte.
         let mut started: Option<Instant> = None;
         let in_time = |started: &mut Option<Instant>| -> io::Result<()> {
             let t = *started.get_or_insert_with(Instant::now);
-            if t.elapsed() > PACKET_TIMEOUT {
+            if t.elapsed() > IDLE_TIMEOUT {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "a packet took longer than the idle timeout",

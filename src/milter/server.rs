@@ -46,10 +46,12 @@ struct Pool {
     idle: AtomicUsize,
     /// Connections being served.
     active: AtomicUsize,
-    /// `max_connections` of the configuration the milter started with.
+    /// `max_mta_connections` of the configuration the milter started with.
     limit: usize,
-    /// Accepting fails (descriptors, limit): said once until it recovers.
-    troubled: AtomicBool,
+    /// Refusing past the limit, and accept failing (descriptors): each said
+    /// once until connections are accepted again.
+    refusing: AtomicBool,
+    failing: AtomicBool,
     live: Arc<Live>,
 }
 
@@ -79,10 +81,13 @@ impl Pool {
                         // Closed at once: the MTA applies its default action
                         // (tempfail) instead of waiting for a reply.
                         drop(stream);
-                        self.trouble(&format!(
-                            "{} MTA connections open (max_connections): refusing new ones",
-                            self.limit
-                        ));
+                        self.trouble(
+                            &self.refusing,
+                            &format!(
+                                "{} MTA connections open (max_mta_connections): refusing new ones",
+                                self.limit
+                            ),
+                        );
                     } else {
                         self.recovered();
                         if idle == 0 {
@@ -97,11 +102,14 @@ impl Pool {
                 Err(e) => {
                     let hint = match e.raw_os_error() {
                         Some(libc::EMFILE | libc::ENFILE) => {
-                            " (out of file descriptors: raise LimitNOFILE or lower max_connections)"
+                            " (out of file descriptors: raise LimitNOFILE or lower max_mta_connections)"
                         }
                         _ => "",
                     };
-                    self.trouble(&format!("accepting MTA connections fails: {e}{hint}"));
+                    self.trouble(
+                        &self.failing,
+                        &format!("accepting MTA connections fails: {e}{hint}"),
+                    );
                     // Not a reason to spin.
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -116,14 +124,15 @@ impl Pool {
 
 impl Pool {
     /// Logged once, not ten times a second, until accepting works again.
-    fn trouble(&self, what: &str) {
-        if !self.troubled.swap(true, Ordering::SeqCst) {
+    fn trouble(&self, flag: &AtomicBool, what: &str) {
+        if !flag.swap(true, Ordering::SeqCst) {
             log::error!("{what}");
         }
     }
 
     fn recovered(&self) {
-        if self.troubled.swap(false, Ordering::SeqCst) {
+        let refused = self.refusing.swap(false, Ordering::SeqCst);
+        if self.failing.swap(false, Ordering::SeqCst) | refused {
             log::info!("accepting MTA connections again");
         }
     }
@@ -161,7 +170,7 @@ pub fn run(rt: Arc<Runtime>, socket: &SocketSpec) -> Result<(), RunError> {
     let socket_mode = rt.config.socket_mode;
     let config_path = rt.config.path.clone();
     let pid_file = rt.config.pid_file.clone();
-    let limit = rt.config.max_connections;
+    let limit = rt.config.max_mta_connections;
     let live = Arc::new(Live::new(rt));
     // Before any thread starts, so that they all inherit the mask and the
     // signals reach only the threads that wait for them.
@@ -188,7 +197,8 @@ pub fn run(rt: Arc<Runtime>, socket: &SocketSpec) -> Result<(), RunError> {
         idle: AtomicUsize::new(0),
         active: AtomicUsize::new(0),
         limit,
-        troubled: AtomicBool::new(false),
+        refusing: AtomicBool::new(false),
+        failing: AtomicBool::new(false),
         live: live.clone(),
     });
     pool.spawn_worker().map_err(RunError::Threads)?;

@@ -263,24 +263,30 @@ impl CertStore {
         let next = AtomicUsize::new(0);
         let decided = AtomicBool::new(false);
         let results: Mutex<Vec<(usize, Lookup)>> = Mutex::new(Vec::new());
-        std::thread::scope(|s| {
-            for _ in 0..misses.len().min(PARALLEL_LOOKUPS) {
-                s.spawn(|| loop {
-                    let n = next.fetch_add(1, Ordering::SeqCst);
-                    if n >= misses.len() || decided.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let i = misses[n];
-                    let found = self.find(&addresses[i], trust, deadline);
-                    if !matches!(found, Lookup::Found(_)) {
-                        decided.store(true, Ordering::SeqCst);
-                    }
-                    results
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((i, found));
-                });
+        let work = || loop {
+            let n = next.fetch_add(1, Ordering::SeqCst);
+            if n >= misses.len() || decided.load(Ordering::SeqCst) {
+                break;
             }
+            let i = misses[n];
+            let found = self.find(&addresses[i], trust, deadline);
+            if !matches!(found, Lookup::Found(_)) {
+                decided.store(true, Ordering::SeqCst);
+            }
+            results
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((i, found));
+        };
+        std::thread::scope(|s| {
+            for _ in 1..misses.len().min(PARALLEL_LOOKUPS) {
+                // Out of threads: fewer helpers, never a panic.
+                if std::thread::Builder::new().spawn_scoped(s, work).is_err() {
+                    break;
+                }
+            }
+            // This thread takes its share too (and all of it, alone).
+            work();
         });
         for (i, l) in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
             out[i] = Some(l);

@@ -59,12 +59,18 @@ struct Server {
 
 #[derive(Default)]
 struct ServerState {
-    idle: Vec<LdapConn>,
+    /// Kept connections, with when each was last used.
+    idle: Vec<(LdapConn, Instant)>,
     /// Connections open, idle or in use.
     open: usize,
-    /// Skipped until then, after a timeout or refusal.
+    /// Skipped until then, after a failure; once it has passed, one lookup
+    /// tries the server again while the others still skip it.
     down_until: Option<Instant>,
 }
+
+/// A kept connection unused for this long is not trusted: servers (Active
+/// Directory: 15 minutes) and firewalls drop idle connections silently.
+const MAX_IDLE_AGE: Duration = Duration::from_secs(60);
 
 pub struct Ldap {
     settings: LdapSettings,
@@ -77,12 +83,16 @@ impl std::fmt::Debug for Ldap {
     }
 }
 
-/// How a server failed: whether to skip it for a while.
+/// Why a search failed, which decides whether the server is skipped.
 enum Failure {
-    /// Timeout, refusal, broken connection, failed bind: the server.
+    /// Refused, broken, failed bind, or no answer within its full timeout:
+    /// the server.
     Server(String),
     /// The search itself was refused (bad base, filter): the query.
     Query(String),
+    /// The message's budget ran out (its timeout was cut to what was left,
+    /// or every connection stayed busy): not the server's fault.
+    Budget(String),
 }
 
 /// The search filter for an address: every `%s` is the address escaped per
@@ -124,27 +134,23 @@ impl Ldap {
         let filter = filter_for(&self.settings.filter, address);
         let mut errors = Vec::new();
         for server in &self.servers {
-            if let Some(until) = server.lock().down_until {
-                if until > Instant::now() {
-                    errors.push(format!("{}: skipped after a failure", server.uri));
-                    continue;
-                }
+            if !self.may_ask(server) {
+                errors.push(format!("{}: skipped after a failure", server.uri));
+                continue;
             }
             match self.search_on(server, &filter, deadline) {
                 Ok(certs) => {
-                    let mut st = server.lock();
-                    if st.down_until.take().is_some() {
+                    if server.lock().down_until.take().is_some() {
                         log::info!("LDAP server {} answers again", server.uri);
                     }
                     return Ok(certs);
                 }
                 Err(Failure::Query(e)) => return Err(LdapError::Search(e)),
+                Err(Failure::Budget(e)) => {
+                    return Err(LdapError::Budget(format!("{}: {e}", server.uri)))
+                }
                 Err(Failure::Server(e)) => {
-                    // Not answering within the message's budget is failing.
                     self.mark_down(server, &e);
-                    if Instant::now() >= deadline {
-                        return Err(LdapError::Budget(format!("{}: {e}", server.uri)));
-                    }
                     errors.push(format!("{}: {e}", server.uri));
                 }
             }
@@ -152,10 +158,25 @@ impl Ldap {
         Err(LdapError::Unreachable(errors.join("; ")))
     }
 
+    /// Whether a lookup may ask this server: it is up, or it was down long
+    /// enough and this lookup is the one that tries it again.
+    fn may_ask(&self, server: &Server) -> bool {
+        let mut st = server.lock();
+        match st.down_until {
+            None => true,
+            Some(until) if until > Instant::now() => false,
+            Some(_) => {
+                // The trial: the others skip it until this one has answered.
+                st.down_until = Some(Instant::now() + self.settings.retry_after);
+                true
+            }
+        }
+    }
+
     /// A failed server is skipped for `retry_after`; said once, not per lookup.
     fn mark_down(&self, server: &Server, why: &str) {
         let mut st = server.lock();
-        let was_down = st.down_until.is_some_and(|u| u > Instant::now());
+        let was_down = st.down_until.is_some();
         st.down_until = Some(Instant::now() + self.settings.retry_after);
         // Its kept connections are as dead as the one that failed.
         st.open -= st.idle.len();
@@ -171,19 +192,22 @@ impl Ldap {
         }
     }
 
-    /// One search on a pooled connection. A kept connection that fails is
-    /// tried once more on a fresh one: the server may have closed it.
+    /// One search on a pooled connection. When a kept connection breaks,
+    /// the server may have closed them all: the others are dropped and the
+    /// search is made once more on a new connection, whose failure counts.
     fn search_on(
         &self,
         server: &Server,
         filter: &str,
         deadline: Instant,
     ) -> Result<Vec<X509>, Failure> {
-        for attempt in 0..2 {
-            let (mut conn, kept) = self.take_connection(server, deadline)?;
+        let mut fresh_only = false;
+        loop {
+            let (mut conn, kept) = self.take_connection(server, deadline, fresh_only)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
+            let timeout = self.settings.search_timeout.min(remaining);
             let result = conn
-                .with_timeout(self.settings.search_timeout.min(remaining))
+                .with_timeout(timeout)
                 .search(
                     &self.settings.base_dn,
                     Scope::Subtree,
@@ -198,45 +222,65 @@ impl Ldap {
                 }
                 Err(e) => {
                     server.drop_connection();
+                    if is_timeout(&e) && timeout < self.settings.search_timeout {
+                        return Err(Failure::Budget(e.to_string()));
+                    }
                     match classify(&e) {
-                        Failure::Server(_) if kept && attempt == 0 && !is_timeout(&e) => continue,
+                        Failure::Server(_) if kept && !fresh_only && !is_timeout(&e) => {
+                            server.drop_idle();
+                            fresh_only = true;
+                        }
                         f => return Err(f),
                     }
                 }
             }
         }
-        unreachable!("the second attempt returns")
     }
 
-    /// An idle connection, a new one while the pool has room, else the
-    /// first one returned before `deadline`. Whether it was kept (idle).
+    /// An idle connection (unless `fresh_only`), a new one while the pool
+    /// has room, else the first one returned before `deadline`. Whether it
+    /// was kept (idle).
     fn take_connection(
         &self,
         server: &Server,
         deadline: Instant,
+        fresh_only: bool,
     ) -> Result<(LdapConn, bool), Failure> {
         let mut st = server.lock();
+        let max = self.settings.max_connections.max(1);
         loop {
-            if st.down_until.is_some_and(|u| u > Instant::now()) {
-                return Err(Failure::Server("skipped after a failure".into()));
+            while let Some((conn, since)) = (!fresh_only).then(|| st.idle.pop()).flatten() {
+                if since.elapsed() < MAX_IDLE_AGE {
+                    return Ok((conn, true));
+                }
+                st.open -= 1;
             }
-            if let Some(conn) = st.idle.pop() {
-                return Ok((conn, true));
+            if fresh_only && st.open >= max && st.idle.pop().is_some() {
+                // Room for the new connection this search needs.
+                st.open -= 1;
             }
-            if st.open < self.settings.max_connections.max(1) {
+            if st.open < max {
                 st.open += 1;
                 drop(st);
-                return match self.connect(&server.uri, deadline) {
-                    Ok(conn) => Ok((conn, false)),
-                    Err(e) => {
-                        server.drop_connection();
-                        Err(Failure::Server(e))
+                // The slot is given back if connecting fails (or panics).
+                let slot = Slot(server);
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return Err(Failure::Budget("no time left to connect".into()));
+                }
+                let connected = self.connect(&server.uri, remaining);
+                return match connected {
+                    Ok(conn) => {
+                        std::mem::forget(slot);
+                        Ok((conn, false))
                     }
+                    Err((e, cut)) if cut => Err(Failure::Budget(e)),
+                    Err((e, _)) => Err(Failure::Server(e)),
                 };
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(Failure::Server("every connection busy".into()));
+                return Err(Failure::Budget("every connection busy".into()));
             }
             st = server
                 .freed
@@ -246,13 +290,12 @@ impl Ldap {
         }
     }
 
-    fn connect(&self, uri: &str, deadline: Instant) -> Result<LdapConn, String> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err("no time left to connect".into());
-        }
+    /// A new connection, bound if configured. On failure, whether the
+    /// failure is a timeout cut short by the budget (`remaining`).
+    fn connect(&self, uri: &str, remaining: Duration) -> Result<LdapConn, (String, bool)> {
+        let connect_timeout = self.settings.connect_timeout.min(remaining);
         let mut s = LdapConnSettings::new()
-            .set_conn_timeout(self.settings.connect_timeout.min(remaining))
+            .set_conn_timeout(connect_timeout)
             .set_starttls(self.settings.starttls && uri.starts_with("ldap://"));
         if let Some(pem) = &self.settings.ca_pem {
             let connector = native_tls::Certificate::from_pem(pem).and_then(|ca| {
@@ -262,18 +305,36 @@ impl Ldap {
             });
             match connector {
                 Ok(c) => s = s.set_connector(c),
-                Err(e) => return Err(format!("TLS set-up: {e}")),
+                Err(e) => return Err((format!("TLS set-up: {e}"), false)),
             }
         }
-        let mut conn = LdapConn::with_settings(s, uri).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let mut conn = LdapConn::with_settings(s, uri).map_err(|e| {
+            let cut = is_timeout(&e) && connect_timeout < self.settings.connect_timeout;
+            (e.to_string(), cut)
+        })?;
         if let (Some(dn), Some(pw)) = (&self.settings.bind_dn, &self.settings.bind_password) {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            conn.with_timeout(self.settings.search_timeout.min(remaining))
+            let left = remaining.saturating_sub(started.elapsed());
+            let bind_timeout = self.settings.search_timeout.min(left);
+            conn.with_timeout(bind_timeout)
                 .simple_bind(dn, pw)
                 .and_then(|r| r.success())
-                .map_err(|e| format!("bind as {dn} failed: {e}"))?;
+                .map_err(|e| {
+                    let cut = is_timeout(&e) && bind_timeout < self.settings.search_timeout;
+                    (format!("bind as {dn} failed: {e}"), cut)
+                })?;
         }
         Ok(conn)
+    }
+}
+
+/// A pool slot taken for a new connection: given back on drop unless the
+/// connection was made.
+struct Slot<'a>(&'a Server);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.drop_connection();
     }
 }
 
@@ -283,8 +344,17 @@ impl Server {
     }
 
     fn give_back(&self, conn: LdapConn) {
-        self.lock().idle.push(conn);
+        self.lock().idle.push((conn, Instant::now()));
         self.freed.notify_one();
+    }
+
+    /// After a kept connection broke: the other kept ones likely are too.
+    fn drop_idle(&self) {
+        let mut st = self.lock();
+        st.open -= st.idle.len();
+        st.idle.clear();
+        drop(st);
+        self.freed.notify_all();
     }
 
     fn drop_connection(&self) {

@@ -227,6 +227,18 @@ pub fn certs_only_p7(name: &str) -> Vec<u8> {
     out.stdout
 }
 
+/// Tables for a milter that requires encryption to every recipient, with
+/// certificates from these servers (tried in order) and the signing keys
+/// of the test PKI; `ldap_extra` goes into `[ldap]`.
+pub fn required_encryption_tables(servers: &[&Slapd], ldap_extra: &str) -> String {
+    let uris: Vec<String> = servers.iter().map(|s| format!("\"{}\"", s.uri())).collect();
+    format!(
+        "[encrypt]\ndefault_policy = \"required\"\n[ldap]\nuris = [{}]\nbase_dn = \"{BASE_DN}\"\n{ldap_extra}\n{}",
+        uris.join(", "),
+        super::pki().key_table()
+    )
+}
+
 /// The directory the LDAP tests use.
 pub fn test_ldif() -> String {
     format!(
