@@ -140,12 +140,14 @@ impl Ldap {
             }
             match self.search_on(server, &filter, deadline) {
                 Ok(certs) => {
-                    if server.lock().down_until.take().is_some() {
-                        log::info!("LDAP server {} answers again", server.uri);
-                    }
+                    self.answers(server);
                     return Ok(certs);
                 }
-                Err(Failure::Query(e)) => return Err(LdapError::Search(e)),
+                Err(Failure::Query(e)) => {
+                    // Refusing the query is answering.
+                    self.answers(server);
+                    return Err(LdapError::Search(e));
+                }
                 Err(Failure::Budget(e)) => {
                     return Err(LdapError::Budget(format!("{}: {e}", server.uri)))
                 }
@@ -156,6 +158,12 @@ impl Ldap {
             }
         }
         Err(LdapError::Unreachable(errors.join("; ")))
+    }
+
+    fn answers(&self, server: &Server) {
+        if server.lock().down_until.take().is_some() {
+            log::info!("LDAP server {} answers again", server.uri);
+        }
     }
 
     /// Whether a lookup may ask this server: it is up, or it was down long
