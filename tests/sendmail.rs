@@ -41,15 +41,7 @@ impl Sendmail {
         std::fs::write(d.join("service.switch"), "hosts files\n").unwrap();
 
         let sink_port = free_port();
-        let sink = Command::new("smtp-sink")
-            .args(["-c", "-u", "postfix", "-d"])
-            .arg(format!("{}/%Y%m%d%H%M%S.", capture.display()))
-            .arg(format!("127.0.0.1:{sink_port}"))
-            .arg("16")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let sink = spawn_sink(&capture, sink_port, 16);
         let port = free_port();
         let cf = format!("{ROOT}/usr/share/sendmail/cf");
         let mc = format!(

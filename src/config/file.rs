@@ -244,6 +244,21 @@ impl<'a> Locator<'a> {
         }
     }
 
+    /// `file:line: key 'k': what` for a top-level key whose value carries no
+    /// place (a quantity): the line is the first that sets it.
+    fn key_error(&self, key: &str, what: impl fmt::Display) -> ConfigError {
+        let line = self
+            .text
+            .lines()
+            .position(|l| l.trim_start().starts_with(key))
+            .map_or(0, |n| n + 1);
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            what: format!("key '{key}': {what}"),
+        }
+    }
+
     /// `file:line: key 'k': what`.
     fn error(&self, span: Range<usize>, what: impl fmt::Display) -> ConfigError {
         self.place(span).error(what)
@@ -351,18 +366,13 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let memory_limit = raw.memory_limit.map_or(1 << 30, |s| s.0);
     if memory_limit < 2 * max_message_size {
         // Such a message would be deferred every time, then bounce.
-        let at = text
-            .lines()
-            .position(|l| l.trim_start().starts_with("memory_limit"))
-            .map_or(0, |n| n + 1);
-        return Err(ConfigError {
-            file: file.clone(),
-            line: at,
-            what: format!(
-                "key 'memory_limit': {memory_limit} bytes is less than twice max_message_size \
+        return Err(loc.key_error(
+            "memory_limit",
+            format!(
+                "{memory_limit} bytes is less than twice max_message_size \
                  ({max_message_size} bytes); a message of the largest size counts twice"
             ),
-        });
+        ));
     }
     let max_mta_connections = match raw.max_mta_connections {
         Some(n) if *n.get_ref() == 0 => return Err(loc.error(n.span(), "must be at least 1")),
@@ -371,15 +381,7 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     };
     let lookup_budget = Duration::from_secs(raw.lookup_budget.map_or(8, |s| s.0));
     if lookup_budget.is_zero() || lookup_budget > Duration::from_secs(3600) {
-        let at = text
-            .lines()
-            .position(|l| l.trim_start().starts_with("lookup_budget"))
-            .map_or(0, |n| n + 1);
-        return Err(ConfigError {
-            file: file.clone(),
-            line: at,
-            what: "key 'lookup_budget': must be from 1 s to 1 h".into(),
-        });
+        return Err(loc.key_error("lookup_budget", "must be from 1 s to 1 h"));
     }
     let max_mime_depth = raw.max_mime_depth.unwrap_or(32);
     let max_mime_parts = raw.max_mime_parts.unwrap_or(1000);

@@ -298,12 +298,13 @@ impl<W: Write> Connection<'_, W> {
     /// internal-error action's outcome.
     fn call<T>(&mut self, stage: &str, f: impl FnOnce(&mut Session) -> T) -> Result<T, Outcome> {
         // Progress where the MTA takes it: Sendmail at end of message only.
-        let busy = self.busy.clone().filter(|_| {
-            stage == "eom" || (matches!(stage, "eoh" | "rcpt") && self.mta_is_postfix())
-        });
         // What is buffered goes first: progress must not overtake it (and
         // none follows a write that failed).
-        let busy = busy.filter(|_| self.out.flush().is_ok());
+        let progress = stage == "eom" || (matches!(stage, "eoh" | "rcpt") && self.mta_is_postfix());
+        let busy = match &self.busy {
+            Some(b) if progress && self.out.flush().is_ok() => Some(Arc::clone(b)),
+            _ => None,
+        };
         if let Some(b) = &busy {
             b.begin();
         }

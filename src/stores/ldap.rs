@@ -68,6 +68,14 @@ struct ServerState {
     down_until: Option<Instant>,
 }
 
+impl ServerState {
+    /// Closes the kept connections (their slots are free again).
+    fn clear_idle(&mut self) {
+        self.open -= self.idle.len();
+        self.idle.clear();
+    }
+}
+
 /// A kept connection unused for this long is not trusted: servers (Active
 /// Directory: 15 minutes) and firewalls drop idle connections silently.
 const MAX_IDLE_AGE: Duration = Duration::from_secs(60);
@@ -187,8 +195,7 @@ impl Ldap {
         let was_down = st.down_until.is_some();
         st.down_until = Some(Instant::now() + self.settings.retry_after);
         // Its kept connections are as dead as the one that failed.
-        st.open -= st.idle.len();
-        st.idle.clear();
+        st.clear_idle();
         drop(st);
         server.freed.notify_all();
         if !was_down {
@@ -358,10 +365,7 @@ impl Server {
 
     /// After a kept connection broke: the other kept ones likely are too.
     fn drop_idle(&self) {
-        let mut st = self.lock();
-        st.open -= st.idle.len();
-        st.idle.clear();
-        drop(st);
+        self.lock().clear_idle();
         self.freed.notify_all();
     }
 

@@ -9,6 +9,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// smtp-sink on 127.0.0.1:`port`, keeping each message as a file in
+/// `capture` (owned by postfix), with up to `connections` at once.
+pub fn spawn_sink(capture: &Path, port: u16, connections: u32) -> Child {
+    Command::new("smtp-sink")
+        .args(["-c", "-u", "postfix", "-d"])
+        .arg(format!("{}/%Y%m%d%H%M%S.", capture.display()))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(connections.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("smtp-sink")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -85,15 +99,7 @@ impl Postfix {
             .arg(&capture));
 
         let sink_port = free_port();
-        let sink = Command::new("smtp-sink")
-            .args(["-c", "-u", "postfix", "-d"])
-            .arg(format!("{}/%Y%m%d%H%M%S.", capture.display()))
-            .arg(format!("127.0.0.1:{sink_port}"))
-            .arg("64")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("smtp-sink");
+        let sink = spawn_sink(&capture, sink_port, 64);
         assert!(wait_port(sink_port, 10), "smtp-sink did not listen");
 
         let smtpd_port = free_port();

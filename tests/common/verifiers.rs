@@ -249,18 +249,7 @@ impl Gpgsm {
             .arg(&data)
             .output()
             .unwrap();
-        let status = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success()
-            && status.contains("[GNUPG:] GOODSIG")
-            && status.contains("TRUST_FULLY")
-        {
-            Ok(status)
-        } else {
-            Err(format!(
-                "{status}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+        good_signature(&out)
     }
 
     /// Verifies an opaque signature (DER with the content inside).
@@ -277,18 +266,22 @@ impl Gpgsm {
             .arg(&input)
             .output()
             .unwrap();
-        let status = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success()
-            && status.contains("[GNUPG:] GOODSIG")
-            && status.contains("TRUST_FULLY")
-        {
-            Ok(std::fs::read(&output).unwrap_or_default())
-        } else {
-            Err(format!(
-                "{status}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+        good_signature(&out).map(|_| std::fs::read(&output).unwrap_or_default())
+    }
+}
+
+/// gpgsm's status lines when it verified a good, fully trusted signature;
+/// else what it said.
+fn good_signature(out: &Output) -> Result<String, String> {
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() && status.contains("[GNUPG:] GOODSIG") && status.contains("TRUST_FULLY")
+    {
+        Ok(status)
+    } else {
+        Err(format!(
+            "{status}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
