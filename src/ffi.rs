@@ -51,6 +51,14 @@ extern "C" {
         flags: c_uint,
     ) -> *mut c_void;
     pub fn CMS_SignerInfo_get0_pkey_ctx(si: *mut c_void) -> *mut EVP_PKEY_CTX;
+    // Our own SMIMECapabilities and signingTime, added before CMS_final.
+    pub fn CMS_signed_add1_attr_by_NID(
+        si: *mut c_void,
+        nid: c_int,
+        type_: c_int,
+        bytes: *const c_void,
+        len: c_int,
+    ) -> c_int;
     pub fn CMS_final(
         cms: *mut CMS_ContentInfo,
         data: *mut BIO,
@@ -64,6 +72,16 @@ extern "C" {
     pub fn CMS_RecipientInfo_ktri_cert_cmp(ri: *mut c_void, cert: *mut X509) -> c_int;
     pub fn CMS_RecipientInfo_kari_get0_reks(ri: *mut c_void) -> *mut OPENSSL_STACK;
     pub fn CMS_RecipientEncryptedKey_cert_cmp(rek: *mut c_void, cert: *mut X509) -> c_int;
+
+    // cms.h, ec.h: recipients added one by one, so that key agreement can
+    // be given its KDF digest (OpenSSL's default is SHA-1).
+    pub fn CMS_add1_recipient_cert(
+        cms: *mut CMS_ContentInfo,
+        recip: *mut X509,
+        flags: c_uint,
+    ) -> *mut c_void;
+    pub fn CMS_RecipientInfo_get0_pkey_ctx(ri: *mut c_void) -> *mut EVP_PKEY_CTX;
+    pub fn EVP_PKEY_CTX_set_ecdh_kdf_md(ctx: *mut EVP_PKEY_CTX, md: *const EVP_MD) -> c_int;
 
     // bio.h: a pass-through filter (see verify::cms::cms_verify).
     pub fn BIO_f_null() -> *const BIO_METHOD;
