@@ -121,7 +121,7 @@ fn main() {
         let (headers, body) = split_message(&raw);
         let (canon, _) = time_per_op(Duration::from_millis(500), || {
             let mut out = Vec::with_capacity(body.len() + 128);
-            mime::write_7bit(
+            mime::write_canonical(
                 b"Content-Type: text/plain\r\n",
                 &body,
                 0,

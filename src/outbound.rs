@@ -229,7 +229,63 @@ fn encryption(
         }
         return Ok((None, Some(format!("not encrypted: {reason}"))));
     }
+    add_escrow(rt, enc, store, &mut certs, deadline)?;
     Ok((Some(certs), None))
+}
+
+/// Adds the `additional_recipients` to a message we encrypt. Any of them
+/// missing, unusable or not looked up defers the message: an archive that
+/// silently lacks mail is worse than a delay.
+fn add_escrow(
+    rt: &Runtime,
+    enc: &crate::config::Encryption,
+    store: &crate::certstore::CertStore,
+    certs: &mut Vec<Arc<RecipientCert>>,
+    deadline: Instant,
+) -> Result<(), Outcome> {
+    use crate::config::AdditionalRecipient;
+    let escrow_failure =
+        |why: String| Outcome::failure(FailAction::Tempfail, format!("additional recipient {why}"));
+    let addresses: Vec<String> = enc
+        .additional_recipients
+        .iter()
+        .filter_map(|a| match &a.value {
+            AdditionalRecipient::Address(addr) => Some(addr.clone()),
+            AdditionalRecipient::File(_) => None,
+        })
+        .collect();
+    let mut extra: Vec<Arc<RecipientCert>> = Vec::new();
+    for c in &rt.escrow {
+        // Checked at start; it may have expired since.
+        if let Some(why) = crate::certstore::unusable_key(&c.cert) {
+            return Err(escrow_failure(format!(
+                "certificate {}: {why}",
+                crate::pki::serial_hex(&c.cert).unwrap_or_default()
+            )));
+        }
+        extra.push(Arc::clone(c));
+    }
+    if !addresses.is_empty() {
+        let found = store.find_all(&addresses, rt.recipient_trust(), deadline);
+        for (a, f) in addresses.iter().zip(found) {
+            match f {
+                Some(Lookup::Found(c)) => extra.push(c),
+                Some(Lookup::NotFound) => {
+                    return Err(escrow_failure(format!("<{a}>: no usable certificate")))
+                }
+                Some(Lookup::Error(e)) => return Err(escrow_failure(format!("<{a}>: {e}"))),
+                None => return Err(escrow_failure(format!("<{a}>: not looked up"))),
+            }
+        }
+    }
+    for c in extra {
+        let der = c.cert.to_der().ok();
+        let known = certs.iter().any(|k| k.cert.to_der().ok() == der);
+        if !known {
+            certs.push(c);
+        }
+    }
+    Ok(())
 }
 
 /// The Content-* fields of the message as one header block; a message
@@ -325,6 +381,12 @@ fn header_ops(headers: &[(String, String)], signed: &sign::Wrapped) -> Vec<Heade
     ops
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 fn canonical_name(lower: &str) -> String {
     lower
         .split('-')
@@ -375,23 +437,42 @@ pub fn process_message(
             &mut entity
         }
     };
-    if let Err(e) = mime::write_7bit(&block, body, 0, limits, out) {
-        return fail(
-            rt.config.actions.malformed,
-            format!("cannot sign safely: {e}"),
-        );
-    }
+    let transfer = match mime::write_canonical(&block, body, 0, limits, out) {
+        Ok(t) => t,
+        Err(e) => {
+            return fail(
+                rt.config.actions.malformed,
+                format!("cannot sign safely: {e}"),
+            )
+        }
+    };
     let mut detail = Vec::new();
     let signed = match &work.sign {
         Some(key) => {
-            let opts = crate::sign::SignOptions::from(&rt.config.signing);
+            let cfg = &rt.config.signing;
+            let date = mime::only_value(headers, "Date");
+            let opts = sign::SignOptions {
+                signing_time: sign::signing_time(
+                    cfg.signing_time,
+                    cfg.signing_time_window,
+                    date.as_deref(),
+                    unix_now(),
+                    &key.cert,
+                    &key.chain,
+                ),
+                ..sign::SignOptions::from(cfg)
+            };
             let result = match clear {
                 Some(c) => c.finish(key, &opts),
                 None => sign::sign_entity(key, &entity, rt.config.signing.format, &opts),
             };
             match result {
-                Ok(s) => {
+                Ok(mut s) => {
                     detail.push(format!("key={}", key.label()));
+                    // An 8-bit attached message inside the clear part.
+                    if s.transfer_encoding.is_none() && transfer == mime::Transfer::EightBit {
+                        s.transfer_encoding = Some("8bit");
+                    }
                     Some(s)
                 }
                 Err(e) => return fail(rt.config.actions.internal_error, e.to_string()),

@@ -209,6 +209,25 @@ impl Cipher {
     pub(crate) fn authenticated(self) -> bool {
         matches!(self, Cipher::Aes128Gcm | Cipher::Aes256Gcm)
     }
+
+    /// The algorithm's OID as DER (tag, length, value): NIST's AES arc,
+    /// 2.16.840.1.101.3.4.1 (RFC 3565, RFC 5084).
+    pub fn oid_der(self) -> &'static [u8] {
+        match self {
+            Cipher::Aes128Cbc => &[
+                0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x02,
+            ],
+            Cipher::Aes256Cbc => &[
+                0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2a,
+            ],
+            Cipher::Aes128Gcm => &[
+                0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x06,
+            ],
+            Cipher::Aes256Gcm => &[
+                0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2e,
+            ],
+        }
+    }
 }
 
 impl FromStr for Cipher {

@@ -4,8 +4,10 @@
 //! tokens for the configuration; it runs at start and on reload, never per
 //! message. A failure names the file, line and key that asked for it.
 
-use crate::certstore::{CertStore, LocalError};
-use crate::config::{Config, ConfigError, Encryption, Located, PinSource, Pkcs11};
+use crate::certstore::{CertStore, LocalError, RecipientCert};
+use crate::config::{
+    AdditionalRecipient, Config, ConfigError, Encryption, Located, PinSource, Pkcs11,
+};
 use crate::keystore::{read_secret_line, KeyStore};
 use crate::ldap::{Ldap, LdapSettings};
 use crate::pkcs11::{Pin, Token};
@@ -22,6 +24,8 @@ pub struct Runtime {
     pub verify: Option<Verifier>,
     /// `Some` when an encryption policy is configured.
     pub certs: Option<CertStore>,
+    /// `additional_recipients` given as certificate files.
+    pub escrow: Vec<Arc<RecipientCert>>,
 }
 
 /// Inbound verification: the trust store and the checks' settings.
@@ -63,11 +67,17 @@ impl Runtime {
             .as_ref()
             .map(|e| cert_store(&config.path, e, config.harvest_dir.clone(), insecure))
             .transpose()?;
+        let anchors = verify.as_ref().map(|v| &v.trust);
+        let escrow = match &config.encrypt {
+            Some(e) => escrow_certs(e, anchors.filter(|_| e.require_trusted))?,
+            None => Vec::new(),
+        };
         Ok(Runtime {
             config,
             keys,
             verify,
             certs,
+            escrow,
         })
     }
 
@@ -167,6 +177,42 @@ fn cert_store(
         e.lookup_order.clone(),
         e.cache.clone(),
     ))
+}
+
+/// The `additional_recipients` certificate files: each must hold one
+/// certificate we can encrypt to (the first; any others are its chain),
+/// chaining to the anchors when recipient certificates must.
+fn escrow_certs(
+    e: &Encryption,
+    trust: Option<&TrustStore>,
+) -> Result<Vec<Arc<RecipientCert>>, ConfigError> {
+    let mut out = Vec::new();
+    for entry in &e.additional_recipients {
+        let AdditionalRecipient::File(path) = &entry.value else {
+            continue;
+        };
+        let certs = crate::truststore::certs_in(path).map_err(|w| entry.error(w))?;
+        let Some(cert) = certs.first() else {
+            return Err(entry.error(format!("no certificate in {}", path.display())));
+        };
+        if let Some(why) = crate::certstore::unusable_key(cert) {
+            return Err(entry.error(format!(
+                "the certificate in {} cannot be encrypted to: {why}",
+                path.display()
+            )));
+        }
+        if trust.is_some_and(|t| !crate::pki::chain_ok(&t.store, cert, &certs)) {
+            return Err(entry.error(format!(
+                "the certificate in {} does not chain to the trust anchors",
+                path.display()
+            )));
+        }
+        out.push(Arc::new(RecipientCert {
+            cert: cert.clone(),
+            ciphers: Vec::new(),
+        }));
+    }
+    Ok(out)
 }
 
 /// A PIN or password from a file only the milter may read.

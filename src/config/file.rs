@@ -2,12 +2,13 @@
 //! errors), and the validation that turns them into a `Config`.
 
 use super::model::{
-    Actions, CacheConfig, CertSource, Config, ConfigError, EncryptRule, Encryption, KeySpec,
-    LdapConfig, Located, PinSource, Pkcs11, Place, Signing, Verification, DEFAULT_HARVEST_DIR,
-    DEFAULT_LDAP_FILTER,
+    Actions, AdditionalRecipient, CacheConfig, CertSource, Config, ConfigError, EncryptRule,
+    Encryption, KeySpec, LdapConfig, Located, PinSource, Pkcs11, Place, Signing, Verification,
+    DEFAULT_HARVEST_DIR, DEFAULT_LDAP_FILTER,
 };
 use super::values::{
-    quantity_de, ByteSize, Digest, EncryptMode, FailAction, Net, Seconds, SignFormat, SocketSpec,
+    quantity_de, ByteSize, Capability, Digest, EncryptMode, FailAction, Net, Seconds, SignFormat,
+    SigningTime, SocketSpec,
 };
 use crate::pki::Cipher;
 use ipnet::IpNet;
@@ -73,6 +74,10 @@ struct RawSigning {
     digest: Option<Digest>,
     include_chain: Option<bool>,
     rsa_padding: Option<Spanned<String>>,
+    capabilities: Option<Spanned<Vec<Capability>>>,
+    signing_time: Option<SigningTime>,
+    #[serde(default, deserialize_with = "quantity_de")]
+    signing_time_window: Option<Seconds>,
     #[serde(default)]
     key: Vec<Spanned<RawKey>>,
 }
@@ -125,6 +130,8 @@ struct RawEncrypt {
     certs_dir: Option<Spanned<PathBuf>>,
     certs_map: Option<Spanned<PathBuf>>,
     lookup_order: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    additional_recipients: Vec<Spanned<String>>,
     #[serde(default)]
     policy: Vec<RawRule>,
 }
@@ -342,6 +349,28 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         })
         .collect();
 
+    let capabilities = match raw.signing.capabilities {
+        None => Capability::DEFAULT.to_vec(),
+        Some(list) => {
+            let span = list.span();
+            let list = list.into_inner();
+            let twice = (1..list.len()).find(|&i| list[..i].contains(&list[i]));
+            if let Some(i) = twice {
+                let what = format!("capability {:?} listed twice", list[i]);
+                return Err(loc.error(span, what));
+            }
+            list
+        }
+    };
+    if let Some(w) = raw.signing.signing_time_window {
+        if w.0 > 30 * 86400 {
+            return Err(loc.key_error(
+                "signing_time_window",
+                "signing_time_window is at most 30 days",
+            ));
+        }
+    }
+
     let authserv_id = match &raw.authserv_id {
         Some(id) => {
             let v = id.get_ref().trim();
@@ -478,6 +507,9 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                     ));
                 }
             },
+            capabilities,
+            signing_time: raw.signing.signing_time.unwrap_or(SigningTime::Date),
+            signing_time_window: raw.signing.signing_time_window.map_or(7 * 86400, |s| s.0),
             keys,
         },
         senders,
@@ -573,8 +605,27 @@ fn encryption(
             o
         }
     };
+    let mut additional_recipients = Vec::new();
+    for entry in e.additional_recipients {
+        let v = entry.get_ref().trim();
+        let value = if v.contains('/') {
+            AdditionalRecipient::File(PathBuf::from(v))
+        } else if crate::address::single_address(v).is_some_and(|a| a.eq_ignore_ascii_case(v)) {
+            AdditionalRecipient::Address(v.to_ascii_lowercase())
+        } else {
+            return Err(loc.error(
+                entry.span(),
+                format!("invalid additional recipient '{v}' (expected a certificate file path or an address)"),
+            ));
+        };
+        additional_recipients.push(Located {
+            value,
+            place: loc.place(entry.span()),
+        });
+    }
     Ok(Some(Encryption {
         cipher: e.cipher.unwrap_or(Cipher::Aes256Cbc),
+        additional_recipients,
         default_mode,
         rules,
         missing_cert,
@@ -830,6 +881,72 @@ mod tests {
         ] {
             assert!(bad.parse::<SocketSpec>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn outbound_encoding_choices() {
+        let c = parse("").unwrap();
+        assert_eq!(c.signing.capabilities, Capability::DEFAULT.to_vec());
+        assert_eq!(c.signing.signing_time, SigningTime::Date);
+        assert_eq!(c.signing.signing_time_window, 7 * 86400);
+        let c = parse("[signing]\ncapabilities = [\"aes-128-cbc\", \"rsaes-oaep\"]\nsigning_time = \"now\"\nsigning_time_window = \"2d\"\n").unwrap();
+        assert_eq!(
+            c.signing.capabilities,
+            vec![Capability::Cipher(Cipher::Aes128Cbc), Capability::RsaesOaep]
+        );
+        assert_eq!(c.signing.signing_time, SigningTime::Now);
+        assert_eq!(c.signing.signing_time_window, 2 * 86400);
+        assert!(parse("[signing]\ncapabilities = []\n")
+            .unwrap()
+            .signing
+            .capabilities
+            .is_empty());
+        for (text, line, what) in [
+            (
+                "[signing]\ncapabilities = [\"des-cbc\"]\n",
+                2,
+                "invalid capability 'des-cbc'",
+            ),
+            (
+                "[signing]\n\ncapabilities = [\"aes-128-cbc\", \"aes-128-cbc\"]\n",
+                3,
+                "listed twice",
+            ),
+            (
+                "[signing]\nsigning_time = \"later\"\n",
+                2,
+                "expected date or now",
+            ),
+            (
+                "[signing]\nsigning_time_window = \"31d\"\n",
+                2,
+                "at most 30 days",
+            ),
+            (
+                "[encrypt]\ndefault_policy = \"required\"\nadditional_recipients = [\"archive\"]\n",
+                3,
+                "invalid additional recipient 'archive'",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.line, line, "{text}: {e}");
+            assert!(e.what.contains(what), "{text}: {e}");
+        }
+        let c = parse("[encrypt]\ndefault_policy = \"required\"\nadditional_recipients = [\"/etc/escrow.pem\", \"Archive@Example.com\"]\n").unwrap();
+        let got: Vec<AdditionalRecipient> = c
+            .encrypt
+            .unwrap()
+            .additional_recipients
+            .into_iter()
+            .map(|a| a.value)
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                AdditionalRecipient::File("/etc/escrow.pem".into()),
+                AdditionalRecipient::Address("archive@example.com".into())
+            ]
+        );
     }
 
     #[test]

@@ -14,4 +14,7 @@ mod values;
 
 pub use file::known_keys;
 pub use model::*;
-pub use values::{ByteSize, Digest, EncryptMode, FailAction, Seconds, SignFormat, SocketSpec};
+pub use values::{
+    ByteSize, Capability, Digest, EncryptMode, FailAction, Seconds, SignFormat, SigningTime,
+    SocketSpec,
+};

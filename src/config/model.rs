@@ -1,7 +1,9 @@
 //! The typed configuration: plain data, with the place each value that
 //! names a file was written, so that loading it later can say where.
 
-use super::values::{Digest, EncryptMode, FailAction, SignFormat, SocketSpec};
+use super::values::{
+    Capability, Digest, EncryptMode, FailAction, SignFormat, SigningTime, SocketSpec,
+};
 use crate::pki::Cipher;
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -94,6 +96,11 @@ pub struct Signing {
     pub include_chain: bool,
     /// RSA keys sign with RSASSA-PSS instead of PKCS#1 v1.5.
     pub rsa_pss: bool,
+    /// The SMIMECapabilities we sign, in order; empty: none.
+    pub capabilities: Vec<Capability>,
+    pub signing_time: SigningTime,
+    /// How far back a Date may lie to be used as signingTime, seconds.
+    pub signing_time_window: u64,
     /// Keys by sender address or `@domain`.
     pub keys: Vec<KeySpec>,
 }
@@ -138,6 +145,17 @@ pub struct Encryption {
     pub certs_map: Option<Located<PathBuf>>,
     pub ldap: Option<LdapConfig>,
     pub cache: CacheConfig,
+    /// Every message we encrypt is encrypted to these too (escrow, archive).
+    pub additional_recipients: Vec<Located<AdditionalRecipient>>,
+}
+
+/// An `additional_recipients` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdditionalRecipient {
+    /// A certificate file, read at start and on reload.
+    File(PathBuf),
+    /// An address, looked up like any recipient (lower case).
+    Address(String),
 }
 
 /// A place recipient certificates come from.

@@ -137,6 +137,64 @@ impl FromStr for SignFormat {
     }
 }
 
+/// One entry of the SMIMECapabilities we sign (RFC 8551 §2.5.2): what we
+/// accept from correspondents, in our order of preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    Cipher(Cipher),
+    /// RSAES-OAEP key transport (RFC 8017), SHA-256 and MGF1-SHA-256.
+    RsaesOaep,
+    /// RSASSA-PSS signatures (RFC 4056), SHA-256 and MGF1-SHA-256.
+    RsassaPss,
+}
+
+impl Capability {
+    /// What we announce unless told otherwise: strongest first.
+    pub const DEFAULT: [Capability; 6] = [
+        Capability::Cipher(Cipher::Aes256Gcm),
+        Capability::Cipher(Cipher::Aes128Gcm),
+        Capability::Cipher(Cipher::Aes256Cbc),
+        Capability::Cipher(Cipher::Aes128Cbc),
+        Capability::RsaesOaep,
+        Capability::RsassaPss,
+    ];
+}
+
+impl FromStr for Capability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rsaes-oaep" => Ok(Capability::RsaesOaep),
+            "rsassa-pss" => Ok(Capability::RsassaPss),
+            _ => s.parse().map(Capability::Cipher).map_err(|_| {
+                format!("invalid capability '{s}' (expected aes-256-gcm, aes-128-gcm, aes-256-cbc, aes-128-cbc, rsaes-oaep or rsassa-pss)")
+            }),
+        }
+    }
+}
+
+/// The signingTime we sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningTime {
+    /// The message's Date when it lies within the window before now (a
+    /// message held in an outbox), else now: the signature then says when
+    /// the author sent it, as a client signing at send time would.
+    Date,
+    /// Always the gateway's clock.
+    Now,
+}
+
+impl FromStr for SigningTime {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "date" => Ok(SigningTime::Date),
+            "now" => Ok(SigningTime::Now),
+            _ => Err(format!("invalid signing_time '{s}' (expected date or now)")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Digest {
     Sha256,
@@ -300,7 +358,9 @@ from_str_deserialize!(
     SignFormat,
     Digest,
     Cipher,
-    EncryptMode
+    EncryptMode,
+    Capability,
+    SigningTime
 );
 
 /// An address or CIDR network in `internal_hosts`.

@@ -1,10 +1,11 @@
 //! MIME structure, as far as signing needs it: header fields, Content-Type
 //! parameters, multipart splitting, CRLF canonical form (RFC 8551 §3.1.1) and
-//! re-encoding 8-bit parts to a 7-bit transfer encoding (§3.1.2).
+//! re-encoding the parts a relay could change (§3.1.2).
 //!
 //! Everything works on borrowed slices of the message as received; the only
 //! copy is the one into the output buffer.
 
+use super::encoding;
 use memchr::{memchr, memchr_iter, memmem};
 
 /// Limits that bound the work on one message.
@@ -663,6 +664,14 @@ struct Lines {
     bare_lf: bool,
     /// The longest line, without its line end.
     longest: usize,
+    /// A line ending in a space or tab, or starting with `From `: relays
+    /// strip the one and mbox writers escape the other (RFC 8551 §3.1.1).
+    fragile: bool,
+}
+
+/// Whether one line (without its line end) is one a relay may change.
+fn fragile_line(line: &[u8]) -> bool {
+    matches!(line.last(), Some(b' ' | b'\t')) || line.starts_with(b"From ")
 }
 
 /// Bit i set where `block[i]` is LF, and where it is CR. A per-line
@@ -722,6 +731,7 @@ fn line_scan(text: &[u8]) -> Lines {
                 pos
             };
             r.longest = r.longest.max(end.saturating_sub(line_start));
+            r.fragile |= end >= line_start && fragile_line(&text[line_start..end]);
             line_start = pos + 1;
             m &= m - 1;
         }
@@ -746,12 +756,13 @@ fn line_scan(text: &[u8]) -> Lines {
         r.bare_cr = true;
     }
     r.longest = r.longest.max(text.len() - line_start);
+    r.fragile |= fragile_line(&text[line_start..]);
     r
 }
 
 /// Whether a body could be changed by a relay unless it is re-encoded: 8-bit
-/// bytes, NUL, a CR that does not start a line end, or a line over the SMTP
-/// limit of 998 octets.
+/// bytes, NUL, a CR that does not start a line end, a line over the SMTP
+/// limit of 998 octets, or a fragile line (trailing blank, `From `).
 pub fn needs_7bit_encoding(body: &[u8]) -> bool {
     relay_safe_lines(body).is_none()
 }
@@ -763,20 +774,42 @@ fn relay_safe_lines(text: &[u8]) -> Option<Lines> {
         return None;
     }
     let lines = line_scan(text);
+    (!lines.bare_cr && lines.longest <= 998 && !lines.fragile).then_some(lines)
+}
+
+/// The line structure of a text that is valid 8bit data (RFC 2045 §2.8):
+/// 8-bit bytes allowed, but no NUL, no bare CR and no line over 998.
+fn eight_bit_lines(text: &[u8]) -> Option<Lines> {
+    if memchr(0, text).is_some() {
+        return None;
+    }
+    let lines = line_scan(text);
     (!lines.bare_cr && lines.longest <= 998).then_some(lines)
 }
 
+/// The transfer encoding an entity written by `write_canonical` is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    SevenBit,
+    /// An attached message with 8-bit data, kept byte for byte: the
+    /// entities around it are labelled 8bit.
+    EightBit,
+}
+
 /// Writes an entity (header block and body) to `out` in canonical form: CRLF
-/// line ends, and every leaf that carries 8-bit or binary data re-encoded to
-/// quoted-printable or base64. Multiparts and embedded messages are walked
-/// into, up to `limits.max_depth` levels.
-pub fn write_7bit(
+/// line ends, and every leaf a relay could change (8-bit or binary data,
+/// trailing blanks, `From ` lines) re-encoded to quoted-printable or
+/// base64. Multiparts are walked into, up to `limits.max_depth` levels. An
+/// attached message is kept byte for byte (RFC 2046 §5.2.1 allows no other
+/// encoding than 7bit, 8bit or binary); only one that is not even valid
+/// 8bit is base64 encoded as a whole.
+pub fn write_canonical(
     header_block: &[u8],
     body: &[u8],
     depth: usize,
     limits: Limits,
     out: &mut Vec<u8>,
-) -> Result<(), MimeError> {
+) -> Result<Transfer, MimeError> {
     if depth > limits.max_depth {
         return Err(MimeError::TooDeep(limits.max_depth));
     }
@@ -784,7 +817,7 @@ pub fn write_7bit(
         push_crlf(out, header_block);
         out.extend_from_slice(b"\r\n");
         push_crlf_scanned(out, body, &lines);
-        return Ok(());
+        return Ok(Transfer::SevenBit);
     }
     let fields = parse_fields(header_block);
     let ct = field_value(&fields, "Content-Type")
@@ -794,7 +827,7 @@ pub fn write_7bit(
             params: vec![],
         });
     let cte = field_value(&fields, "Content-Transfer-Encoding")
-        .map(|v| v.to_ascii_lowercase())
+        .map(|v| v.trim().to_ascii_lowercase())
         .unwrap_or_else(|| "7bit".into());
     let identity = matches!(cte.as_str(), "7bit" | "8bit" | "binary");
 
@@ -802,13 +835,8 @@ pub fn write_7bit(
         if !identity {
             return Err(MimeError::EncodedComposite(cte));
         }
-        // The parts carry the 8-bit data; once they are encoded this entity is
-        // 7bit, which is what no Content-Transfer-Encoding field means.
-        write_fields_except(out, &fields, "Content-Transfer-Encoding");
-        out.extend_from_slice(b"\r\n");
         if ct.is_message() {
-            let (h, b) = split_entity(body);
-            return write_7bit(h, b, depth + 1, limits, out);
+            return Ok(write_attached_message(header_block, &fields, body, out));
         }
         let boundary = ct
             .param("boundary")
@@ -818,17 +846,26 @@ pub fn write_7bit(
         if mp.parts.len() > limits.max_parts {
             return Err(MimeError::TooManyParts(limits.max_parts));
         }
+        // Once the parts are encoded this entity is 7bit, which is what no
+        // Content-Transfer-Encoding field means; an 8-bit attached message
+        // inside makes it 8bit, labelled here once the parts are written.
+        write_fields_except(out, &fields, "Content-Transfer-Encoding");
+        let label_at = out.len();
+        out.extend_from_slice(b"\r\n");
         // Preamble and epilogue are not shown to anyone; drop them rather than
-        // sign 8-bit bytes a relay may alter.
+        // sign bytes a relay may alter.
         if let Some(lines) = relay_safe_lines(mp.preamble) {
             push_crlf_scanned(out, mp.preamble, &lines);
         }
+        let mut transfer = Transfer::SevenBit;
         for part in &mp.parts {
             out.extend_from_slice(b"\r\n--");
             out.extend_from_slice(boundary.as_bytes());
             out.extend_from_slice(b"\r\n");
             let (h, b) = split_entity(part);
-            write_7bit(h, b, depth + 1, limits, out)?;
+            if write_canonical(h, b, depth + 1, limits, out)? == Transfer::EightBit {
+                transfer = Transfer::EightBit;
+            }
         }
         out.extend_from_slice(b"\r\n--");
         out.extend_from_slice(boundary.as_bytes());
@@ -836,15 +873,58 @@ pub fn write_7bit(
         if let Some(lines) = relay_safe_lines(mp.epilogue) {
             push_crlf_scanned(out, mp.epilogue, &lines);
         }
-        return Ok(());
+        if transfer == Transfer::EightBit {
+            out.splice(
+                label_at..label_at,
+                b"Content-Transfer-Encoding: 8bit\r\n".iter().copied(),
+            );
+        }
+        return Ok(transfer);
     }
 
-    if !identity {
+    if identity {
+        write_fields_except(out, &fields, "Content-Transfer-Encoding");
+        encode_leaf(body, ct.is_text(), out);
+        return Ok(Transfer::SevenBit);
+    }
+    // Encoded already: only fragile lines can be left to mend.
+    let mendable = matches!(cte.as_str(), "quoted-printable" | "base64");
+    if !mendable || !body.is_ascii() || eight_bit_lines(body).is_none() {
         return Err(MimeError::EightBitInEncoded(cte));
     }
-    write_fields_except(out, &fields, "Content-Transfer-Encoding");
-    encode_leaf(body, ct.is_text(), out);
-    Ok(())
+    push_crlf(out, header_block);
+    out.extend_from_slice(b"\r\n");
+    encoding::push_relay_safe_encoded(out, body, cte == "quoted-printable");
+    Ok(Transfer::SevenBit)
+}
+
+/// An attached message (RFC 2046 §5.2.1): 7bit or 8bit data as it came,
+/// only the label made true; anything else base64 encoded as a whole, the
+/// one way to carry it without changing its bytes.
+fn write_attached_message(
+    header_block: &[u8],
+    fields: &[Field<'_>],
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> Transfer {
+    if body.is_ascii() {
+        if let Some(lines) = eight_bit_lines(body) {
+            // Fragile lines in it stay: its bytes are the point.
+            push_crlf(out, header_block);
+            out.extend_from_slice(b"\r\n");
+            push_crlf_scanned(out, body, &lines);
+            return Transfer::SevenBit;
+        }
+    }
+    write_fields_except(out, fields, "Content-Transfer-Encoding");
+    if let Some(lines) = eight_bit_lines(body) {
+        out.extend_from_slice(b"Content-Transfer-Encoding: 8bit\r\n\r\n");
+        push_crlf_scanned(out, body, &lines);
+        return Transfer::EightBit;
+    }
+    out.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n\r\n");
+    encoding::push_base64_lines(out, body);
+    Transfer::SevenBit
 }
 
 fn write_fields_except(out: &mut Vec<u8>, fields: &[Field<'_>], except: &str) {
@@ -860,24 +940,23 @@ fn write_fields_except(out: &mut Vec<u8>, fields: &[Field<'_>], except: &str) {
 }
 
 /// Writes `Content-Transfer-Encoding: ...`, the empty line and the encoded
-/// body. mail-builder chooses quoted-printable or base64 for text (whichever
-/// is shorter) and base64 otherwise.
+/// body: quoted-printable for text unless base64 is shorter, base64 for
+/// anything else.
 fn encode_leaf(body: &[u8], is_text: bool, out: &mut Vec<u8>) {
-    use mail_builder::headers::raw::Raw;
-    use mail_builder::mime::{BodyPart, MimePart};
-    let contents = match (is_text, std::str::from_utf8(body)) {
-        (true, Ok(s)) => BodyPart::Text(s.into()),
-        _ => BodyPart::Binary(body.into()),
-    };
-    let part = MimePart {
-        headers: vec![("X".into(), Raw::new("x").into())],
-        contents,
-    };
-    let mut buf = Vec::with_capacity(body.len() * 4 / 3 + 64);
-    part.write_part(&mut buf);
-    // Drop the placeholder field mail-builder needs to see before the body.
-    let skip = memchr(b'\n', &buf).map_or(0, |i| i + 1);
-    push_crlf(out, &buf[skip..]);
+    if is_text && encoding::quoted_printable_is_shorter(body) {
+        out.extend_from_slice(b"Content-Transfer-Encoding: quoted-printable\r\n\r\n");
+        encoding::push_quoted_printable(out, body);
+        return;
+    }
+    out.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n\r\n");
+    if is_text && line_scan(body).bare_lf {
+        // Text is encoded in its canonical form, CRLF line ends.
+        let mut canonical = Vec::with_capacity(body.len() + body.len() / 32);
+        push_crlf(&mut canonical, body);
+        encoding::push_base64_lines(out, &canonical);
+    } else {
+        encoding::push_base64_lines(out, body);
+    }
 }
 
 /// A multipart body split at its delimiter lines.
@@ -1055,6 +1134,17 @@ mod tests {
     /// The line facts read byte by byte, the obvious way.
     fn lines_slowly(t: &[u8]) -> Lines {
         let mut r = Lines::default();
+        let segments: Vec<&[u8]> = t.split(|&b| b == b'\n').collect();
+        for (i, line) in segments.iter().enumerate() {
+            // Only a CR before an LF is a line end.
+            let ended = i + 1 < segments.len();
+            let line = match line.strip_suffix(b"\r") {
+                Some(l) if ended => l,
+                _ => line,
+            };
+            r.fragile |=
+                line.ends_with(b" ") || line.ends_with(b"\t") || line.starts_with(b"From ");
+        }
         let mut len = 0;
         for (i, &b) in t.iter().enumerate() {
             match b {
@@ -1094,6 +1184,7 @@ mod tests {
                     1 => b'\n',
                     2..=5 if round % 2 == 0 => b'\r',
                     6..=9 if round % 2 == 0 => b'\n',
+                    10 if round % 3 == 0 => b' ',
                     _ => b'a',
                 })
                 .collect();
@@ -1104,6 +1195,25 @@ mod tests {
                 String::from_utf8_lossy(&t)
             );
         }
+        for t in [
+            &b"From me\r\n"[..],
+            b"a\r\nFrom me",
+            b"a\r\nFrom",
+            b"a \r\nb",
+            b"a\t",
+            b"a \r",
+            b"x\nFrom y\n",
+        ] {
+            assert_eq!(
+                line_scan(t),
+                lines_slowly(t),
+                "{:?}",
+                String::from_utf8_lossy(t)
+            );
+        }
+        assert!(line_scan(b"a\r\nFrom me\r\n").fragile);
+        assert!(line_scan(b"a \r\nb\r\n").fragile);
+        assert!(!line_scan(b"a\r\n From me\r\nFrom\r\n").fragile);
         let mut crlf = b"line\r\n".repeat(100);
         assert_eq!(line_scan(&crlf), lines_slowly(&crlf));
         crlf.extend_from_slice(&[b'x'; 1000]);
@@ -1181,7 +1291,7 @@ mod tests {
 
     fn seven(header: &[u8], body: &[u8]) -> Result<Vec<u8>, MimeError> {
         let mut out = Vec::new();
-        write_7bit(header, body, 0, L, &mut out).map(|_| out)
+        write_canonical(header, body, 0, L, &mut out).map(|_| out)
     }
 
     #[test]
@@ -1224,6 +1334,68 @@ mod tests {
             .split_whitespace()
             .collect();
         assert_eq!(openssl::base64::decode_block(&b64).unwrap(), body);
+    }
+
+    fn canonical(header: &[u8], body: &[u8]) -> (String, Transfer) {
+        let mut out = Vec::new();
+        let t = write_canonical(header, body, 0, L, &mut out).unwrap();
+        (String::from_utf8_lossy(&out).into_owned(), t)
+    }
+
+    #[test]
+    fn fragile_lines_are_protected() {
+        // 7bit text with a trailing blank and a From line: quoted-printable.
+        let (s, t) = canonical(
+            b"Content-Type: text/plain\r\n",
+            b"Hello \r\nFrom here on\r\nbye\r\n",
+        );
+        assert_eq!(t, Transfer::SevenBit);
+        assert_eq!(s, "Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nHello=20\r\n=46rom here on\r\nbye\r\n");
+        // Already quoted-printable: mended in place, same decoded text.
+        let (s, _) = canonical(
+            b"Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n",
+            b"From here=20 \r\nok\r\n",
+        );
+        assert!(s.ends_with("\r\n\r\n=46rom here=20\r\nok\r\n"), "{s}");
+        // 8-bit inside quoted-printable is still an error.
+        let mut out = Vec::new();
+        assert!(write_canonical(
+            b"Content-Transfer-Encoding: quoted-printable\r\n",
+            "Grüße \r\n".as_bytes(),
+            0,
+            L,
+            &mut out
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn attached_messages_keep_their_bytes() {
+        let inner = "From: a@example.com\r\nSubject: Grüße\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nÜber alles \r\n";
+        let body = format!("--XX\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--XX\r\nContent-Type: message/rfc822\r\n\r\n{inner}\r\n--XX--\r\n");
+        let (s, t) = canonical(
+            b"Content-Type: multipart/mixed; boundary=\"XX\"\r\n",
+            body.as_bytes(),
+        );
+        assert_eq!(t, Transfer::EightBit);
+        assert!(s.contains(&format!("Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{inner}\r\n--XX--")), "{s}");
+        assert!(s.starts_with("Content-Type: multipart/mixed; boundary=\"XX\"\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\r\n--XX\r\n"), "{s}");
+        // Not even 8bit (a NUL, a bare CR): base64 as a whole.
+        let binary = b"Subject: x\r\n\r\nnul\0 and bare\r cr\r\n";
+        let (s, t) = canonical(b"Content-Type: message/rfc822\r\n", binary);
+        assert_eq!(t, Transfer::SevenBit);
+        let (h, b) = s.split_once("\r\n\r\n").unwrap();
+        assert_eq!(
+            h,
+            "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64"
+        );
+        let b64: String = b.split_whitespace().collect();
+        assert_eq!(openssl::base64::decode_block(&b64).unwrap(), binary);
+        // 7bit with fragile lines: kept as it is.
+        let seven = b"Subject: x\r\n\r\nFrom me \r\n";
+        let (s, t) = canonical(b"Content-Type: message/rfc822\r\n", seven);
+        assert_eq!(t, Transfer::SevenBit);
+        assert!(s.ends_with("\r\n\r\nSubject: x\r\n\r\nFrom me \r\n"), "{s}");
     }
 
     #[test]

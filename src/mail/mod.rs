@@ -1,5 +1,7 @@
 //! Internet mail as bytes: MIME structure and header fields, the From
-//! field as a reader sees it.
+//! field as a reader sees it, RFC 5322 dates.
 
 pub mod address;
+pub mod date;
+pub mod encoding;
 pub mod mime;

@@ -2,9 +2,12 @@
 //! entity, wrapped as multipart/signed (clear) or application/pkcs7-mime
 //! (opaque).
 
-use crate::config::{Digest, SignFormat, Signing};
-use crate::ffi::{CMS_SignerInfo_get0_pkey_ctx, CMS_add1_signer, CMS_final};
+use crate::config::{Capability, Digest, SignFormat, Signing, SigningTime};
+use crate::ffi::{
+    CMS_SignerInfo_get0_pkey_ctx, CMS_add1_signer, CMS_final, CMS_signed_add1_attr_by_NID,
+};
 use crate::keystore::SigningKey;
+use crate::mail::encoding::push_base64_lines;
 use foreign_types::{ForeignType, ForeignTypeRef};
 use openssl::cms::{CMSOptions, CmsContentInfo};
 use openssl::error::ErrorStack;
@@ -35,30 +38,136 @@ fn message_digest(d: Digest) -> MessageDigest {
 
 /// How to sign, from the configuration.
 #[derive(Debug, Clone, Copy)]
-pub struct SignOptions {
+pub struct SignOptions<'a> {
     pub digest: Digest,
     pub include_chain: bool,
     /// RSASSA-PSS (salt as long as the digest) instead of PKCS#1 v1.5.
     pub rsa_pss: bool,
+    /// The SMIMECapabilities attribute; empty: none.
+    pub capabilities: &'a [Capability],
+    /// signingTime as a Unix time; `None`: now.
+    pub signing_time: Option<i64>,
 }
 
-impl From<&Signing> for SignOptions {
-    fn from(s: &Signing) -> Self {
+impl<'a> From<&'a Signing> for SignOptions<'a> {
+    fn from(s: &'a Signing) -> Self {
         SignOptions {
             digest: s.digest,
             include_chain: s.include_chain,
             rsa_pss: s.rsa_pss,
+            capabilities: &s.capabilities,
+            signing_time: None,
         }
     }
+}
+
+/// Clock skew tolerated in a Date ahead of ours.
+const FUTURE_DATE_SLACK: i64 = 300;
+
+/// The signingTime for a message (`None`: now). With `SigningTime::Date`,
+/// the Date field when it lies between `window` seconds before now and a
+/// little after, and the signing certificate and its chain were valid
+/// then: a message held in an outbox is signed as of when its author sent
+/// it, so that verifiers comparing Date with signingTime (ours,
+/// Thunderbird's) see no gap that happened before us. Anything else (no
+/// Date, a Date too old, in the future, or before a certificate's
+/// validity) is signed as of now.
+pub fn signing_time(
+    policy: SigningTime,
+    window: u64,
+    date: Option<&str>,
+    now: i64,
+    cert: &X509,
+    chain: &[X509],
+) -> Option<i64> {
+    if policy == SigningTime::Now {
+        return None;
+    }
+    let t = crate::mail::date::parse_date(date?)?;
+    let window = i64::try_from(window).unwrap_or(i64::MAX);
+    if t > now + FUTURE_DATE_SLACK || now.saturating_sub(t) > window {
+        return None;
+    }
+    let at = openssl::asn1::Asn1Time::from_unix(t).ok()?;
+    let valid = std::iter::once(cert)
+        .chain(chain)
+        .all(|c| c.not_before() <= at && at <= c.not_after());
+    valid.then_some(t.min(now))
+}
+
+// DER of the algorithm identifiers in our capabilities (RFC 4055 §3.1,
+// §4.1; RFC 4056 §3): SHA-256 and MGF1-SHA-256, parameters absent.
+const OID_RSAES_OAEP: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x07,
+];
+const OID_RSASSA_PSS: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a,
+];
+const OID_MGF1: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x08,
+];
+const OID_SHA256: &[u8] = &[
+    0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+];
+
+/// A DER element with a short or long length.
+fn der(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = vec![tag];
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|&&b| b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// SMIMECapabilities (RFC 8551 §2.5.2): a SEQUENCE OF SMIMECapability, in
+/// the order given (the order is the preference). Ciphers carry no
+/// parameters (RFC 3565 §5); OAEP and PSS name SHA-256 with MGF1-SHA-256.
+pub fn capabilities_der(caps: &[Capability]) -> Vec<u8> {
+    let sha256 = der(0x30, &[OID_SHA256]);
+    let mgf1 = der(0x30, &[OID_MGF1, &sha256]);
+    let hash_field = der(0xa0, &[&sha256]);
+    let mgf_field = der(0xa1, &[&mgf1]);
+    let items: Vec<Vec<u8>> = caps
+        .iter()
+        .map(|c| match c {
+            Capability::Cipher(cipher) => der(0x30, &[cipher.oid_der()]),
+            Capability::RsaesOaep => der(
+                0x30,
+                &[OID_RSAES_OAEP, &der(0x30, &[&hash_field, &mgf_field])],
+            ),
+            Capability::RsassaPss => {
+                // saltLength 32, as we sign (salt as long as the digest).
+                let salt = der(0xa2, &[&[0x02, 0x01, 0x20]]);
+                der(
+                    0x30,
+                    &[
+                        OID_RSASSA_PSS,
+                        &der(0x30, &[&hash_field, &mgf_field, &salt]),
+                    ],
+                )
+            }
+        })
+        .collect();
+    let refs: Vec<&[u8]> = items.iter().map(Vec::as_slice).collect();
+    der(0x30, &refs)
 }
 
 const RSA_PKCS1_PSS_PADDING: c_int = 6;
 const RSA_PSS_SALTLEN_DIGEST: c_int = -1;
 
 /// DER SignedData over `content`, which must already be in canonical form.
-/// Signed attributes: contentType, messageDigest, signingTime and
-/// SMIMECapabilities (OpenSSL adds the last two by default). A key in a
-/// token that fails is reopened and tried once more.
+/// Signed attributes: contentType, messageDigest, signingTime and our
+/// SMIMECapabilities. A key in a token that fails is reopened and tried
+/// once more.
 pub fn cms_sign(
     key: &SigningKey,
     content: &[u8],
@@ -95,11 +204,12 @@ fn cms_sign_with(
     // digest outlive the calls, whose results are checked.
     unsafe {
         // KEY_PARAM: the signer's key context stays open for the padding.
-        let signer_flags = if pss {
-            flags | CMSOptions::KEY_PARAM
-        } else {
-            flags
-        };
+        // NOSMIMECAP: OpenSSL's built-in list names DES and 40-bit RC2; ours
+        // is added below.
+        let mut signer_flags = flags | CMSOptions::NOSMIMECAP;
+        if pss {
+            signer_flags |= CMSOptions::KEY_PARAM;
+        }
         let si = CMS_add1_signer(
             cms.as_ptr(),
             key.cert.as_ptr(),
@@ -109,6 +219,35 @@ fn cms_sign_with(
         );
         if si.is_null() {
             return Err(ErrorStack::get().into());
+        }
+        if !opts.capabilities.is_empty() {
+            let caps = capabilities_der(opts.capabilities);
+            let len = c_int::try_from(caps.len()).map_err(|_| ErrorStack::get())?;
+            if CMS_signed_add1_attr_by_NID(
+                si,
+                openssl_sys::NID_SMIMECapabilities,
+                openssl_sys::V_ASN1_SEQUENCE,
+                caps.as_ptr().cast(),
+                len,
+            ) != 1
+            {
+                return Err(ErrorStack::get().into());
+            }
+        }
+        if let Some(t) = opts.signing_time {
+            // Added here, OpenSSL adds no signingTime of its own.
+            let at = openssl::asn1::Asn1Time::from_unix(t)?;
+            let p = at.as_ptr();
+            if CMS_signed_add1_attr_by_NID(
+                si,
+                openssl_sys::NID_pkcs9_signingTime,
+                openssl_sys::ASN1_STRING_type(p.cast()),
+                p.cast(),
+                -1,
+            ) != 1
+            {
+                return Err(ErrorStack::get().into());
+            }
         }
         if pss {
             let pctx = CMS_SignerInfo_get0_pkey_ctx(si);
@@ -313,19 +452,6 @@ pub fn write_smime_part(
     part.write_part(out);
 }
 
-/// Base64 in lines of 76 characters with CRLF (RFC 2045 §6.8).
-pub fn push_base64_lines(out: &mut Vec<u8>, data: &[u8]) {
-    out.reserve(data.len() / 57 * 78 + 80);
-    // Encode many lines per call: one allocation per 1024 lines, not per line.
-    for block in data.chunks(57 * 1024) {
-        let text = openssl::base64::encode_block(block);
-        for line in text.as_bytes().chunks(76) {
-            out.extend_from_slice(line);
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-}
-
 /// A boundary that does not occur in the content (RFC 2046 §5.1.1).
 fn unique_boundary(content: &[u8]) -> String {
     loop {
@@ -339,19 +465,97 @@ fn unique_boundary(content: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pki::Cipher;
+
+    fn cert_valid_from(not_before: i64) -> X509 {
+        use openssl::asn1::Asn1Time;
+        let g = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+        let key =
+            openssl::pkey::PKey::from_ec_key(openssl::ec::EcKey::generate(&g).unwrap()).unwrap();
+        let mut b = openssl::x509::X509Builder::new().unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::from_unix(not_before).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::from_unix(not_before + 400 * 86400).unwrap())
+            .unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        b.build()
+    }
 
     #[test]
-    fn base64_lines_are_76_columns() {
-        let mut out = Vec::new();
-        push_base64_lines(&mut out, &[7u8; 200]);
-        let s = String::from_utf8(out).unwrap();
-        assert!(s.lines().all(|l| l.len() <= 76));
-        assert_eq!(s.lines().next().unwrap().len(), 76);
-        let joined: String = s.split_whitespace().collect();
+    fn signing_time_follows_a_recent_date() {
+        let now = 1_796_000_000; // 2026-11-30
+        let old = cert_valid_from(now - 30 * 86400);
+        let new = cert_valid_from(now - 3600);
+        let date = |secs_ago: i64| {
+            let t = openssl::asn1::Asn1Time::from_unix(now - secs_ago).unwrap();
+            // "Nov 30 08:53:20 2026 GMT" -> "30 Nov 2026 08:53:20 +0000"
+            let s = t.to_string();
+            let f: Vec<&str> = s.split_whitespace().collect();
+            format!("Mon, {} {} {} {} +0000", f[1], f[0], f[3], f[2])
+        };
+        let st = |policy, d: &str, cert: &X509, chain: &[X509]| {
+            signing_time(policy, 7 * 86400, Some(d), now, cert, chain)
+        };
+        // Held ten hours: the Date.
         assert_eq!(
-            openssl::base64::decode_block(&joined).unwrap(),
-            vec![7u8; 200]
+            st(SigningTime::Date, &date(36_000), &old, &[]),
+            Some(now - 36_000)
         );
+        // Policy now, a Date too old, before the certificate or its chain,
+        // or well in the future: now.
+        assert_eq!(st(SigningTime::Now, &date(36_000), &old, &[]), None);
+        assert_eq!(st(SigningTime::Date, &date(8 * 86400), &old, &[]), None);
+        assert_eq!(st(SigningTime::Date, &date(36_000), &new, &[]), None);
+        assert_eq!(
+            st(
+                SigningTime::Date,
+                &date(36_000),
+                &old,
+                std::slice::from_ref(&new)
+            ),
+            None
+        );
+        assert_eq!(st(SigningTime::Date, &date(-3600), &old, &[]), None);
+        // A little ahead (clock skew): now, never later.
+        assert_eq!(st(SigningTime::Date, &date(-60), &old, &[]), Some(now));
+        assert_eq!(st(SigningTime::Date, "not a date", &old, &[]), None);
+        assert_eq!(
+            signing_time(SigningTime::Date, 86400, None, now, &old, &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn capabilities_are_ours_in_order() {
+        let der = capabilities_der(&Capability::DEFAULT);
+        // One SEQUENCE OF six; the ciphers read back in our order.
+        assert_eq!(der[0], 0x30);
+        assert_eq!(
+            crate::harvest::announced_ciphers(&der),
+            vec![
+                Cipher::Aes256Gcm,
+                Cipher::Aes128Gcm,
+                Cipher::Aes256Cbc,
+                Cipher::Aes128Cbc
+            ]
+        );
+        let oaep = capabilities_der(&[Capability::RsaesOaep]);
+        assert_eq!(
+            oaep,
+            [
+                &[0x30, 0x3a, 0x30, 0x38][..],
+                OID_RSAES_OAEP,
+                &[0x30, 0x2b, 0xa0, 0x0d, 0x30, 0x0b],
+                OID_SHA256,
+                &[0xa1, 0x1a, 0x30, 0x18],
+                OID_MGF1,
+                &[0x30, 0x0b],
+                OID_SHA256,
+            ]
+            .concat()
+        );
+        assert_eq!(capabilities_der(&[]), [0x30, 0x00]);
     }
 
     #[test]

@@ -166,19 +166,7 @@ pub fn usable_for(
     chain: &[X509],
     trust: Option<&TrustStore>,
 ) -> bool {
-    if !pki::valid_now(cert) {
-        return false;
-    }
-    let Ok(pk) = cert.public_key() else {
-        return false;
-    };
-    let needed = match pk.id() {
-        Id::RSA => pki::KU_KEY_ENCIPHERMENT,
-        Id::EC => pki::KU_KEY_AGREEMENT,
-        _ => return false,
-    };
-    let u = pki::usage(cert, needed);
-    if !u.key_usage || !u.email {
+    if unusable_key(cert).is_some() {
         return false;
     }
     if !pki::cert_addresses(cert)
@@ -191,6 +179,31 @@ pub fn usable_for(
         Some(t) => pki::chain_ok(&t.store, cert, chain),
         None => true,
     }
+}
+
+/// Why a certificate cannot be encrypted to, whatever its address: not
+/// valid now, a key type we do not encrypt to, or key usage or extended
+/// key usage that forbid it.
+pub fn unusable_key(cert: &X509Ref) -> Option<&'static str> {
+    if !pki::valid_now(cert) {
+        return Some("not valid now");
+    }
+    let Ok(pk) = cert.public_key() else {
+        return Some("unreadable public key");
+    };
+    let needed = match pk.id() {
+        Id::RSA => pki::KU_KEY_ENCIPHERMENT,
+        Id::EC => pki::KU_KEY_AGREEMENT,
+        _ => return Some("neither an RSA nor an EC key"),
+    };
+    let u = pki::usage(cert, needed);
+    if !u.key_usage {
+        return Some("key usage forbids encryption");
+    }
+    if !u.email {
+        return Some("extended key usage lacks emailProtection");
+    }
+    None
 }
 
 /// The usable candidate that expires last.

@@ -132,31 +132,17 @@ pub fn remove(dir: &Path, address: &str) -> std::io::Result<bool> {
     }
 }
 
-// DER of the algorithm OIDs in an SMIMECapabilities sequence.
-const OID_AES128_CBC: &[u8] = &[
-    0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x02,
-];
-const OID_AES256_CBC: &[u8] = &[
-    0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2a,
-];
-const OID_AES128_GCM: &[u8] = &[
-    0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x06,
-];
-const OID_AES256_GCM: &[u8] = &[
-    0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2e,
-];
-
 /// The ciphers a capabilities list announces, in the sender's order of
 /// preference (RFC 8551 §2.5.2).
 pub fn announced_ciphers(caps: &[u8]) -> Vec<Cipher> {
     let mut found: Vec<(usize, Cipher)> = [
-        (OID_AES256_GCM, Cipher::Aes256Gcm),
-        (OID_AES128_GCM, Cipher::Aes128Gcm),
-        (OID_AES256_CBC, Cipher::Aes256Cbc),
-        (OID_AES128_CBC, Cipher::Aes128Cbc),
+        Cipher::Aes256Gcm,
+        Cipher::Aes128Gcm,
+        Cipher::Aes256Cbc,
+        Cipher::Aes128Cbc,
     ]
-    .iter()
-    .filter_map(|(oid, c)| memchr::memmem::find(caps, oid).map(|pos| (pos, *c)))
+    .into_iter()
+    .filter_map(|c| memchr::memmem::find(caps, c.oid_der()).map(|pos| (pos, c)))
     .collect();
     found.sort_by_key(|(pos, _)| *pos);
     found.into_iter().map(|(_, c)| c).collect()
@@ -203,9 +189,9 @@ mod tests {
     fn capabilities_steer_the_cipher() {
         let mut caps = Vec::new();
         caps.extend_from_slice(&[0x30, 0x0b]);
-        caps.extend_from_slice(OID_AES128_CBC);
+        caps.extend_from_slice(Cipher::Aes128Cbc.oid_der());
         caps.extend_from_slice(&[0x30, 0x0b]);
-        caps.extend_from_slice(OID_AES256_CBC);
+        caps.extend_from_slice(Cipher::Aes256Cbc.oid_der());
         assert_eq!(
             announced_ciphers(&caps),
             vec![Cipher::Aes128Cbc, Cipher::Aes256Cbc]

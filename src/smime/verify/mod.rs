@@ -10,12 +10,11 @@
 
 mod certpolicy;
 mod cms;
-mod date;
 mod form;
 mod verdict;
 
+pub use crate::mail::date::parse_date;
 use crate::pki::cert_addresses;
-pub use date::parse_date;
 pub use form::{
     decode_body, header_problem, outside_text, signed_content, signed_form, SignedForm,
 };
