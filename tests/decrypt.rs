@@ -590,3 +590,62 @@ fn plaintext_never_reaches_a_recipient_the_message_was_not_encrypted_to() {
         r.stderr
     );
 }
+
+#[test]
+fn ec_key_agreement_is_decrypted_whatever_kdf_the_sender_chose() {
+    // What clients send: OpenSSL's default SHA-1 KDF, the SHA-2 ones RFC
+    // 8551 prefers, and our own output (SHA-2 matching the curve).
+    let d = tempdir();
+    let harvest = tempdir();
+    let cfg = config_with(
+        d.path(),
+        harvest.path(),
+        "release_unauthenticated = true",
+        "",
+    );
+    let gcm = |who: &str, kdf: Option<&str>| {
+        let input = d.path().join("entity");
+        std::fs::write(&input, ENTITY).unwrap();
+        let mut cmd = Command::new("openssl");
+        cmd.args([
+            "cms",
+            "-encrypt",
+            "-binary",
+            "-outform",
+            "DER",
+            "-aes-256-gcm",
+            "-in",
+        ])
+        .arg(&input)
+        .arg("-recip")
+        .arg(pki().path(&format!("{who}.crt")));
+        if let Some(md) = kdf {
+            cmd.args(["-keyopt", &format!("ecdh_kdf_md:{md}")]);
+        }
+        let out = run(&mut cmd);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    for (who, rcpt, kdf, oid) in [
+        ("bob", "bob@example.com", None, "sha1kdf"),
+        ("bob", "bob@example.com", Some("sha256"), "sha256kdf"),
+        ("dave", "dave@example.net", Some("sha384"), "sha384kdf"),
+        ("dave", "dave@example.net", Some("sha512"), "sha512kdf"),
+    ] {
+        let der = gcm(who, kdf);
+        assert!(cms_print(&der).contains(oid), "{who} {oid}");
+        let msg = enveloped_message(&der, "authEnveloped-data", "ec");
+        let r = test_mode(&cfg, &["--inbound", "--rcpt", rcpt], &msg);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let (_, body) = split(&r.stdout);
+        assert!(
+            body.contains("The secret plan."),
+            "{who} {oid}: {}",
+            r.stderr
+        );
+    }
+}

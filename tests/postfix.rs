@@ -37,11 +37,14 @@ fn outbound_mail_arrives_signed_and_verifies() {
     let milter = Milter::start("", &pki().key_table());
     let postfix = Postfix::start(&milter.spec());
     let gpgsm = Gpgsm::new();
+    let nss = Nss::with_keys(&[]);
     let names = [
         "plain.eml",
         "utf8-8bit.eml",
         "multipart-binary.eml",
         "long-lines.eml",
+        "fragile-lines.eml",
+        "forwarded-8bit.eml",
     ];
     let mut qids = Vec::new();
     for name in names {
@@ -72,12 +75,45 @@ fn outbound_mail_arrives_signed_and_verifies() {
         gpgsm
             .verify_detached(&sig, &signed)
             .unwrap_or_else(|e| panic!("{name}: gpgsm: {e}"));
+        nss.verify(&sig, Some(&signed))
+            .unwrap_or_else(|e| panic!("{name}: NSS: {e}"));
         assert_eq!(
             mime_leaves(&content),
             mime_leaves(&original),
             "{name}: content changed on the way"
         );
     }
+    // Trailing blanks and `From ` lines were signed quoted-printable: no
+    // relay or mbox writer has anything to change.
+    let fragile = delivered
+        .iter()
+        .find(|m| subject(m) == "fragile lines")
+        .unwrap();
+    let (signed, _) = split_clear_signed(fragile);
+    let signed = String::from_utf8(signed).unwrap();
+    assert!(
+        signed.contains("Content-Transfer-Encoding: quoted-printable"),
+        "{signed}"
+    );
+    assert!(
+        signed
+            .split("\r\n")
+            .all(|l| !l.ends_with(' ') && !l.ends_with('\t') && !l.starts_with("From ")),
+        "{signed}"
+    );
+    // The attached 8-bit message arrived byte for byte.
+    let forwarded = delivered
+        .iter()
+        .find(|m| subject(m) == "forwarded 8bit message")
+        .unwrap();
+    let wanted = "8bit\n\n\u{dc}ber den Fluss \nFrom the other side, Gr\u{fc}\u{df}e.\n";
+    assert!(
+        String::from_utf8_lossy(forwarded)
+            .replace("\r\n", "\n")
+            .contains(wanted),
+        "{}",
+        String::from_utf8_lossy(forwarded)
+    );
     // One summary line per message, under Postfix's queue id.
     let log = milter.wait_log(qids.last().unwrap());
     for q in &qids {

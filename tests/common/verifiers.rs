@@ -467,3 +467,119 @@ for part in msg.walk():
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// An NSS certificate database for `cmsutil` (NSS is the S/MIME engine
+/// inside Thunderbird): the test root trusted, and the named users' keys.
+pub struct Nss {
+    dir: tempfile::TempDir,
+}
+
+impl Nss {
+    pub fn with_keys(names: &[&str]) -> Nss {
+        let dir = tempdir();
+        let db = format!("sql:{}", dir.path().display());
+        let ok = |out: Output, what: &str| {
+            assert!(
+                out.status.success(),
+                "{what}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        ok(
+            run(Command::new("certutil").args(["-N", "-d", &db, "--empty-password"])),
+            "certutil -N",
+        );
+        ok(
+            run(Command::new("certutil")
+                .args(["-A", "-d", &db, "-n", "root", "-t", "C,C,C", "-i"])
+                .arg(pki().path("root.crt"))),
+            "certutil -A",
+        );
+        for name in names {
+            let p12 = dir.path().join(format!("{name}.p12"));
+            ok(
+                run(Command::new("openssl")
+                    .args(["pkcs12", "-export", "-passout", "pass:x", "-name", name])
+                    .arg("-inkey")
+                    .arg(pki().path(&format!("{name}.key")))
+                    .arg("-in")
+                    .arg(pki().path(&format!("{name}.crt")))
+                    .arg("-certfile")
+                    .arg(pki().path("inter.crt"))
+                    .arg("-out")
+                    .arg(&p12)),
+                "openssl pkcs12",
+            );
+            ok(
+                run(Command::new("pk12util")
+                    .args(["-d", &db, "-W", "x", "-i"])
+                    .arg(&p12)),
+                "pk12util",
+            );
+        }
+        Nss { dir }
+    }
+
+    fn cmsutil(&self, der: &[u8], args: &[&str]) -> Output {
+        let input = self.dir.path().join("in.der");
+        std::fs::write(&input, der).unwrap();
+        run(Command::new("cmsutil")
+            .args(["-D", "-p", "", "-d"])
+            .arg(format!("sql:{}", self.dir.path().display()))
+            .arg("-i")
+            .arg(&input)
+            .args(args))
+    }
+
+    /// Verifies a SignedData (with its detached content, if any): Ok when
+    /// every signer's status is GoodSignature.
+    pub fn verify(&self, der: &[u8], detached: Option<&[u8]>) -> Result<(), String> {
+        let content = self.dir.path().join("content");
+        let mut args = vec!["-h", "2", "-n"];
+        if let Some(c) = detached {
+            std::fs::write(&content, c).unwrap();
+            args.extend(["-c", content.to_str().unwrap()]);
+        }
+        let out = self.cmsutil(der, &args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let statuses: Vec<&str> = text
+            .split(';')
+            .filter_map(|f| f.trim().split_once(".status="))
+            .map(|(_, s)| s)
+            .collect();
+        if out.status.success()
+            && !statuses.is_empty()
+            && statuses.iter().all(|s| *s == "GoodSignature")
+        {
+            Ok(())
+        } else {
+            Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
+    /// Decrypts an EnvelopedData with a key in the database.
+    pub fn decrypt(&self, der: &[u8]) -> Result<Vec<u8>, String> {
+        let out = self.cmsutil(der, &[]);
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+/// `openssl cms -cmsout -print` of a DER ContentInfo: every field by name.
+pub fn cms_print(der: &[u8]) -> String {
+    let d = tempdir();
+    let input = d.path().join("in.der");
+    std::fs::write(&input, der).unwrap();
+    let out = run(Command::new("openssl")
+        .args(["cms", "-cmsout", "-print", "-inform", "DER", "-in"])
+        .arg(&input));
+    assert!(
+        out.status.success(),
+        "openssl cms -cmsout -print: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

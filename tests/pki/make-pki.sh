@@ -129,6 +129,39 @@ openssl ca -config ca-inter/ca.cnf -cert inter.crt -keyfile inter.key -gencrl -o
 openssl ca -config ca-root/ca.cnf -cert root.crt -keyfile root.key -gencrl -out crl/root.crl.pem 2>/dev/null
 rm -rf ca-inter ca-root
 
+# held@example.com: a signer whose whole chain began three days ago, under a
+# root of its own, for messages whose Date lies hours before they reach us.
+ago=$(date -u -d '-3 days' +%Y%m%d%H%M%SZ)
+until=$(date -u -d '+1 year' +%Y%m%d%H%M%SZ)
+mkdir -p ca-held && : > ca-held/index.txt && echo 2000 > ca-held/serial
+cat > ca-held/ca.cnf <<X
+[ca]
+default_ca = held
+[held]
+database = $out/ca-held/index.txt
+serial = $out/ca-held/serial
+new_certs_dir = $out/ca-held
+default_md = sha256
+policy = any
+copy_extensions = none
+[any]
+commonName = supplied
+organizationName = optional
+emailAddress = optional
+[root]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+X
+openssl req -new -newkey rsa:2048 -nodes -keyout held-root.key -out held-root.csr -subj "$(subj 'Held Root CA')" 2>/dev/null
+openssl ca -batch -selfsign -config ca-held/ca.cnf -keyfile held-root.key -in held-root.csr -out held-root.crt \
+    -startdate "$ago" -enddate "$until" -extfile ca-held/ca.cnf -extensions root -notext 2>/dev/null
+ee held held@example.com rsa:2048 '' emailProtection held-root
+openssl ca -batch -config ca-held/ca.cnf -cert held-root.crt -keyfile held-root.key -in held.csr -out held.crt \
+    -startdate "$ago" -enddate "$until" -extfile held.ext -notext 2>/dev/null
+cat held.crt > held.chain.pem
+rm -rf ca-held
+
 # A TLS server certificate for the test LDAP server on 127.0.0.1.
 openssl req -new -newkey rsa:2048 -nodes -keyout ldap-server.key -out ldap-server.csr -subj "$(subj localhost)" 2>/dev/null
 printf 'basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1, DNS:localhost\n' > ldap-server.ext
