@@ -279,9 +279,8 @@ fn add_escrow(
         }
     }
     for c in extra {
-        let der = c.cert.to_der().ok();
-        let known = certs.iter().any(|k| k.cert.to_der().ok() == der);
-        if !known {
+        // A recipient who is also an escrow recipient is encrypted to once.
+        if !certs.iter().any(|k| k.cert == c.cert) {
             certs.push(c);
         }
     }
@@ -451,15 +450,18 @@ pub fn process_message(
         Some(key) => {
             let cfg = &rt.config.signing;
             let date = mime::only_value(headers, "Date");
+            let now = unix_now();
+            let signing_time = sign::signing_time(
+                cfg.signing_time,
+                cfg.signing_time_window,
+                date.as_deref(),
+                now,
+                &key.cert,
+                &key.chain,
+            );
+            let held = signing_time.filter(|&t| t < now).map(|t| now - t);
             let opts = sign::SignOptions {
-                signing_time: sign::signing_time(
-                    cfg.signing_time,
-                    cfg.signing_time_window,
-                    date.as_deref(),
-                    unix_now(),
-                    &key.cert,
-                    &key.chain,
-                ),
+                signing_time,
                 ..sign::SignOptions::from(cfg)
             };
             let result = match clear {
@@ -469,6 +471,9 @@ pub fn process_message(
             match result {
                 Ok(mut s) => {
                     detail.push(format!("key={}", key.label()));
+                    if let Some(secs) = held {
+                        detail.push(format!("signing_time=Date-{secs}s"));
+                    }
                     // An 8-bit attached message inside the clear part.
                     if s.transfer_encoding.is_none() && transfer == mime::Transfer::EightBit {
                         s.transfer_encoding = Some("8bit");

@@ -156,21 +156,28 @@ fn a_message_held_before_us_keeps_its_date_as_signing_time() {
     let ten_hours = message("held@example.com", &rfc5322_date(36_000), "held\r\n");
     let two_days = message("held@example.com", &rfc5322_date(172_800), "held\r\n");
 
-    // Default (signing_time = "date", window 7 days): held ten hours or
-    // two days, signed as of its Date; our own verifier (max_date_skew
-    // 1 h) says pass.
+    // Default (signing_time = "date", window 1 day): held ten hours,
+    // signed as of its Date; our own verifier (max_date_skew 1 h) says
+    // pass, and the log line says the Date was used.
     let cfg = cfg_with("");
-    for held in [&ten_hours, &two_days] {
-        let ar = inbound_verdict(&cfg, &sign(&cfg, held));
-        assert!(ar.contains("smime=pass"), "{ar}");
-    }
+    let r = test_mode(&cfg, &["--outbound"], &ten_hours);
+    assert!(
+        r.stderr.contains("signing_time=Date-36000s"),
+        "{}",
+        r.stderr
+    );
+    let ar = inbound_verdict(&cfg, &r.stdout);
+    assert!(ar.contains("smime=pass"), "{ar}");
     // Beyond the window, the gateway's clock: policy, as before.
-    let cfg = cfg_with("signing_time_window = \"1d\"");
     let ar = inbound_verdict(&cfg, &sign(&cfg, &two_days));
     assert!(
         ar.contains("smime=policy") && ar.contains("signing time far from Date"),
         "{ar}"
     );
+    // A wider window takes it.
+    let cfg = cfg_with("signing_time_window = \"3d\"");
+    let ar = inbound_verdict(&cfg, &sign(&cfg, &two_days));
+    assert!(ar.contains("smime=pass"), "{ar}");
     // signing_time = "now" never takes the Date.
     let cfg = cfg_with("signing_time = \"now\"");
     let ar = inbound_verdict(&cfg, &sign(&cfg, &ten_hours));

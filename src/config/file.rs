@@ -509,7 +509,7 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             },
             capabilities,
             signing_time: raw.signing.signing_time.unwrap_or(SigningTime::Date),
-            signing_time_window: raw.signing.signing_time_window.map_or(7 * 86400, |s| s.0),
+            signing_time_window: raw.signing.signing_time_window.map_or(86400, |s| s.0),
             keys,
         },
         senders,
@@ -888,7 +888,7 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.signing.capabilities, Capability::DEFAULT.to_vec());
         assert_eq!(c.signing.signing_time, SigningTime::Date);
-        assert_eq!(c.signing.signing_time_window, 7 * 86400);
+        assert_eq!(c.signing.signing_time_window, 86400);
         let c = parse("[signing]\ncapabilities = [\"aes-128-cbc\", \"rsaes-oaep\"]\nsigning_time = \"now\"\nsigning_time_window = \"2d\"\n").unwrap();
         assert_eq!(
             c.signing.capabilities,

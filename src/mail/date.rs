@@ -50,7 +50,14 @@ pub fn parse_date(value: &str) -> Option<i64> {
             _ => 0,
         },
     };
-    if !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+    // Bounded, so the arithmetic below cannot overflow whatever a sender
+    // writes.
+    if !(1..=31).contains(&day)
+        || !(1900..=9999).contains(&year)
+        || !(0..=23).contains(&h)
+        || !(0..=59).contains(&m)
+        || !(0..=60).contains(&s)
+    {
         return None;
     }
     Some(days_from_civil(year, month, day) * 86400 + h * 3600 + m * 60 + s - offset)
@@ -70,6 +77,18 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_dates_are_no_dates() {
+        for d in [
+            "Mon, 1 Jan 99999999999999999 00:00:00 +0000",
+            "Mon, 1 Jan 9223372036854775807 00:00:00 +0000",
+            "Mon, 1 Jan 2026 -1:00:00 +0000",
+            "Mon, 1 Jan 1899 00:00:00 +0000",
+        ] {
+            assert_eq!(parse_date(d), None, "{d}");
+        }
+    }
 
     #[test]
     fn dates() {

@@ -67,6 +67,26 @@ pub fn push_quoted_printable(out: &mut Vec<u8>, text: &[u8]) {
     }
 }
 
+/// Quoted-printable where only CRLF is a line end: a lone LF or CR is
+/// escaped, so the text decodes back byte for byte.
+fn push_quoted_printable_exact(out: &mut Vec<u8>, text: &[u8]) {
+    out.reserve(text.len() + text.len() / 8 + 2);
+    let mut rest = text;
+    loop {
+        match memchr::memmem::find(rest, b"\r\n") {
+            Some(i) => {
+                qp_line(out, &rest[..i]);
+                out.extend_from_slice(b"\r\n");
+                rest = &rest[i + 2..];
+            }
+            None => {
+                qp_line(out, rest);
+                return;
+            }
+        }
+    }
+}
+
 fn qp_line(out: &mut Vec<u8>, line: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let plain = |j: usize, col: usize| match line[j] {
@@ -94,26 +114,62 @@ fn qp_line(out: &mut Vec<u8>, line: &[u8]) {
     }
 }
 
-/// An already encoded body (quoted-printable or base64) with the lines a
-/// relay would change made safe, without changing what it decodes to:
-/// trailing spaces and tabs go (decoders drop them, RFC 2045 §6.7 rule 3,
-/// §6.8), a quoted-printable `From ` line starts `=46rom `, and a base64
-/// line loses its blanks (outside the alphabet, ignored).
-pub fn push_relay_safe_encoded(out: &mut Vec<u8>, body: &[u8], quoted_printable: bool) {
-    out.reserve(body.len() + 16);
-    for (line, ended) in lines(body) {
+/// Quoted-printable as a lenient reader decodes it (RFC 2045 §6.7): blanks
+/// before a line end dropped, `=` and a line end joined, `=XX` a byte, and
+/// anything else (raw 8-bit bytes, an `=` that starts no escape) as it is.
+pub fn decode_quoted_printable(text: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(text.len());
+    for (line, ended) in lines(text) {
         let line = line.trim_ascii_end();
-        if !quoted_printable {
-            out.extend(line.iter().filter(|&&b| b != b' ' && b != b'\t'));
-        } else if let Some(rest) = line.strip_prefix(b"F").filter(|r| r.starts_with(b"rom ")) {
-            out.extend_from_slice(b"=46");
-            out.extend_from_slice(rest);
-        } else {
-            out.extend_from_slice(line);
+        let (line, soft) = match line.strip_suffix(b"=") {
+            Some(l) => (l, true),
+            None => (line, false),
+        };
+        let mut i = 0;
+        while i < line.len() {
+            let escaped = if line[i] == b'=' {
+                line.get(i + 1..i + 3)
+                    .and_then(|h| Some((hex(h[0])? << 4) | hex(h[1])?))
+            } else {
+                None
+            };
+            match escaped {
+                Some(b) => {
+                    out.push(b);
+                    i += 3;
+                }
+                None => {
+                    out.push(line[i]);
+                    i += 1;
+                }
+            }
         }
-        if ended {
+        if ended && !soft {
             out.extend_from_slice(b"\r\n");
         }
+    }
+    out
+}
+
+/// A quoted-printable body a relay could change (fragile lines, raw 8-bit
+/// bytes, long lines), encoded anew: it decodes to what it did.
+pub fn push_requoted(out: &mut Vec<u8>, body: &[u8]) {
+    push_quoted_printable_exact(out, &decode_quoted_printable(body));
+}
+
+/// A base64 body with only its alphabet kept, in lines of 76: decoders
+/// ignore everything else (RFC 2045 §6.8), so it decodes to what it did.
+pub fn push_rewrapped_base64(out: &mut Vec<u8>, body: &[u8]) {
+    let kept: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+        .collect();
+    out.reserve(kept.len() + kept.len() / 38 + 2);
+    for line in kept.chunks(76) {
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -216,17 +272,36 @@ mod tests {
     }
 
     #[test]
-    fn encoded_bodies_are_made_safe_without_changing_their_content() {
+    fn encoded_bodies_are_encoded_anew_to_what_they_decode_to() {
+        // Fragile lines, a raw 8-bit byte, a long line, a lone LF escaped,
+        // an `=` that starts no escape.
+        let mut long = b"x".repeat(120);
+        long.extend_from_slice(b"=\r\n");
+        let body = [
+            &b"From x=3D \r\nabc=  \r\ndef \xc3\xa4 =0A=0d=zz=\r\n"[..],
+            &long,
+            b"end",
+        ]
+        .concat();
         let mut out = Vec::new();
-        push_relay_safe_encoded(&mut out, b"From x=3D \r\nabc=  \r\ndef\r\n", true);
-        assert_eq!(out, b"=46rom x=3D\r\nabc=\r\ndef\r\n");
+        push_requoted(&mut out, &body);
+        assert!(relay_safe(&out), "{}", String::from_utf8_lossy(&out));
         assert_eq!(
-            qp_decode(&out),
-            qp_decode(b"From x=3D \r\nabc=  \r\ndef\r\n")
+            decode_quoted_printable(&out),
+            decode_quoted_printable(&body)
+        );
+        assert_eq!(
+            decode_quoted_printable(&body),
+            [
+                &b"From x=\r\nabcdef \xc3\xa4 \n\r=zz"[..],
+                &b"x".repeat(120),
+                b"end"
+            ]
+            .concat()
         );
         let mut out = Vec::new();
-        push_relay_safe_encoded(&mut out, b"aGVs bG8= \r\n", false);
-        assert_eq!(out, b"aGVsbG8=\r\n");
+        push_rewrapped_base64(&mut out, b"aGVs bG8= \r\nFrom \xff\r\n");
+        assert_eq!(out, b"aGVsbG8=From\r\n");
     }
 
     #[test]

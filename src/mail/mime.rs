@@ -731,7 +731,13 @@ fn line_scan(text: &[u8]) -> Lines {
                 pos
             };
             r.longest = r.longest.max(end.saturating_sub(line_start));
-            r.fragile |= end >= line_start && fragile_line(&text[line_start..end]);
+            // Inline and first-byte guarded: this runs once per line of
+            // every body we sign.
+            if (end > line_start && matches!(text[end - 1], b' ' | b'\t'))
+                || (text[line_start] == b'F' && text[line_start..end].starts_with(b"From "))
+            {
+                r.fragile = true;
+            }
             line_start = pos + 1;
             m &= m - 1;
         }
@@ -799,10 +805,12 @@ pub enum Transfer {
 /// Writes an entity (header block and body) to `out` in canonical form: CRLF
 /// line ends, and every leaf a relay could change (8-bit or binary data,
 /// trailing blanks, `From ` lines) re-encoded to quoted-printable or
-/// base64. Multiparts are walked into, up to `limits.max_depth` levels. An
-/// attached message is kept byte for byte (RFC 2046 §5.2.1 allows no other
-/// encoding than 7bit, 8bit or binary); only one that is not even valid
-/// 8bit is base64 encoded as a whole.
+/// base64. Multiparts are walked into, up to `limits.max_depth` levels.
+/// What must keep its bytes is kept: an attached message (RFC 2046 §5.2.1
+/// allows it no other encoding than 7bit, 8bit or binary; only one that is
+/// not even valid 8bit is base64 encoded as a whole) and a signed or
+/// encrypted multipart (re-encoding would break its own signature). Header
+/// lines we write lose their trailing blanks.
 pub fn write_canonical(
     header_block: &[u8],
     body: &[u8],
@@ -810,33 +818,133 @@ pub fn write_canonical(
     limits: Limits,
     out: &mut Vec<u8>,
 ) -> Result<Transfer, MimeError> {
+    let mut labels = Vec::new();
+    let t = write_entity(header_block, body, depth, limits, false, out, &mut labels)?;
+    insert_eight_bit_labels(out, labels);
+    Ok(t)
+}
+
+/// The label an entity around 8-bit data gets.
+const EIGHT_BIT_LABEL: &[u8] = b"Content-Transfer-Encoding: 8bit\r\n";
+
+/// Inserts the 8bit labels of multiparts that hold 8-bit data, all in one
+/// copy (inserting each as found would copy the rest once per level).
+fn insert_eight_bit_labels(out: &mut Vec<u8>, mut at: Vec<usize>) {
+    if at.is_empty() {
+        return;
+    }
+    at.sort_unstable();
+    let mut labelled = Vec::with_capacity(out.len() + at.len() * EIGHT_BIT_LABEL.len());
+    let mut from = 0;
+    for p in at {
+        labelled.extend_from_slice(&out[from..p]);
+        labelled.extend_from_slice(EIGHT_BIT_LABEL);
+        from = p;
+    }
+    labelled.extend_from_slice(&out[from..]);
+    *out = labelled;
+}
+
+/// `write_canonical` of one entity; the positions of 8bit labels still to
+/// insert go to `labels`. `in_digest`: a part of multipart/digest, whose
+/// default type is message/rfc822 (RFC 2046 §5.1.5).
+fn write_entity(
+    header_block: &[u8],
+    body: &[u8],
+    depth: usize,
+    limits: Limits,
+    in_digest: bool,
+    out: &mut Vec<u8>,
+    labels: &mut Vec<usize>,
+) -> Result<Transfer, MimeError> {
     if depth > limits.max_depth {
         return Err(MimeError::TooDeep(limits.max_depth));
     }
     if let Some(lines) = relay_safe_lines(body) {
-        push_crlf(out, header_block);
-        out.extend_from_slice(b"\r\n");
-        push_crlf_scanned(out, body, &lines);
+        write_as_it_came(out, header_block, body, &lines);
         return Ok(Transfer::SevenBit);
     }
+    let (start, labelled) = (out.len(), labels.len());
+    match walk(header_block, body, depth, limits, in_digest, out, labels) {
+        // A body whose only fault is fragile lines was copied as it came
+        // before we mended such lines: where mending cannot walk it (an
+        // encoding a composite may not have, a boundary not found, ...), it
+        // still is, rather than left unsigned.
+        Err(e) => match seven_bit_lines(body) {
+            Some(lines) => {
+                out.truncate(start);
+                labels.truncate(labelled);
+                write_as_it_came(out, header_block, body, &lines);
+                Ok(Transfer::SevenBit)
+            }
+            None => Err(e),
+        },
+        ok => ok,
+    }
+}
+
+/// 7bit data (RFC 2045 §2.7) that may have fragile lines.
+fn seven_bit_lines(text: &[u8]) -> Option<Lines> {
+    if !text.is_ascii() {
+        return None;
+    }
+    eight_bit_lines(text)
+}
+
+fn write_as_it_came(out: &mut Vec<u8>, header_block: &[u8], body: &[u8], lines: &Lines) {
+    push_header_block(out, header_block);
+    out.extend_from_slice(b"\r\n");
+    push_crlf_scanned(out, body, lines);
+}
+
+fn walk(
+    header_block: &[u8],
+    body: &[u8],
+    depth: usize,
+    limits: Limits,
+    in_digest: bool,
+    out: &mut Vec<u8>,
+    labels: &mut Vec<usize>,
+) -> Result<Transfer, MimeError> {
     let fields = parse_fields(header_block);
+    let default_type = if in_digest {
+        "message/rfc822"
+    } else {
+        "text/plain"
+    };
     let ct = field_value(&fields, "Content-Type")
         .and_then(|v| ContentType::parse(&v))
         .unwrap_or_else(|| ContentType {
-            mime_type: "text/plain".into(),
+            mime_type: default_type.into(),
             params: vec![],
         });
     let cte = field_value(&fields, "Content-Transfer-Encoding")
         .map(|v| v.trim().to_ascii_lowercase())
         .unwrap_or_else(|| "7bit".into());
     let identity = matches!(cte.as_str(), "7bit" | "8bit" | "binary");
+    let protected = matches!(
+        ct.mime_type.as_str(),
+        "multipart/signed" | "multipart/encrypted"
+    );
 
-    if ct.is_multipart() || ct.is_message() {
+    if ct.is_message() || protected {
         if !identity {
             return Err(MimeError::EncodedComposite(cte));
         }
-        if ct.is_message() {
-            return Ok(write_attached_message(header_block, &fields, body, out));
+        if let Some(t) = write_kept(header_block, &fields, body, ct.is_message(), out) {
+            return Ok(t);
+        }
+    }
+    if ct.mime_type.starts_with("message/") && !ct.is_message() {
+        // delivery-status and the like: short text, kept when it is 7bit.
+        if let Some(lines) = seven_bit_lines(body) {
+            write_as_it_came(out, header_block, body, &lines);
+            return Ok(Transfer::SevenBit);
+        }
+    }
+    if ct.is_multipart() {
+        if !identity {
+            return Err(MimeError::EncodedComposite(cte));
         }
         let boundary = ct
             .param("boundary")
@@ -846,9 +954,10 @@ pub fn write_canonical(
         if mp.parts.len() > limits.max_parts {
             return Err(MimeError::TooManyParts(limits.max_parts));
         }
+        let digest = ct.mime_type == "multipart/digest";
         // Once the parts are encoded this entity is 7bit, which is what no
-        // Content-Transfer-Encoding field means; an 8-bit attached message
-        // inside makes it 8bit, labelled here once the parts are written.
+        // Content-Transfer-Encoding field means; 8-bit data kept inside
+        // makes it 8bit, labelled once the parts are written.
         write_fields_except(out, &fields, "Content-Transfer-Encoding");
         let label_at = out.len();
         out.extend_from_slice(b"\r\n");
@@ -863,7 +972,7 @@ pub fn write_canonical(
             out.extend_from_slice(boundary.as_bytes());
             out.extend_from_slice(b"\r\n");
             let (h, b) = split_entity(part);
-            if write_canonical(h, b, depth + 1, limits, out)? == Transfer::EightBit {
+            if write_entity(h, b, depth + 1, limits, digest, out, labels)? == Transfer::EightBit {
                 transfer = Transfer::EightBit;
             }
         }
@@ -874,10 +983,7 @@ pub fn write_canonical(
             push_crlf_scanned(out, mp.epilogue, &lines);
         }
         if transfer == Transfer::EightBit {
-            out.splice(
-                label_at..label_at,
-                b"Content-Transfer-Encoding: 8bit\r\n".iter().copied(),
-            );
+            labels.push(label_at);
         }
         return Ok(transfer);
     }
@@ -887,44 +993,69 @@ pub fn write_canonical(
         encode_leaf(body, ct.is_text(), out);
         return Ok(Transfer::SevenBit);
     }
-    // Encoded already: only fragile lines can be left to mend.
-    let mendable = matches!(cte.as_str(), "quoted-printable" | "base64");
-    if !mendable || !body.is_ascii() || eight_bit_lines(body).is_none() {
-        return Err(MimeError::EightBitInEncoded(cte));
+    // Encoded already, yet a relay could change it (fragile lines, 8-bit
+    // bytes, long lines): encoded anew to what it decodes to.
+    let quoted_printable = match cte.as_str() {
+        "quoted-printable" => true,
+        "base64" => false,
+        _ => return Err(MimeError::EightBitInEncoded(cte)),
+    };
+    write_fields_except(out, &fields, "Content-Transfer-Encoding");
+    if quoted_printable {
+        out.extend_from_slice(b"Content-Transfer-Encoding: quoted-printable\r\n\r\n");
+        encoding::push_requoted(out, body);
+    } else {
+        out.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n\r\n");
+        encoding::push_rewrapped_base64(out, body);
     }
-    push_crlf(out, header_block);
-    out.extend_from_slice(b"\r\n");
-    encoding::push_relay_safe_encoded(out, body, cte == "quoted-printable");
     Ok(Transfer::SevenBit)
 }
 
-/// An attached message (RFC 2046 §5.2.1): 7bit or 8bit data as it came,
-/// only the label made true; anything else base64 encoded as a whole, the
-/// one way to carry it without changing its bytes.
-fn write_attached_message(
+/// An entity that must keep its bytes: 7bit or 8bit data as it came, only
+/// the label made true. Not even valid 8bit: an attached message is base64
+/// encoded as a whole (`may_encode`), the one way to carry it without
+/// changing its bytes; anything else gives `None` (to be walked into).
+fn write_kept(
     header_block: &[u8],
     fields: &[Field<'_>],
     body: &[u8],
+    may_encode: bool,
     out: &mut Vec<u8>,
-) -> Transfer {
-    if body.is_ascii() {
-        if let Some(lines) = eight_bit_lines(body) {
-            // Fragile lines in it stay: its bytes are the point.
-            push_crlf(out, header_block);
-            out.extend_from_slice(b"\r\n");
-            push_crlf_scanned(out, body, &lines);
-            return Transfer::SevenBit;
-        }
+) -> Option<Transfer> {
+    if let Some(lines) = seven_bit_lines(body) {
+        // Fragile lines in it stay: its bytes are the point.
+        write_as_it_came(out, header_block, body, &lines);
+        return Some(Transfer::SevenBit);
+    }
+    if let Some(lines) = eight_bit_lines(body) {
+        write_fields_except(out, fields, "Content-Transfer-Encoding");
+        out.extend_from_slice(EIGHT_BIT_LABEL);
+        out.extend_from_slice(b"\r\n");
+        push_crlf_scanned(out, body, &lines);
+        return Some(Transfer::EightBit);
+    }
+    if !may_encode {
+        return None;
     }
     write_fields_except(out, fields, "Content-Transfer-Encoding");
-    if let Some(lines) = eight_bit_lines(body) {
-        out.extend_from_slice(b"Content-Transfer-Encoding: 8bit\r\n\r\n");
-        push_crlf_scanned(out, body, &lines);
-        return Transfer::EightBit;
-    }
     out.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n\r\n");
     encoding::push_base64_lines(out, body);
-    Transfer::SevenBit
+    Some(Transfer::SevenBit)
+}
+
+/// A header block with CRLF line ends and no blank before a line end
+/// (unfolded, the value reads the same).
+fn push_header_block(out: &mut Vec<u8>, block: &[u8]) {
+    for line in block.split_inclusive(|&b| b == b'\n') {
+        let content = line.trim_ascii_end();
+        // A fold of blanks only would become an empty line, which ends a
+        // header: it goes (unfolded, nothing changes).
+        if content.is_empty() {
+            continue;
+        }
+        out.extend_from_slice(content);
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 fn write_fields_except(out: &mut Vec<u8>, fields: &[Field<'_>], except: &str) {
@@ -932,10 +1063,7 @@ fn write_fields_except(out: &mut Vec<u8>, fields: &[Field<'_>], except: &str) {
         .iter()
         .filter(|f| !f.name.eq_ignore_ascii_case(except))
     {
-        push_crlf(out, f.raw);
-        if !f.raw.ends_with(b"\n") {
-            out.extend_from_slice(b"\r\n");
-        }
+        push_header_block(out, f.raw);
     }
 }
 
@@ -1357,16 +1485,46 @@ mod tests {
             b"From here=20 \r\nok\r\n",
         );
         assert!(s.ends_with("\r\n\r\n=46rom here=20\r\nok\r\n"), "{s}");
-        // 8-bit inside quoted-printable is still an error.
-        let mut out = Vec::new();
-        assert!(write_canonical(
+        // Raw 8-bit inside quoted-printable: encoded anew, same decoded bytes.
+        let (s, _) = canonical(
             b"Content-Transfer-Encoding: quoted-printable\r\n",
             "Grüße \r\n".as_bytes(),
-            0,
-            L,
-            &mut out
-        )
-        .is_err());
+        );
+        assert_eq!(
+            s,
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\nGr=C3=BC=C3=9Fe\r\n"
+        );
+        // Header lines lose their trailing blanks, folds of blanks only go.
+        let (s, _) = canonical(
+            b"Content-Type: text/plain; \r\n \r\n\tcharset=us-ascii \r\n",
+            b"From x\r\n",
+        );
+        assert!(
+            s.starts_with("Content-Type: text/plain;\r\n\tcharset=us-ascii\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"),
+            "{s}"
+        );
+        // What mending cannot walk, with only fragile lines, stays as it
+        // came (it was signed so before): a message/global in base64, a
+        // boundary that is not there.
+        for header in [
+            &b"Content-Type: message/global\r\nContent-Transfer-Encoding: base64\r\n"[..],
+            b"Content-Type: multipart/mixed; boundary=nothere\r\n",
+        ] {
+            let (s, t) = canonical(header, b"From me \r\n");
+            assert_eq!(t, Transfer::SevenBit);
+            assert!(s.ends_with("\r\n\r\nFrom me \r\n"), "{s}");
+        }
+        // Inner signatures keep their bytes.
+        let signed = b"--s\r\nContent-Type: text/plain\r\n\r\nFrom me \r\n--s\r\nContent-Type: application/pgp-signature\r\n\r\nsig\r\n--s--\r\n";
+        let (s, _) = canonical(
+            b"Content-Type: multipart/signed; boundary=s; protocol=\"application/pgp-signature\"\r\n",
+            signed,
+        );
+        assert!(s.ends_with(std::str::from_utf8(signed).unwrap()), "{s}");
+        // A digest's parts are messages by default: kept.
+        let digest = b"--d\r\n\r\nSubject: one\r\n\r\nFrom me \r\n--d--\r\n";
+        let (s, _) = canonical(b"Content-Type: multipart/digest; boundary=d\r\n", digest);
+        assert!(s.contains("\r\nSubject: one\r\n\r\nFrom me \r\n"), "{s}");
     }
 
     #[test]
@@ -1422,11 +1580,18 @@ mod tests {
         ));
         assert!(matches!(
             seven(
-                b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n",
+                b"Content-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n",
                 eight
             ),
             Err(MimeError::EightBitInEncoded(_))
         ));
+        // Base64 keeps its alphabet only: decoders ignore the rest.
+        let out = seven(
+            b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n",
+            "aGk=ü\r\n".as_bytes(),
+        )
+        .unwrap();
+        assert!(out.ends_with(b"\r\n\r\naGk=\r\n"));
     }
 
     #[test]
