@@ -135,6 +135,26 @@ fn main() {
             std::hint::black_box(out);
         });
         row(size, "canonicalise", canon);
+        // German text with umlauts and a trailing blank on every line:
+        // each line quoted-printable.
+        let eight_bit =
+            "Grüße aus München, über die Brücke und zurück nach Köln. \r\n".repeat(size / 60 + 1);
+        let (requote, _) = time_per_op(Duration::from_millis(500), || {
+            let mut out = Vec::with_capacity(eight_bit.len() * 5 / 4);
+            mime::write_canonical(
+                b"Content-Type: text/plain; charset=utf-8\r\n",
+                eight_bit.as_bytes(),
+                0,
+                Limits {
+                    max_depth: 32,
+                    max_parts: 1000,
+                },
+                &mut out,
+            )
+            .unwrap();
+            std::hint::black_box(out);
+        });
+        row(size, "canonicalise 8-bit", requote);
         for from in ["alice@example.com", "bob@example.com"] {
             let work = work_for(&cfg, &with_from(&headers, from), &none);
             let (t, _) = time_per_op(Duration::from_secs(1), || {
