@@ -10,19 +10,6 @@ fn data(name: &str) -> Vec<u8> {
     std::fs::read(project_dir().join("tests/data").join(name)).unwrap()
 }
 
-/// A directory with the certificates of these test PKI names.
-fn cert_dir(names: &[&str]) -> tempfile::TempDir {
-    let d = tempdir();
-    for n in names {
-        std::fs::copy(
-            pki().path(&format!("{n}.crt")),
-            d.path().join(format!("{n}.pem")),
-        )
-        .unwrap();
-    }
-    d
-}
-
 fn config(dir: &std::path::Path, certs: &std::path::Path, encrypt: &str) -> PathBuf {
     write_config(
         dir,

@@ -300,18 +300,6 @@ fn encrypt_config(dir: &Path, certs: &Path, encrypt: &str) -> PathBuf {
     )
 }
 
-fn cert_dir(names: &[&str]) -> tempfile::TempDir {
-    let d = tempdir();
-    for n in names {
-        std::fs::copy(
-            pki().path(&format!("{n}.crt")),
-            d.path().join(format!("{n}.pem")),
-        )
-        .unwrap();
-    }
-    d
-}
-
 fn encrypt(cfg: &Path, from: &str, rcpts: &[&str]) -> TestRun {
     let mut args = vec!["--outbound"];
     args.extend(rcpts.iter().flat_map(|r| ["--rcpt", r]));

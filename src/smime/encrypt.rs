@@ -4,7 +4,7 @@
 
 use crate::certstore::RecipientCert;
 use crate::ffi::{
-    CMS_RecipientInfo_get0_pkey_ctx, CMS_RecipientInfo_type, CMS_add1_recipient_cert, CMS_final,
+    CMS_RecipientInfo_get0_pkey_ctx, CMS_RecipientInfo_type, CMS_add1_recipient_cert,
     EVP_PKEY_CTX_set_ecdh_kdf_md,
 };
 use crate::mail::encoding::push_base64_lines;
@@ -56,17 +56,8 @@ pub fn encrypt_entity(
                 }
             }
         }
-        let len = c_int::try_from(entity.len()).map_err(|_| ErrorStack::get())?;
-        let data = openssl_sys::BIO_new_mem_buf(entity.as_ptr().cast(), len);
-        if data.is_null() {
-            return Err(ErrorStack::get().into());
-        }
-        let ok = CMS_final(cms.as_ptr(), data, std::ptr::null_mut(), flags.bits());
-        openssl_sys::BIO_free_all(data);
-        if ok != 1 {
-            return Err(ErrorStack::get().into());
-        }
     }
+    crate::sign::finish_over(&cms, entity, flags)?;
     let der = cms.to_der()?;
     let mut body = Vec::with_capacity(der.len() * 4 / 3 + 64);
     push_base64_lines(&mut body, &der);

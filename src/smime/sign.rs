@@ -112,16 +112,8 @@ const OID_SHA256: &[u8] = &[
 
 /// A DER element with a short or long length.
 fn der(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
     let mut out = vec![tag];
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|&&b| b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
+    crate::signed_data::push_len(&mut out, parts.iter().map(|p| p.len()).sum());
     for p in parts {
         out.extend_from_slice(p);
     }
@@ -258,19 +250,33 @@ fn cms_sign_with(
                 return Err(ErrorStack::get().into());
             }
         }
-        // A read-only memory BIO over the content: no copy.
-        let len = c_int::try_from(content.len()).map_err(|_| ErrorStack::get())?;
+    }
+    finish_over(&cms, content, flags)?;
+    Ok(cms.to_der()?)
+}
+
+/// `CMS_final` of a partial ContentInfo (signed or enveloped) over
+/// `content`, read through a read-only memory BIO: no copy.
+pub(crate) fn finish_over(
+    cms: &CmsContentInfo,
+    content: &[u8],
+    flags: CMSOptions,
+) -> Result<(), ErrorStack> {
+    let len = c_int::try_from(content.len()).map_err(|_| ErrorStack::get())?;
+    // SAFETY: the BIO reads `content`, which outlives it, and is freed
+    // before returning; `cms` is live; the result is checked.
+    unsafe {
         let data = openssl_sys::BIO_new_mem_buf(content.as_ptr().cast(), len);
         if data.is_null() {
-            return Err(ErrorStack::get().into());
+            return Err(ErrorStack::get());
         }
         let ok = CMS_final(cms.as_ptr(), data, std::ptr::null_mut(), flags.bits());
         openssl_sys::BIO_free_all(data);
         if ok != 1 {
-            return Err(ErrorStack::get().into());
+            return Err(ErrorStack::get());
         }
     }
-    Ok(cms.to_der()?)
+    Ok(())
 }
 
 /// A message wrapped by signing or encryption, for the milter to apply.

@@ -188,7 +188,8 @@ pub(crate) fn children(buf: &[u8], t: &Tlv) -> Option<Vec<Tlv>> {
     Some(v)
 }
 
-fn push_len(out: &mut Vec<u8>, len: usize) {
+/// A DER length, short or long form.
+pub(crate) fn push_len(out: &mut Vec<u8>, len: usize) {
     if len < 0x80 {
         out.push(len as u8);
     } else {

@@ -86,3 +86,17 @@ pub fn write_config(dir: &Path, top: &str, tables: &str) -> PathBuf {
     std::fs::write(&path, format!("{top}\n{tables}\n")).expect("write config");
     path
 }
+
+/// A directory with the certificates of these test PKI names, one
+/// `NAME.pem` each: a local recipient certificate store.
+pub fn cert_dir(names: &[&str]) -> tempfile::TempDir {
+    let d = tempdir();
+    for n in names {
+        std::fs::copy(
+            pki().path(&format!("{n}.crt")),
+            d.path().join(format!("{n}.pem")),
+        )
+        .unwrap();
+    }
+    d
+}

@@ -87,14 +87,17 @@ ee weaksig weaksig@example.com rsa:1024
 
 # expired@example.com: a certificate whose validity ended in 2021.
 ee expired expired@example.com rsa:2048
-mkdir -p ca-db && : > ca-db/index.txt && echo 1000 > ca-db/serial
-cat > ca-db/ca.cnf <<X
+# ca_db DIR SERIAL: an `openssl ca` database in DIR, for certificates
+# whose validity dates are chosen (x509 -req cannot backdate).
+ca_db() {
+    mkdir -p "$1" && : > "$1/index.txt" && echo "$2" > "$1/serial"
+    cat > "$1/ca.cnf" <<X
 [ca]
-default_ca = inter
-[inter]
-database = $out/ca-db/index.txt
-serial = $out/ca-db/serial
-new_certs_dir = $out/ca-db
+default_ca = this
+[this]
+database = $out/$1/index.txt
+serial = $out/$1/serial
+new_certs_dir = $out/$1
 default_md = sha256
 policy = any
 copy_extensions = none
@@ -102,7 +105,13 @@ copy_extensions = none
 commonName = supplied
 organizationName = optional
 emailAddress = optional
+[root]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
 X
+}
+ca_db ca-db 1000
 openssl req -new -key expired.key -out expired.csr -subj "$(subj expired)/emailAddress=expired@example.com" 2>/dev/null
 openssl ca -batch -config ca-db/ca.cnf -cert inter.crt -keyfile inter.key -in expired.csr -out expired.crt \
     -startdate 200101000000Z -enddate 210101000000Z -extfile expired.ext -notext 2>/dev/null
@@ -133,26 +142,7 @@ rm -rf ca-inter ca-root
 # root of its own, for messages whose Date lies hours before they reach us.
 ago=$(date -u -d '-3 days' +%Y%m%d%H%M%SZ)
 until=$(date -u -d '+1 year' +%Y%m%d%H%M%SZ)
-mkdir -p ca-held && : > ca-held/index.txt && echo 2000 > ca-held/serial
-cat > ca-held/ca.cnf <<X
-[ca]
-default_ca = held
-[held]
-database = $out/ca-held/index.txt
-serial = $out/ca-held/serial
-new_certs_dir = $out/ca-held
-default_md = sha256
-policy = any
-copy_extensions = none
-[any]
-commonName = supplied
-organizationName = optional
-emailAddress = optional
-[root]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-X
+ca_db ca-held 2000
 openssl req -new -newkey rsa:2048 -nodes -keyout held-root.key -out held-root.csr -subj "$(subj 'Held Root CA')" 2>/dev/null
 openssl ca -batch -selfsign -config ca-held/ca.cnf -keyfile held-root.key -in held-root.csr -out held-root.crt \
     -startdate "$ago" -enddate "$until" -extfile ca-held/ca.cnf -extensions root -notext 2>/dev/null
