@@ -83,8 +83,10 @@ extern "C" {
     pub fn CMS_RecipientInfo_get0_pkey_ctx(ri: *mut c_void) -> *mut EVP_PKEY_CTX;
     pub fn EVP_PKEY_CTX_set_ecdh_kdf_md(ctx: *mut EVP_PKEY_CTX, md: *const EVP_MD) -> c_int;
 
-    // bio.h: a pass-through filter (see verify::cms::cms_verify).
+    // bio.h: a pass-through filter and a sink that keeps nothing (see
+    // verify::cms::cms_verify).
     pub fn BIO_f_null() -> *const BIO_METHOD;
+    pub fn BIO_s_null() -> *const BIO_METHOD;
     pub fn BIO_push(b: *mut BIO, append: *mut BIO) -> *mut BIO;
 
     // x509_vfy.h

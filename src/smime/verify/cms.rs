@@ -5,7 +5,7 @@
 use super::certpolicy::{evaluate_signer, identify_signer};
 use super::verdict::{Context, SignerInfo, SmimeResult, Verdict};
 use crate::ffi::{
-    BIO_f_null, BIO_push, CMS_SignerInfo_get0_algs, CMS_get0_SignerInfos, CMS_get0_content,
+    BIO_f_null, BIO_push, BIO_s_null, CMS_SignerInfo_get0_algs, CMS_get0_SignerInfos, CMS_get0_content,
     CMS_get0_eContentType, CMS_get0_type, CMS_get1_certs, CMS_signed_get0_data_by_OBJ,
     CMS_signed_get_attr, CMS_signed_get_attr_by_NID,
 };
@@ -207,7 +207,14 @@ fn cms_verify(
             }
             None => std::ptr::null_mut(),
         };
-        let sink = openssl_sys::BIO_new(openssl_sys::BIO_s_mem());
+        // The verified content is kept only when asked for: a memory BIO
+        // would grow by copies to the content's size and be wiped on free
+        // (OPENSSL_clear_free), a cost per megabyte for nothing.
+        let sink = openssl_sys::BIO_new(if out.is_some() {
+            openssl_sys::BIO_s_mem()
+        } else {
+            BIO_s_null()
+        });
         let rc = if sink.is_null() {
             0
         } else {
