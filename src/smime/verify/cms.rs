@@ -5,9 +5,9 @@
 use super::certpolicy::{evaluate_signer, identify_signer};
 use super::verdict::{Context, SignerInfo, SmimeResult, Verdict};
 use crate::ffi::{
-    BIO_f_null, BIO_push, BIO_s_null, CMS_SignerInfo_get0_algs, CMS_get0_SignerInfos, CMS_get0_content,
-    CMS_get0_eContentType, CMS_get0_type, CMS_get1_certs, CMS_signed_get0_data_by_OBJ,
-    CMS_signed_get_attr, CMS_signed_get_attr_by_NID,
+    BIO_f_null, BIO_push, BIO_s_null, CMS_SignerInfo_get0_algs, CMS_get0_SignerInfos,
+    CMS_get0_content, CMS_get0_eContentType, CMS_get0_type, CMS_get1_certs,
+    CMS_signed_get0_data_by_OBJ, CMS_signed_get_attr, CMS_signed_get_attr_by_NID,
 };
 use crate::signed_data::{self, MAX_CERTS};
 use foreign_types::{ForeignType, ForeignTypeRef};
