@@ -669,9 +669,12 @@ struct Lines {
     fragile: bool,
 }
 
-/// Whether one line (without its line end) is one a relay may change.
+/// Whether one line (without its line end) is one a relay may change. Runs
+/// once per line of every body we sign: the first byte guards the compare.
+#[inline]
 fn fragile_line(line: &[u8]) -> bool {
-    matches!(line.last(), Some(b' ' | b'\t')) || line.starts_with(b"From ")
+    matches!(line.last(), Some(b' ' | b'\t'))
+        || (line.first() == Some(&b'F') && line.starts_with(b"From "))
 }
 
 /// Bit i set where `block[i]` is LF, and where it is CR. A per-line
@@ -731,13 +734,7 @@ fn line_scan(text: &[u8]) -> Lines {
                 pos
             };
             r.longest = r.longest.max(end.saturating_sub(line_start));
-            // Inline and first-byte guarded: this runs once per line of
-            // every body we sign.
-            if (end > line_start && matches!(text[end - 1], b' ' | b'\t'))
-                || (text[line_start] == b'F' && text[line_start..end].starts_with(b"From "))
-            {
-                r.fragile = true;
-            }
+            r.fragile |= fragile_line(&text[line_start..end]);
             line_start = pos + 1;
             m &= m - 1;
         }
@@ -776,11 +773,7 @@ pub fn needs_7bit_encoding(body: &[u8]) -> bool {
 /// The line structure of a text a relay carries unchanged; None when it
 /// needs re-encoding. Callers that copy the text next reuse the scan.
 fn relay_safe_lines(text: &[u8]) -> Option<Lines> {
-    if !text.is_ascii() || memchr(0, text).is_some() {
-        return None;
-    }
-    let lines = line_scan(text);
-    (!lines.bare_cr && lines.longest <= 998 && !lines.fragile).then_some(lines)
+    seven_bit_lines(text).filter(|lines| !lines.fragile)
 }
 
 /// The line structure of a text that is valid 8bit data (RFC 2045 §2.8):
