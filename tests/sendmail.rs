@@ -118,14 +118,9 @@ R$* < @ $* > $*\t\t$#esmtp $@ [127.0.0.1] $: $1 < @ $2 > $3
     fn delivered(&self, n: usize) -> Vec<Vec<u8>> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&self.capture)
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .collect();
+            let files = capture_files(&self.capture);
             if files.len() >= n {
                 std::thread::sleep(Duration::from_millis(200));
-                files.sort();
                 return files.iter().map(|f| std::fs::read(f).unwrap()).collect();
             }
             assert!(

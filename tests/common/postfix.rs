@@ -23,6 +23,18 @@ pub fn spawn_sink(capture: &Path, port: u16, connections: u32) -> Child {
         .expect("smtp-sink")
 }
 
+/// The messages a sink has written to `dir` so far, oldest first (their
+/// names start with the time).
+pub fn capture_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -241,11 +253,7 @@ postlog   unix-dgram n - n - 1 postlogd
         let mut deadline = Instant::now() + Duration::from_secs(60);
         let mut seen = 0;
         loop {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&self.capture)
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .collect();
+            let files = capture_files(&self.capture);
             if files.len() > seen {
                 seen = files.len();
                 deadline = Instant::now() + Duration::from_secs(60);
@@ -253,7 +261,6 @@ postlog   unix-dgram n - n - 1 postlogd
             if files.len() >= n {
                 // smtp-sink writes the file while the message arrives.
                 std::thread::sleep(Duration::from_millis(200));
-                files.sort();
                 return files
                     .iter()
                     .map(|f| strip_sink_headers(&std::fs::read(f).unwrap()))
