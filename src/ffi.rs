@@ -1,19 +1,19 @@
 //! Every OpenSSL (and libp11 engine) function smime-milter calls that the
 //! `openssl` and `openssl-sys` crates do not bind, declared once. Each is a
 //! plain C function of OpenSSL 3.0's public headers (cms.h, x509_vfy.h,
-//! bio.h, engine.h); the callers hold the `unsafe` and say why it is sound.
+//! bio.h, engine.h, ocsp.h); the callers hold the `unsafe` and say why it is sound.
 //! They would be welcome upstream in rust-openssl (openssl-sys), with safe
 //! wrappers where the crate has a type: `CmsContentInfoRef` getters (type,
 //! eContentType, content, signer infos, recipient infos, certificates),
 //! `CMS_add1_signer` with a digest, `X509_STORE_add_crl`,
-//! `X509StoreContextRef::param_mut`.
+//! `X509StoreContextRef::param_mut`, the OCSP nonce.
 
 #![allow(non_snake_case)]
 
 use openssl_sys::{
     CMS_ContentInfo, ASN1_OBJECT, ASN1_OCTET_STRING, BIO, BIO_METHOD, EVP_MD, EVP_PKEY,
-    EVP_PKEY_CTX, OPENSSL_STACK, X509, X509_ALGOR, X509_CRL, X509_STORE, X509_STORE_CTX,
-    X509_VERIFY_PARAM,
+    EVP_PKEY_CTX, OCSP_BASICRESP, OCSP_REQUEST, OPENSSL_STACK, X509, X509_ALGOR, X509_CRL,
+    X509_STORE, X509_STORE_CTX, X509_VERIFY_PARAM,
 };
 use std::ffi::{c_char, c_int, c_long, c_uint, c_void};
 
@@ -88,6 +88,10 @@ extern "C" {
     pub fn BIO_f_null() -> *const BIO_METHOD;
     pub fn BIO_s_null() -> *const BIO_METHOD;
     pub fn BIO_push(b: *mut BIO, append: *mut BIO) -> *mut BIO;
+
+    // ocsp.h: the optional nonce of an OCSP request (RFC 8954).
+    pub fn OCSP_request_add1_nonce(req: *mut OCSP_REQUEST, val: *mut u8, len: c_int) -> c_int;
+    pub fn OCSP_check_nonce(req: *mut OCSP_REQUEST, bs: *mut OCSP_BASICRESP) -> c_int;
 
     // x509_vfy.h
     pub fn X509_STORE_add_crl(store: *mut X509_STORE, crl: *mut X509_CRL) -> c_int;

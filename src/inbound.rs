@@ -363,6 +363,8 @@ struct Inputs<'a> {
     from: FromView<'a>,
     date: Option<i64>,
     now: Option<i64>,
+    /// The end of the message's lookup budget (OCSP, CRLs, AIA).
+    deadline: std::time::Instant,
 }
 
 fn report(rt: &Runtime, mut v: verify::Verdict, decrypted: bool, harvest: bool) -> Verified {
@@ -423,6 +425,8 @@ fn verify_entity(
         from: inputs.from,
         date: inputs.date,
         now: inputs.now,
+        online: rt.online.as_deref(),
+        deadline: inputs.deadline,
     };
     verify::verify_entity(&ctx, ct, cte, body, "1", 0)
 }
@@ -535,6 +539,7 @@ fn verify_message_once(
             .next()
             .and_then(|d| verify::parse_date(&mime::unfold(d))),
         now,
+        deadline: std::time::Instant::now() + rt.config.lookup_budget,
     };
     let verify_on = rt.verify.is_some();
 

@@ -36,4 +36,4 @@ pub mod testmode;
 pub use mail::{address, mime};
 pub use milter::{connection, listener, progress, protocol, server};
 pub use smime::{decrypt, encrypt, sign, signed_data, verify};
-pub use stores::{certstore, harvest, keystore, ldap, pkcs11, truststore};
+pub use stores::{certstore, fetch, harvest, keystore, ldap, online, pkcs11, truststore};

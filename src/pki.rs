@@ -94,8 +94,9 @@ pub fn valid_now(cert: &openssl::x509::X509Ref) -> bool {
 pub enum ChainError {
     /// OpenSSL could not run the check (memory, say): no verdict.
     Internal(openssl::error::ErrorStack),
-    /// The chain is invalid, for this reason.
-    Invalid(X509VerifyResult),
+    /// The chain is invalid, for this reason, found at this certificate
+    /// (for a missing issuer: the one whose issuer is missing).
+    Invalid(X509VerifyResult, Option<X509>),
 }
 
 /// Chain to a trust anchor, valid at `at` (Unix time; None = now); the
@@ -111,7 +112,7 @@ pub fn verify_chain(
         chain.push(c.clone()).map_err(ChainError::Internal)?;
     }
     let mut sctx = X509StoreContext::new().map_err(ChainError::Internal)?;
-    let (result, chain) = sctx
+    let (result, chain, at_cert) = sctx
         .init(store, cert, &chain, |c| {
             if let Some(t) = at {
                 // SAFETY: the parameters of the live context, set before verifying.
@@ -126,17 +127,47 @@ pub fn verify_chain(
                 .map(|s| s.iter().map(|x| x.to_owned()).collect())
                 .unwrap_or_default();
             Ok(if ok {
-                (X509VerifyResult::OK, chain)
+                (X509VerifyResult::OK, chain, None)
             } else {
-                (c.error(), chain)
+                (c.error(), chain, c.current_cert().map(|x| x.to_owned()))
             })
         })
         .map_err(ChainError::Internal)?;
     if result == X509VerifyResult::OK {
         Ok(chain)
     } else {
-        Err(ChainError::Invalid(result))
+        Err(ChainError::Invalid(result, at_cert))
     }
+}
+
+/// Certificates in a file or HTTP answer: PEM certificates, one DER
+/// certificate, or a PKCS#7 certs-only bundle (`.p7b`/`.p7c`, as AD CS,
+/// Windows and CAs' AIA URLs give them) in DER or PEM.
+pub fn certs_from_bytes(data: &[u8]) -> Result<Vec<X509>, &'static str> {
+    use openssl::pkcs7::Pkcs7;
+    let p7 = if memchr::memmem::find(data, b"-----BEGIN PKCS7-----").is_some() {
+        Some(Pkcs7::from_pem(data).map_err(|_| "unreadable PEM PKCS#7 bundle")?)
+    } else if memchr::memmem::find(data, b"-----BEGIN ").is_some() {
+        return X509::stack_from_pem(data).map_err(|_| "unreadable PEM certificates");
+    } else if let Ok(c) = X509::from_der(data) {
+        return Ok(vec![c]);
+    } else {
+        Some(Pkcs7::from_der(data).map_err(|_| "neither a certificate nor a PKCS#7 bundle")?)
+    };
+    let certs = p7
+        .as_ref()
+        .and_then(|p| p.signed())
+        .and_then(|s| s.certificates())
+        .map(|st| st.iter().map(|c| c.to_owned()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    Ok(certs)
+}
+
+/// An ASN.1 time as a Unix time.
+pub fn unix_time(t: &openssl::asn1::Asn1TimeRef) -> Option<i64> {
+    let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+    let d = epoch.diff(t).ok()?;
+    Some(d.days as i64 * 86400 + d.secs as i64)
 }
 
 /// Whether the certificate chains to the anchors now (intermediates from `certs`).

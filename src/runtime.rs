@@ -10,6 +10,7 @@ use crate::config::{
 };
 use crate::keystore::{read_secret_line, KeyStore};
 use crate::ldap::{Ldap, LdapSettings};
+use crate::online::Online;
 use crate::pkcs11::{Pin, Token};
 use crate::truststore::{TrustError, TrustStore};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ pub struct Runtime {
     pub certs: Option<CertStore>,
     /// `additional_recipients` given as certificate files.
     pub escrow: Vec<Arc<RecipientCert>>,
+    /// OCSP, CRL and AIA fetches, when `[online]` asks for any.
+    pub online: Option<Arc<Online>>,
 }
 
 /// Inbound verification: the trust store and the checks' settings.
@@ -62,10 +65,17 @@ impl Runtime {
                 },
             }),
         };
+        let online = config
+            .online
+            .fetches()
+            .then(|| Arc::new(Online::new(config.online.clone())));
         let certs = config
             .encrypt
             .as_ref()
-            .map(|e| cert_store(&config.path, e, config.harvest_dir.clone(), insecure))
+            .map(|e| {
+                let store = cert_store(&config.path, e, config.harvest_dir.clone(), insecure)?;
+                Ok::<_, ConfigError>(store.with_online(online.clone()))
+            })
             .transpose()?;
         let anchors = verify.as_ref().map(|v| &v.trust);
         let escrow = match &config.encrypt {
@@ -78,6 +88,7 @@ impl Runtime {
             verify,
             certs,
             escrow,
+            online,
         })
     }
 

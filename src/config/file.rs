@@ -3,12 +3,12 @@
 
 use super::model::{
     Actions, AdditionalRecipient, CacheConfig, CertSource, Config, ConfigError, EncryptRule,
-    Encryption, KeySpec, LdapConfig, Located, PinSource, Pkcs11, Place, Signing, Verification,
-    DEFAULT_HARVEST_DIR, DEFAULT_LDAP_FILTER,
+    Encryption, KeySpec, LdapConfig, Located, Online, PinSource, Pkcs11, Place, Signing,
+    Verification, DEFAULT_HARVEST_DIR, DEFAULT_LDAP_FILTER,
 };
 use super::values::{
-    quantity_de, ByteSize, Capability, Digest, EncryptMode, FailAction, Net, Seconds, SignFormat,
-    SigningTime, SocketSpec,
+    quantity_de, ByteSize, Capability, Digest, EncryptMode, FailAction, Net, RevocationMode,
+    Seconds, SignFormat, SigningTime, SocketSpec,
 };
 use crate::pki::Cipher;
 use ipnet::IpNet;
@@ -49,6 +49,8 @@ struct RawConfig {
     pkcs11: Option<RawPkcs11>,
     #[serde(default)]
     verify: RawVerify,
+    #[serde(default)]
+    online: RawOnline,
     #[serde(default)]
     encrypt: RawEncrypt,
     #[serde(default)]
@@ -103,6 +105,27 @@ struct RawVerify {
     allow_sha1: Option<bool>,
     #[serde(default, deserialize_with = "quantity_de")]
     max_date_skew: Option<Seconds>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOnline {
+    revocation: Option<RevocationMode>,
+    ocsp: Option<bool>,
+    crl_distribution_points: Option<bool>,
+    aia_issuers: Option<bool>,
+    ocsp_nonce: Option<bool>,
+    #[serde(default, deserialize_with = "quantity_de")]
+    timeout: Option<Seconds>,
+    #[serde(default, deserialize_with = "quantity_de")]
+    max_response_size: Option<ByteSize>,
+    cache_entries: Option<usize>,
+    #[serde(default, deserialize_with = "quantity_de")]
+    max_cache_age: Option<Seconds>,
+    #[serde(default, deserialize_with = "quantity_de")]
+    retry_after: Option<Seconds>,
+    allow_networks: Option<Vec<Net>>,
+    deny_networks: Option<Vec<Net>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -432,6 +455,8 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         max_date_skew: v.max_date_skew.map_or(3600, |s| s.0) as i64,
     });
 
+    let online = online(&loc, raw.online, lookup_budget)?;
+
     let harvest_dir = match (raw.harvest.enabled.unwrap_or(true), raw.harvest.dir) {
         (false, _) => None,
         (true, Some(d)) => {
@@ -480,6 +505,7 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         lookup_budget,
         max_mta_connections,
         verify,
+        online,
         encrypt,
         decrypt: raw.decrypt.enabled.unwrap_or(false),
         release_unauthenticated: raw.decrypt.release_unauthenticated.unwrap_or(false),
@@ -523,6 +549,44 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             malformed: a.malformed.unwrap_or(FailAction::Accept),
             oversized: a.oversized.unwrap_or(FailAction::Accept),
         },
+    })
+}
+
+fn online(loc: &Locator<'_>, o: RawOnline, budget: Duration) -> Result<Online, ConfigError> {
+    let secs = |v: Option<Seconds>, default: u64| Duration::from_secs(v.map_or(default, |s| s.0));
+    let timeout = secs(o.timeout, 3);
+    if timeout.is_zero() || timeout > budget {
+        return Err(loc.key_error(
+            "timeout",
+            format!("must be from 1 s to lookup_budget ({} s)", budget.as_secs()),
+        ));
+    }
+    let max_response_size = o.max_response_size.map_or(10 << 20, |b| b.0);
+    if !(1024..=(256 << 20)).contains(&max_response_size) {
+        return Err(loc.key_error("max_response_size", "must be from 1K to 256M"));
+    }
+    let cache_entries = o.cache_entries.unwrap_or(10_000);
+    if cache_entries == 0 {
+        return Err(loc.key_error("cache_entries", "must be at least 1"));
+    }
+    let max_cache_age = secs(o.max_cache_age, 86_400);
+    if max_cache_age.is_zero() || max_cache_age > Duration::from_secs(7 * 86_400) {
+        return Err(loc.key_error("max_cache_age", "must be from 1 s to 7 d"));
+    }
+    let nets = |v: Option<Vec<Net>>| v.unwrap_or_default().into_iter().map(|n| n.0).collect();
+    Ok(Online {
+        revocation: o.revocation.unwrap_or(RevocationMode::Soft),
+        ocsp: o.ocsp.unwrap_or(true),
+        crl: o.crl_distribution_points.unwrap_or(true),
+        aia: o.aia_issuers.unwrap_or(true),
+        ocsp_nonce: o.ocsp_nonce.unwrap_or(false),
+        timeout,
+        max_response_size,
+        cache_entries,
+        max_cache_age,
+        retry_after: secs(o.retry_after, 30),
+        allow_networks: nets(o.allow_networks),
+        deny_networks: nets(o.deny_networks),
     })
 }
 
@@ -722,11 +786,12 @@ fn default_internal_hosts() -> Vec<IpNet> {
 /// sample configuration are checked against it by tests.
 pub fn known_keys() -> Vec<String> {
     // Tables, by the name they are written under, with their fields.
-    let tables: [(&str, &[&str]); 11] = [
+    let tables: [(&str, &[&str]); 12] = [
         ("signing", fields::<RawSigning>()),
         ("signing.key", fields::<RawKey>()),
         ("pkcs11", fields::<RawPkcs11>()),
         ("verify", fields::<RawVerify>()),
+        ("online", fields::<RawOnline>()),
         ("decrypt", fields::<RawDecrypt>()),
         ("harvest", fields::<RawHarvest>()),
         ("encrypt", fields::<RawEncrypt>()),

@@ -15,6 +15,6 @@ mod values;
 pub use file::known_keys;
 pub use model::*;
 pub use values::{
-    ByteSize, Capability, Digest, EncryptMode, FailAction, Seconds, SignFormat, SigningTime,
-    SocketSpec,
+    ByteSize, Capability, Digest, EncryptMode, FailAction, RevocationMode, Seconds, SignFormat,
+    SigningTime, SocketSpec,
 };

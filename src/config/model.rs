@@ -2,7 +2,8 @@
 //! names a file was written, so that loading it later can say where.
 
 use super::values::{
-    Capability, Digest, EncryptMode, FailAction, SignFormat, SigningTime, SocketSpec,
+    Capability, Digest, EncryptMode, FailAction, RevocationMode, SignFormat, SigningTime,
+    SocketSpec,
 };
 use crate::pki::Cipher;
 use ipnet::IpNet;
@@ -115,6 +116,34 @@ pub struct Verification {
     pub allow_sha1: bool,
     /// Largest accepted distance between Date: and signingTime, seconds; 0 = no check.
     pub max_date_skew: i64,
+}
+
+/// Online checks: revocation by OCSP and CRL distribution points, missing
+/// intermediates from AIA caIssuers, over plain HTTP.
+#[derive(Debug, Clone)]
+pub struct Online {
+    pub revocation: RevocationMode,
+    pub ocsp: bool,
+    pub crl: bool,
+    pub aia: bool,
+    pub ocsp_nonce: bool,
+    /// Per request, within the message's `lookup_budget`.
+    pub timeout: Duration,
+    pub max_response_size: u64,
+    pub cache_entries: usize,
+    /// Answers are kept until their nextUpdate, at most this long.
+    pub max_cache_age: Duration,
+    /// A URL that failed is not asked again for this long.
+    pub retry_after: Duration,
+    pub allow_networks: Vec<IpNet>,
+    pub deny_networks: Vec<IpNet>,
+}
+
+impl Online {
+    /// Whether anything is fetched at all.
+    pub fn fetches(&self) -> bool {
+        self.aia || (self.revocation != RevocationMode::Off && (self.ocsp || self.crl))
+    }
 }
 
 /// One encryption rule; the first that matches a recipient decides.
@@ -253,6 +282,7 @@ pub struct Config {
     pub signing: Signing,
     /// `None` when inbound verification is off.
     pub verify: Option<Verification>,
+    pub online: Online,
     /// `None` when no encryption policy is configured.
     pub encrypt: Option<Encryption>,
     /// Inbound decryption with the key table's keys.

@@ -328,6 +328,31 @@ macro_rules! from_str_deserialize {
         }
     )*};
 }
+/// What an unanswered revocation question makes of a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationMode {
+    /// No OCSP or CRL fetches.
+    Off,
+    /// Unknown status: the certificate is used (inbound: pass with a comment).
+    Soft,
+    /// Unknown status: temperror inbound, not used outbound.
+    Hard,
+}
+
+impl FromStr for RevocationMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(RevocationMode::Off),
+            "soft" => Ok(RevocationMode::Soft),
+            "hard" => Ok(RevocationMode::Hard),
+            _ => Err(format!(
+                "invalid revocation '{s}' (expected off, soft or hard)"
+            )),
+        }
+    }
+}
+
 /// Per recipient: whether mail to it is encrypted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EncryptMode {
@@ -354,6 +379,7 @@ impl FromStr for EncryptMode {
 
 from_str_deserialize!(
     SocketSpec,
+    RevocationMode,
     FailAction,
     SignFormat,
     Digest,

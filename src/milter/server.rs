@@ -294,6 +294,9 @@ fn spawn_stats_thread(live: Arc<Live>) -> std::io::Result<()> {
                 crate::session::in_flight(),
                 crate::session::buffered()
             );
+            if live.runtime().online.is_some() {
+                log::info!("{}", crate::online::STATS.line());
+            }
         })?;
     Ok(())
 }

@@ -2,8 +2,10 @@
 //! certificate files and/or a map file), then LDAP, behind an LRU cache.
 //! Among the candidates the usable certificate expiring last is chosen.
 
+use crate::config::RevocationMode;
 use crate::config::{CacheConfig, CertSource};
 use crate::ldap::Ldap;
+use crate::online::{self, ChainFailure, Online, Status};
 use crate::pki;
 use crate::truststore::TrustStore;
 use lru::LruCache;
@@ -80,6 +82,8 @@ pub struct CertStore {
     cache: Mutex<LruCache<String, Cached>>,
     ttl: Duration,
     negative_ttl: Duration,
+    /// Revocation checks of candidates that chain to the anchors.
+    online: Option<Arc<Online>>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -236,6 +240,71 @@ impl CertStore {
             cache: Mutex::new(LruCache::new(cap)),
             ttl: cache.ttl,
             negative_ttl: cache.negative_ttl,
+            online: None,
+        }
+    }
+
+    /// Candidates that must chain to the anchors get missing intermediates
+    /// from AIA and are checked for revocation, as configured.
+    pub fn with_online(mut self, online: Option<Arc<Online>>) -> CertStore {
+        self.online = online;
+        self
+    }
+
+    /// The usable candidates, in `select`'s order of preference, with
+    /// their chains completed online and asked for revocation: a revoked
+    /// one is passed over for the next. In hard mode one whose status is
+    /// unknown is too; when that, or an intermediate that could not be
+    /// fetched now, leaves none, the answer is a temporary error, not "no
+    /// certificate" (which could send in plaintext).
+    fn choose(
+        &self,
+        address: &str,
+        candidates: &[X509],
+        trust: Option<&TrustStore>,
+        deadline: Instant,
+    ) -> Result<Option<X509>, String> {
+        let (Some(online), Some(trust)) = (&self.online, trust) else {
+            return Ok(select(address, candidates, trust));
+        };
+        let mut usable: Vec<&X509> = candidates
+            .iter()
+            .filter(|c| usable_for(c, address, candidates, None))
+            .collect();
+        usable.sort_by(|a, b| {
+            b.not_after()
+                .compare(a.not_after())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        let mut unknown = None;
+        for c in usable {
+            let serial = pki::serial_hex(c).unwrap_or_default();
+            let built =
+                online::build_chain(Some(online), &trust.store, c, candidates, None, deadline);
+            let chain = match built {
+                Ok(chain) => chain,
+                Err(ChainFailure::NotFetched(e)) if e.transient() => {
+                    log::info!("certificate {serial} of {address} not used now: issuer certificate not fetched: {e}");
+                    unknown.get_or_insert(format!("issuer certificate not fetched: {e}"));
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            match online.chain_status(&chain, &trust.store, deadline) {
+                Status::Good => return Ok(Some(c.clone())),
+                Status::Revoked(why) => {
+                    log::info!("certificate {serial} of {address} not used: {why}")
+                }
+                Status::Unknown(why) if online.mode() == RevocationMode::Hard => {
+                    log::info!("certificate {serial} of {address} not used: revocation status unknown: {why}");
+                    unknown.get_or_insert(format!("revocation status unknown: {why}"));
+                }
+                Status::Unknown(_) => return Ok(Some(c.clone())),
+            }
+        }
+        match unknown {
+            Some(why) => Err(why),
+            None => Ok(None),
         }
     }
 
@@ -348,9 +417,14 @@ impl CertStore {
                     None => Vec::new(),
                 },
             };
-            if let Some(cert) = select(&key, &candidates, trust) {
-                found = Some(Arc::new(RecipientCert { cert, ciphers }));
-                break;
+            match self.choose(&key, &candidates, trust, deadline) {
+                Ok(Some(cert)) => {
+                    found = Some(Arc::new(RecipientCert { cert, ciphers }));
+                    break;
+                }
+                Ok(None) => {}
+                // Not cached: the next message asks again.
+                Err(e) => return Lookup::Error(e),
             }
         }
         let expires = Instant::now()

@@ -25,17 +25,11 @@ impl std::fmt::Debug for TrustStore {
     }
 }
 
-/// Certificates in a file: PEM (one or more) or a single DER certificate.
+/// Certificates in a file: PEM (one or more), a single DER certificate,
+/// or a PKCS#7 certs-only bundle (.p7b).
 pub(crate) fn certs_in(path: &Path) -> Result<Vec<X509>, String> {
     let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if data.windows(11).any(|w| w == b"-----BEGIN ") {
-        X509::stack_from_pem(&data)
-            .map_err(|_| format!("cannot parse PEM certificates in {}", path.display()))
-    } else {
-        X509::from_der(&data)
-            .map(|c| vec![c])
-            .map_err(|_| format!("{} is neither PEM nor DER certificate data", path.display()))
-    }
+    crate::pki::certs_from_bytes(&data).map_err(|why| format!("{}: {why}", path.display()))
 }
 
 fn crls_in(path: &Path) -> Result<Vec<X509Crl>, String> {

@@ -4,13 +4,14 @@
 
 use super::verdict::{Context, FromView, SignerInfo, SmimeResult, Verdict};
 use crate::address;
+use crate::config::RevocationMode;
+use crate::online::{self, ChainFailure, Status};
 use crate::pki::{
-    self, cert_addresses, rfc4514, serial_hex, usage, SignerCert, KU_DIGITAL_SIGNATURE,
+    cert_addresses, rfc4514, serial_hex, usage, SignerCert, KU_DIGITAL_SIGNATURE,
     KU_NON_REPUDIATION,
 };
 use openssl::nid::Nid;
 use openssl::pkey::Id;
-use openssl::x509::store::X509StoreRef;
 use openssl::x509::{X509Ref, X509};
 
 /// Fills in who signed: the address matching From (or the first), serial
@@ -60,13 +61,29 @@ pub(super) fn evaluate_signer(
         v.result = result;
         v.reason = Some(reason);
     };
-    let chain = match check_chain(&ctx.trust.store, cert, certs, ctx.now) {
+    let chain = match check_chain(ctx, cert, certs) {
         Ok(chain) => chain,
         Err((r, why)) => {
             set(r, why);
             return v;
         }
     };
+    // Responders answer for the present: a check at a fixed time asks none.
+    if let (Some(online), None) = (ctx.online, ctx.now) {
+        match online.chain_status(&chain, &ctx.trust.store, ctx.deadline) {
+            Status::Good => {}
+            Status::Revoked(why) => {
+                set(SmimeResult::Fail, why);
+                return v;
+            }
+            Status::Unknown(_) if online.mode() == RevocationMode::Hard => {
+                set(SmimeResult::Temperror, "revocation status unknown".into());
+                return v;
+            }
+            // Soft: a pass says so (a later check's reason replaces it).
+            Status::Unknown(_) => set(SmimeResult::Pass, "revocation status unknown".into()),
+        }
+    }
     // The chain that is valid now was valid at signing time too if every
     // certificate in it was within its validity then: no second path
     // building and no second round of signature checks.
@@ -189,21 +206,34 @@ fn valid_at(chain: &[X509], t: i64) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Chain to a trust anchor, valid at `at` (Unix time; None = now); the
-/// verified chain, leaf to anchor.
+/// Chain to a trust anchor, valid at the context's time; the verified
+/// chain, leaf to anchor. A missing issuer is fetched from the caIssuers
+/// URL of the certificate that names it, when that is configured.
 fn check_chain(
-    store: &X509StoreRef,
+    ctx: &Context<'_>,
     cert: &X509Ref,
     certs: &[X509],
-    at: Option<i64>,
 ) -> Result<Vec<X509>, (SmimeResult, String)> {
-    let result = match pki::verify_chain(store, cert, certs, at) {
-        Ok(chain) => return Ok(chain),
-        Err(pki::ChainError::Internal(e)) => return Err((SmimeResult::Temperror, e.to_string())),
-        Err(pki::ChainError::Invalid(result)) => result,
-    };
+    let store = &ctx.trust.store;
+    match online::build_chain(ctx.online, store, cert, certs, ctx.now, ctx.deadline) {
+        Ok(chain) => Ok(chain),
+        Err(ChainFailure::Internal(e)) => Err((SmimeResult::Temperror, e.to_string())),
+        Err(ChainFailure::Invalid(result)) => Err(reason_for(result)),
+        Err(ChainFailure::NotFetched(e)) => {
+            let r = if e.transient() {
+                SmimeResult::Temperror
+            } else {
+                SmimeResult::Fail
+            };
+            Err((r, format!("issuer certificate not fetched: {e}")))
+        }
+    }
+}
+
+/// The verdict for an invalid chain.
+fn reason_for(result: openssl::x509::X509VerifyResult) -> (SmimeResult, String) {
     use openssl_sys as s;
-    let reason = match result.as_raw() {
+    match result.as_raw() {
         s::X509_V_ERR_CERT_HAS_EXPIRED => (SmimeResult::Fail, "certificate expired".to_string()),
         s::X509_V_ERR_CERT_NOT_YET_VALID => {
             (SmimeResult::Fail, "certificate not yet valid".to_string())
@@ -224,8 +254,7 @@ fn check_chain(
             SmimeResult::Fail,
             format!("certificate invalid: {}", result.error_string()),
         ),
-    };
-    Err(reason)
+    }
 }
 
 /// keyUsage allows signing; extendedKeyUsage absent or allows email.

@@ -166,13 +166,7 @@ unsafe fn signing_time(si: *const c_void) -> Option<i64> {
         return None;
     }
     let time = (*t).value.utctime as *const openssl_sys::ASN1_TIME;
-    asn1_to_unix(openssl::asn1::Asn1TimeRef::from_ptr(time as *mut _))
-}
-
-fn asn1_to_unix(t: &openssl::asn1::Asn1TimeRef) -> Option<i64> {
-    let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
-    let d = epoch.diff(t).ok()?;
-    Some(d.days as i64 * 86400 + d.secs as i64)
+    crate::pki::unix_time(openssl::asn1::Asn1TimeRef::from_ptr(time as *mut _))
 }
 
 /// `CMS_verify` of the signature over `detached` (clear-signed) or the

@@ -1,6 +1,7 @@
 //! What the checks of a signed layer share: the result and verdict they
 //! build, the settings and context they read, the signer they look at.
 
+use crate::online::Online;
 use crate::pki::SignerCert;
 use crate::truststore::TrustStore;
 use openssl::nid::Nid;
@@ -110,6 +111,10 @@ pub struct Context<'a> {
     pub date: Option<i64>,
     /// "Now", as a Unix time (fixed in tests).
     pub now: Option<i64>,
+    /// Revocation status and missing intermediates, when configured.
+    pub online: Option<&'a Online>,
+    /// When the message's lookups must have ended.
+    pub deadline: std::time::Instant,
 }
 
 /// One SignerInfo, as the certificate checks need it.
