@@ -172,7 +172,8 @@ fn ocsp_answers_decide_and_are_cached() {
     let v = verdict(&m, &ca.signed("good", true));
     assert_result(&v, "pass");
     assert!(!v.contains("revocation"), "{v}");
-    assert_eq!(ca.ocsp("good"), 1, "{}", ca.all_requests());
+    // A short request goes by GET (RFC 5019), which caches can serve.
+    assert_eq!(ca.requests("GET /ocsp/good/"), 1, "{}", ca.all_requests());
     // The intermediate's status came from the root's CRL (its distribution point).
     assert_eq!(ca.requests("GET /root.crl"), 1, "{}", ca.all_requests());
 
@@ -455,4 +456,86 @@ fn trust_anchors_from_a_der_pkcs7_bundle() {
     let r = test_mode(&cfg, &["--inbound"], &ca.signed("good", true));
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(out.contains("smime=pass"), "{out}\n{}", r.stderr);
+}
+
+#[test]
+fn only_the_issuer_or_its_delegate_may_answer() {
+    let ca = Ca::start();
+    let m = milter(&ca, &format!("{LOOPBACK}\nrevocation = \"hard\""));
+    // Signed by a key the issuer never authorized: no answer at all.
+    let v = verdict(&m, &ca.signed("forged", true));
+    assert_result(&v, "temperror");
+    let log = m.wait_log("responder signature not valid");
+    assert!(log.contains("responder signature not valid"), "{log}");
+    // A delegated responder (id-kp-OCSPSigning, issued by the issuer) may.
+    assert_result(&verdict(&m, &ca.signed("delegated", true)), "pass");
+    assert_eq!(ca.ocsp("delegated"), 1);
+
+    // With a nonce asked for, the responder's echo is checked.
+    let m = milter(
+        &ca,
+        &format!("{LOOPBACK}\nrevocation = \"hard\"\nocsp_nonce = true"),
+    );
+    assert_result(&verdict(&m, &ca.signed("good", true)), "pass");
+    let v = verdict(&m, &ca.signed("revoked", true));
+    assert_result(&v, "fail");
+}
+
+#[test]
+fn fetches_are_bounded() {
+    use smime_milter::fetch::{FetchError, Fetcher, NetPolicy};
+    let ca = Ca::start();
+    let base = std::fs::read_to_string(ca.path("good.ext")).unwrap();
+    let base = base
+        .split("caIssuers;URI:")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .trim_end_matches("inter.der")
+        .to_string();
+    let policy = NetPolicy {
+        allow: vec!["127.0.0.1/32".parse().unwrap()],
+        deny: Vec::new(),
+    };
+    let f = Fetcher::new(policy, Duration::from_secs(2), 1 << 20);
+    let soon = || Instant::now() + Duration::from_secs(5);
+    let der = std::fs::read(ca.path("www/inter.der")).unwrap();
+    // One redirect is followed, a second is not.
+    assert_eq!(
+        f.get(&format!("{base}moved/inter.der"), soon()).unwrap(),
+        der
+    );
+    assert!(matches!(
+        f.get(&format!("{base}twice/inter.der"), soon()),
+        Err(FetchError::Refused(_))
+    ));
+    // Larger than max_response_size.
+    assert_eq!(
+        f.get(&format!("{base}big"), soon()),
+        Err(FetchError::TooLarge(1 << 20))
+    );
+    // HTTP errors are transient failures.
+    let e = f.get(&format!("{base}nothing"), soon()).unwrap_err();
+    assert!(e.transient() && e.to_string().contains("404"), "{e}");
+
+    // A server that accepts and never answers: the timeout ends the wait.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/x", silent.local_addr().unwrap());
+    let started = Instant::now();
+    let e = f.get(&url, soon()).unwrap_err();
+    assert!(e.transient(), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // The message's budget is the limit when it is shorter.
+    let started = Instant::now();
+    let e = f.get(&url, Instant::now() + Duration::from_millis(300));
+    assert!(e.is_err());
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
 }

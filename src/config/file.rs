@@ -1015,6 +1015,48 @@ mod tests {
     }
 
     #[test]
+    fn online_checks_default_to_soft_and_public_networks_only() {
+        let o = parse("").unwrap().online;
+        assert_eq!(o.revocation, RevocationMode::Soft);
+        assert!(o.ocsp && o.crl && o.aia && !o.ocsp_nonce && o.fetches());
+        assert!(o.allow_networks.is_empty() && o.deny_networks.is_empty());
+        assert_eq!(o.timeout, Duration::from_secs(3));
+        let o = parse(
+            "[online]\nrevocation = \"off\"\naia_issuers = false\n\
+             allow_networks = [\"127.0.0.1\", \"10.0.0.0/8\"]\nmax_response_size = \"2M\"\n",
+        )
+        .unwrap()
+        .online;
+        assert!(!o.fetches());
+        assert_eq!(o.allow_networks.len(), 2);
+        assert_eq!(o.max_response_size, 2 << 20);
+        for (text, line, what) in [
+            (
+                "[online]\nrevocation = \"strict\"\n",
+                2,
+                "expected off, soft or hard",
+            ),
+            (
+                "lookup_budget = \"5s\"\n[online]\ntimeout = \"6s\"\n",
+                3,
+                "lookup_budget (5 s)",
+            ),
+            ("[online]\nmax_response_size = 10\n", 2, "from 1K to 256M"),
+            ("[online]\nmax_cache_age = \"30d\"\n", 2, "from 1 s to 7 d"),
+            (
+                "[online]\nallow_networks = [\"everywhere\"]\n",
+                2,
+                "invalid network",
+            ),
+            ("[online]\ncache_entries = 0\n", 2, "at least 1"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.line, line, "{text}: {e}");
+            assert!(e.what.contains(what), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!("25M".parse::<ByteSize>().unwrap().0, 25 << 20);
         assert_eq!("512k".parse::<ByteSize>().unwrap().0, 512 << 10);

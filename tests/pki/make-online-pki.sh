@@ -13,6 +13,8 @@
 #     rcpt-old, rcpt-new  both rcpt@example.org; rcpt-new expires later and is revoked
 #     lone              lone@example.org, revoked
 #     flaky             OCSP at /broken/ (HTTP 503), caIssuers inter.der
+#     forged            OCSP answered signed by good's key (not authorized)
+#     delegated         OCSP answered by responder (EKU OCSPSigning, issued by inter)
 #     private           caIssuers http://10.255.255.1/inter.der
 # Revoked ones are in inter/index.txt, which the OCSP responder reads.
 set -eu
@@ -94,6 +96,13 @@ leaf p7 p7@example.org 365 "$(aia p7 inter.p7c)"
 leaf rcpt-old rcpt@example.org 100 "$(aia rcpt inter.der)"
 leaf rcpt-new rcpt@example.org 300 "$(aia rcpt inter.der)"
 leaf lone lone@example.org 365 "$(aia lone inter.der)"
+leaf forged forged@example.org 365 "$(aia forged inter.der)"
+leaf delegated delegated@example.org 365 "$(aia delegated inter.der)"
+key responder
+printf 'basicConstraints = CA:FALSE\nkeyUsage = critical, digitalSignature\nextendedKeyUsage = OCSPSigning\nnoCheck = ignored\n' > responder.ext
+openssl req -new -key responder.key -subj "/CN=Online OCSP Responder" -out responder.csr 2>/dev/null
+openssl ca -batch -config inter/ca.cnf -cert inter.crt -keyfile inter.key -in responder.csr \
+    -out responder.crt -extfile responder.ext -notext -days 365 2>/dev/null
 leaf flaky flaky@example.org 365 "authorityInfoAccess = OCSP;URI:$base/broken/,caIssuers;URI:$base/inter.der"
 leaf private private@example.org 365 "authorityInfoAccess = caIssuers;URI:http://10.255.255.1/inter.der"
 

@@ -10,7 +10,9 @@ GET /ocsp/TAG/REQ   an OCSP request, base64 and URL-escaped (RFC 5019)
 POST /ocsp/TAG/     an OCSP request as the body (RFC 6960)
 
 OCSP answers come from `openssl ocsp` over DIR/inter/index.txt, signed by
-the intermediate (`openssl ocsp -port` would listen on every address).
+the intermediate (`openssl ocsp -port` would listen on every address);
+for TAG "forged" by the key of the leaf "good" (not authorized), for TAG
+"delegated" by DIR/responder (a delegated responder, RFC 6960 §4.2.2.2).
 Every request is logged to stderr as one line "METHOD PATH".
 """
 import base64
@@ -43,14 +45,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def ocsp(self, der):
+    def ocsp(self, tag, der):
+        signer = {"forged": "good", "delegated": "responder"}.get(tag, "inter")
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, "req"), "wb") as f:
                 f.write(der)
             r = subprocess.run(
                 ["openssl", "ocsp", "-index", os.path.join(DIR, "inter/index.txt"),
-                 "-rsigner", os.path.join(DIR, "inter.crt"),
-                 "-rkey", os.path.join(DIR, "inter.key"),
+                 "-rsigner", os.path.join(DIR, signer + ".crt"),
+                 "-rkey", os.path.join(DIR, signer + ".key"),
                  "-CA", os.path.join(DIR, "inter.crt"), "-ndays", "1",
                  "-reqin", os.path.join(d, "req"), "-respout", os.path.join(d, "resp")],
                 capture_output=True)
@@ -62,8 +65,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         path = self.path
         if path.startswith("/ocsp/"):
-            tag_req = path[len("/ocsp/"):].split("/", 1)
-            return self.ocsp(base64.b64decode(urllib.parse.unquote(tag_req[1])))
+            tag, req = path[len("/ocsp/"):].split("/", 1)
+            return self.ocsp(tag, base64.b64decode(urllib.parse.unquote(req)))
         if path.startswith("/broken/"):
             return self.reply(503)
         if path == "/big":
@@ -84,7 +87,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path.startswith("/broken/"):
             return self.reply(503)
         if self.path.startswith("/ocsp/"):
-            return self.ocsp(der)
+            return self.ocsp(self.path.split("/")[2], der)
         self.reply(404)
 
 
