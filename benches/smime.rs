@@ -12,10 +12,14 @@
 //! 3. Recipient certificates from slapd: 1000 messages, each to another
 //!    recipient, all cache misses, then the same with the cache warm:
 //!    messages per second and the 99th percentile of a message's time.
+//! 4. Online checks: a 4 KB message whose signer names an OCSP responder
+//!    (tests/common/online.rs's CA on 127.0.0.1), verified with
+//!    `[online] revocation = "off"` and with the OCSP answer cached,
+//!    interleaved rounds.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::{milter_client, slapd, softhsm};
+use common::{milter_client, online, slapd, softhsm};
 
 use milter_client::{split_message, MilterClient};
 use smime_milter::inbound;
@@ -214,6 +218,8 @@ fn main() {
         row(size, "verify, decryption on", t);
     }
 
+    online_checks(dir.path());
+
     // The same signature with alice's key in a SoftHSM2 token.
     let hsm = softhsm::SoftHsm::new();
     std::env::set_var("SOFTHSM2_CONF", hsm.conf());
@@ -400,6 +406,75 @@ fn directory_ldif(n: usize) -> String {
         ));
     }
     ldif
+}
+
+/// 4 KB verification of an EC P-256 signer with an OCSP URL: online
+/// checks off against a warm OCSP cache, five interleaved rounds of 1 s.
+fn online_checks(dir: &Path) {
+    let ca = online::Ca::start();
+    let runtime = |name: &str, online: &str| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "log_level = \"warning\"\n[verify]\ntrust_anchors = \"{}\"\n[online]\n{online}\n",
+                ca.path("root.crt").display()
+            ),
+        )
+        .unwrap();
+        Runtime::load(&path).unwrap()
+    };
+    let off = runtime(
+        "online-off.toml",
+        "revocation = \"off\"\naia_issuers = false",
+    );
+    let warm = runtime("online-on.toml", "allow_networks = [\"127.0.0.1/32\"]");
+    let text =
+        "The quick brown fox jumps over the lazy dog; pack my box with five dozen.\r\n".repeat(52);
+    let raw = ca.signed_text("good", true, &text);
+    let (sh, sb) = split_message(&raw);
+    let verify = |cfg: &Runtime| {
+        let pending = match inbound::plan(cfg, &sh) {
+            inbound::Plan::Verify(p) => p,
+            inbound::Plan::Done(o) => panic!("not verified: {:?}", o.reason),
+        };
+        inbound::verify_message(cfg, &pending, &sh, Some(&sb), &[], None)
+    };
+    for cfg in [&off, &warm] {
+        assert_eq!(
+            verify(cfg).detail.as_deref(),
+            Some("smime=pass signer=good@example.org")
+        );
+    }
+    assert_eq!(ca.ocsp("good"), 1, "the warm-up fetched the answer once");
+    let (mut t_off, mut t_warm) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        t_off.push(
+            time_per_op(Duration::from_secs(1), || {
+                std::hint::black_box(verify(&off));
+            })
+            .0,
+        );
+        t_warm.push(
+            time_per_op(Duration::from_secs(1), || {
+                std::hint::black_box(verify(&warm));
+            })
+            .0,
+        );
+    }
+    assert_eq!(ca.ocsp("good"), 1, "all answered from the cache");
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (a, b) = (median(&mut t_off), median(&mut t_warm));
+    println!();
+    println!(
+        "online checks, 4 KB, EC P-256 signer with an OCSP URL (median of 5 interleaved rounds):"
+    );
+    row(raw.len(), "verify, online off", a);
+    row(raw.len(), "verify, OCSP cache warm", b);
+    println!("  warm cache / off: {:.3}", b / a);
 }
 
 /// What, client address, recipients, size, count, four connections at once.

@@ -5,118 +5,12 @@
 //! logs every request, so tests count what the milter fetched.
 
 mod common;
+use common::online::Ca;
 use common::*;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const AUTHSERV: &str = "mx.online.test";
-
-/// One CA with its web server, for one test.
-struct Ca {
-    dir: tempfile::TempDir,
-    server: Child,
-    log: PathBuf,
-}
-
-impl Ca {
-    fn start() -> Ca {
-        let dir = tempdir();
-        let port = free_port();
-        let down = free_port();
-        let script = project_dir().join("tests/pki/make-online-pki.sh");
-        let st = Command::new("sh")
-            .arg(script)
-            .arg(dir.path())
-            .arg(port.to_string())
-            .arg(down.to_string())
-            .status()
-            .unwrap();
-        assert!(st.success(), "make-online-pki.sh failed");
-        let log = dir.path().join("server.log");
-        let server = Command::new("/usr/bin/python3")
-            .arg(project_dir().join("tests/pki/online-server.py"))
-            .arg(port.to_string())
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("python3");
-        assert!(wait_port(port, 10), "the CA's web server did not start");
-        Ca { dir, server, log }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Requests whose path starts with `prefix` ("GET /inter.der").
-    fn requests(&self, prefix: &str) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .count()
-    }
-
-    fn all_requests(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// OCSP requests for one leaf (its URL path is /ocsp/<leaf>/).
-    fn ocsp(&self, leaf: &str) -> usize {
-        self.requests(&format!("GET /ocsp/{leaf}/")) + self.requests(&format!("POST /ocsp/{leaf}/"))
-    }
-
-    /// A message from `leaf`@example.org signed by `openssl cms`, with the
-    /// intermediate in the signature or without it.
-    fn signed(&self, leaf: &str, with_chain: bool) -> Vec<u8> {
-        let mut cmd = Command::new("openssl");
-        cmd.args(["cms", "-sign", "-md", "sha256", "-signer"])
-            .arg(self.path(&format!("{leaf}.crt")))
-            .arg("-inkey")
-            .arg(self.path(&format!("{leaf}.key")));
-        if with_chain {
-            cmd.arg("-certfile").arg(self.path("inter.crt"));
-        }
-        let out = pipe(
-            cmd,
-            b"Content-Type: text/plain\r\n\r\nHello from the online test.\r\n",
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut m = format!(
-            "From: {leaf} <{leaf}@example.org>\nTo: someone@example.net\nSubject: online\n"
-        )
-        .into_bytes();
-        m.extend_from_slice(&out.stdout);
-        // As an MTA passes it on: CRLF line ends.
-        String::from_utf8(m)
-            .unwrap()
-            .replace("\r\n", "\n")
-            .replace('\n', "\r\n")
-            .into_bytes()
-    }
-
-    /// `openssl ca -gencrl` again, due in `secs` (None: a day).
-    fn new_crl(&self, secs: Option<u64>) {
-        let mut cmd = Command::new(self.path("gencrl"));
-        if let Some(s) = secs {
-            cmd.arg(s.to_string());
-        }
-        assert!(cmd.status().unwrap().success());
-    }
-}
-
-impl Drop for Ca {
-    fn drop(&mut self) {
-        stop_child(&mut self.server);
-    }
-}
 
 /// A milter verifying with the CA's root as trust anchor (as a PKCS#7
 /// bundle, the form AD CS exports) and these `[online]` keys.
@@ -192,9 +86,9 @@ fn ocsp_answers_decide_and_are_cached() {
     assert!(v.contains("certificate revoked: key compromise"), "{v}");
     assert_eq!(ca.ocsp("revoked"), 1);
 
-    let stats = m.wait_log("stats: online ocsp requests=2");
+    let stats = m.wait_log(" ocsp requests=2 ");
     assert!(
-        stats.contains("stats: online ocsp requests=2 crl fetches=1"),
+        stats.contains(" ocsp requests=2 crl fetches=1 aia fetches=0 online cache hits="),
         "{stats}"
     );
 }

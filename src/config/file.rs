@@ -554,7 +554,10 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
 fn online(loc: &Locator<'_>, o: RawOnline, budget: Duration) -> Result<Online, ConfigError> {
     let secs = |v: Option<Seconds>, default: u64| Duration::from_secs(v.map_or(default, |s| s.0));
-    let timeout = secs(o.timeout, 3);
+    // The default fits any budget; a value set must fit the one set.
+    let timeout = o.timeout.map_or(budget.min(Duration::from_secs(3)), |s| {
+        Duration::from_secs(s.0)
+    });
     if timeout.is_zero() || timeout > budget {
         return Err(loc.key_error(
             "timeout",
@@ -1021,6 +1024,8 @@ mod tests {
         assert!(o.ocsp && o.crl && o.aia && !o.ocsp_nonce && o.fetches());
         assert!(o.allow_networks.is_empty() && o.deny_networks.is_empty());
         assert_eq!(o.timeout, Duration::from_secs(3));
+        let c = parse("lookup_budget = \"2s\"\n").unwrap();
+        assert_eq!(c.online.timeout, Duration::from_secs(2));
         let o = parse(
             "[online]\nrevocation = \"off\"\naia_issuers = false\n\
              allow_networks = [\"127.0.0.1\", \"10.0.0.0/8\"]\nmax_response_size = \"2M\"\n",

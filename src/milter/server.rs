@@ -288,15 +288,16 @@ fn spawn_stats_thread(live: Arc<Live>) -> std::io::Result<()> {
                 continue;
             }
             std::thread::sleep(interval);
+            let online = match live.runtime().online {
+                Some(_) => crate::online::STATS.line(),
+                None => String::new(),
+            };
             log::info!(
-                "{} messages in flight={} memory counted={} bytes",
+                "{}{online} messages in flight={} memory counted={} bytes",
                 crate::certstore::STATS.line(),
                 crate::session::in_flight(),
                 crate::session::buffered()
             );
-            if live.runtime().online.is_some() {
-                log::info!("{}", crate::online::STATS.line());
-            }
         })?;
     Ok(())
 }

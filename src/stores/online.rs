@@ -38,6 +38,9 @@ const MAX_CRLS: usize = 64;
 const NO_NEXT_UPDATE_AGE: i64 = 3600;
 /// Clock skew allowed for thisUpdate (OCSP_check_validity's nsec).
 const SKEW: i64 = 300;
+/// OCSP answers and caIssuers certificates are small; only CRLs may be
+/// as large as `max_response_size`.
+const MAX_SMALL_ANSWER: u64 = 256 * 1024;
 /// An RFC 5019 GET is used when the whole URL stays within this.
 const MAX_GET_URL: usize = 255;
 
@@ -60,10 +63,11 @@ pub static STATS: Stats = Stats {
 };
 
 impl Stats {
+    /// The part of the stats line that counts online checks.
     pub fn line(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "stats: online ocsp requests={} crl fetches={} aia fetches={} cache hits={} failures={}",
+            " ocsp requests={} crl fetches={} aia fetches={} online cache hits={} online failures={}",
             g(&self.ocsp_requests),
             g(&self.crl_fetches),
             g(&self.aia_fetches),
@@ -99,7 +103,10 @@ struct CrlEntry {
 
 struct Shared {
     settings: Settings,
+    /// For CRLs.
     fetcher: Fetcher,
+    /// For OCSP answers and issuer certificates.
+    small: Fetcher,
     status: Mutex<LruCache<Vec<u8>, CachedStatus>>,
     crls: Mutex<LruCache<String, Arc<CrlEntry>>>,
     aia: Mutex<LruCache<String, (Vec<X509>, i64)>>,
@@ -256,11 +263,14 @@ impl Online {
             allow: settings.allow_networks.clone(),
             deny: settings.deny_networks.clone(),
         };
-        let fetcher = Fetcher::new(policy, settings.timeout, settings.max_response_size);
+        let max = settings.max_response_size;
+        let fetcher = Fetcher::new(policy.clone(), settings.timeout, max);
+        let small = Fetcher::new(policy, settings.timeout, max.min(MAX_SMALL_ANSWER));
         let n = settings.cache_entries;
         Online {
             shared: Arc::new(Shared {
                 fetcher,
+                small,
                 status: lru(n),
                 crls: lru(MAX_CRLS.min(n)),
                 aia: lru(n.min(1000)),
@@ -379,6 +389,17 @@ impl Shared {
         } else {
             Vec::new()
         };
+        if ocsp.is_empty() && crls.is_empty() {
+            // Nothing to ask: remembered, so that the next message skips
+            // reading the extensions too.
+            let until = now + self.settings.max_cache_age.as_secs() as i64;
+            let nothing = CachedStatus {
+                revoked: None,
+                until,
+            };
+            lock(&self.status).put(key.to_vec(), nothing);
+            return Status::Good;
+        }
         let mut why = Vec::new();
         for url in &ocsp {
             match self.ocsp(url, cert, issuer, chain, store, deadline) {
@@ -398,9 +419,6 @@ impl Shared {
                 Ok(s) => return s,
                 Err(e) => why.push(format!("CRL {e}")),
             }
-        }
-        if why.is_empty() {
-            return Status::Good;
         }
         Status::Unknown(why.join("; "))
     }
@@ -428,21 +446,22 @@ impl Shared {
         );
     }
 
+    /// GETs `url` (a CRL when `crl`), or POSTs an OCSP request to it.
     fn fetch(
         &self,
         url: &str,
         post: Option<&[u8]>,
+        crl: bool,
         deadline: Instant,
     ) -> Result<Vec<u8>, FetchError> {
         // The same answer until retry_after has passed.
         if let Some(e) = self.resting(url) {
             return Err(e);
         }
+        let client = if crl { &self.fetcher } else { &self.small };
         let r = match post {
-            Some(body) => self
-                .fetcher
-                .post(url, "application/ocsp-request", body, deadline),
-            None => self.fetcher.get(url, deadline),
+            Some(body) => client.post(url, "application/ocsp-request", body, deadline),
+            None => client.get(url, deadline),
         };
         if let Err(e) = &r {
             self.failed(url, e);
@@ -474,8 +493,8 @@ impl Shared {
         let get = get_url(url, &der);
         STATS.ocsp_requests.fetch_add(1, Ordering::Relaxed);
         let answer = match &get {
-            Some(u) => self.fetch(u, None, deadline),
-            None => self.fetch(url, Some(&der), deadline),
+            Some(u) => self.fetch(u, None, false, deadline),
+            None => self.fetch(url, Some(&der), false, deadline),
         }
         .map_err(|e| format!("{url}: {e}"))?;
         let bad = |why: &str| {
@@ -566,7 +585,7 @@ impl Shared {
     ) -> Result<Arc<CrlEntry>, String> {
         STATS.crl_fetches.fetch_add(1, Ordering::Relaxed);
         let data = self
-            .fetch(url, None, deadline)
+            .fetch(url, None, true, deadline)
             .map_err(|e| format!("{url}: {e}"))?;
         let bad = |why: &str| {
             STATS.failures.fetch_add(1, Ordering::Relaxed);
@@ -624,7 +643,7 @@ impl Shared {
             return Ok(certs.clone());
         }
         STATS.aia_fetches.fetch_add(1, Ordering::Relaxed);
-        let data = self.fetch(url, None, deadline)?;
+        let data = self.fetch(url, None, false, deadline)?;
         let mut certs = pki::certs_from_bytes(&data).map_err(|why| {
             let e = FetchError::Refused(format!("{url}: {why}"));
             self.failed(url, &e);

@@ -5,6 +5,7 @@
 pub mod env;
 pub mod milter;
 pub mod milter_client;
+pub mod online;
 pub mod pki;
 pub mod postfix;
 pub mod slapd;
