@@ -447,15 +447,18 @@ impl Shared {
     }
 
     /// GETs `url` (a CRL when `crl`), or POSTs an OCSP request to it.
+    /// `base` is the URL the certificate named (an OCSP GET adds the
+    /// request to it): what failures are remembered and logged by.
     fn fetch(
         &self,
+        base: &str,
         url: &str,
         post: Option<&[u8]>,
         crl: bool,
         deadline: Instant,
     ) -> Result<Vec<u8>, FetchError> {
         // The same answer until retry_after has passed.
-        if let Some(e) = self.resting(url) {
+        if let Some(e) = self.resting(base) {
             return Err(e);
         }
         let client = if crl { &self.fetcher } else { &self.small };
@@ -464,7 +467,7 @@ impl Shared {
             None => client.get(url, deadline),
         };
         if let Err(e) = &r {
-            self.failed(url, e);
+            self.failed(base, e);
         }
         r
     }
@@ -493,8 +496,8 @@ impl Shared {
         let get = get_url(url, &der);
         STATS.ocsp_requests.fetch_add(1, Ordering::Relaxed);
         let answer = match &get {
-            Some(u) => self.fetch(u, None, false, deadline),
-            None => self.fetch(url, Some(&der), false, deadline),
+            Some(u) => self.fetch(url, u, None, false, deadline),
+            None => self.fetch(url, url, Some(&der), false, deadline),
         }
         .map_err(|e| format!("{url}: {e}"))?;
         let bad = |why: &str| {
@@ -585,7 +588,7 @@ impl Shared {
     ) -> Result<Arc<CrlEntry>, String> {
         STATS.crl_fetches.fetch_add(1, Ordering::Relaxed);
         let data = self
-            .fetch(url, None, true, deadline)
+            .fetch(url, url, None, true, deadline)
             .map_err(|e| format!("{url}: {e}"))?;
         let bad = |why: &str| {
             STATS.failures.fetch_add(1, Ordering::Relaxed);
@@ -643,7 +646,7 @@ impl Shared {
             return Ok(certs.clone());
         }
         STATS.aia_fetches.fetch_add(1, Ordering::Relaxed);
-        let data = self.fetch(url, None, false, deadline)?;
+        let data = self.fetch(url, url, None, false, deadline)?;
         let mut certs = pki::certs_from_bytes(&data).map_err(|why| {
             let e = FetchError::Refused(format!("{url}: {why}"));
             self.failed(url, &e);
