@@ -229,11 +229,18 @@ fn answers_are_fetched_again_when_they_expire() {
     ca.new_crl(Some(4));
     assert_result(&verdict(&m, &ca.signed("crlgood", true)), "pass");
     assert_eq!(ca.requests("GET /inter.crl"), 1);
+    // Meanwhile the CA revokes crlgood; the refreshed CRL says so.
+    ca.revoke("crlgood");
+    ca.new_crl(Some(4));
     let deadline = Instant::now() + Duration::from_secs(6);
     while ca.requests("GET /inter.crl") < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(ca.requests("GET /inter.crl"), 2, "{}", ca.all_requests());
+    // The answer cached from the old CRL is not used any more.
+    let v = verdict(&m, &ca.signed("crlgood", true));
+    assert_result(&v, "fail");
+    assert!(v.contains("certificate revoked"), "{v}");
 }
 
 /// `smime-milter test --outbound` encrypting to `rcpt`, with the CA's

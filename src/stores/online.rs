@@ -90,6 +90,9 @@ pub enum Status {
 struct CachedStatus {
     revoked: Option<String>,
     until: i64,
+    /// An answer read from a CRL: that CRL (kept in use for the
+    /// refresher) and the CRL generation it belongs to.
+    crl: Option<(Arc<CrlEntry>, u64)>,
 }
 
 struct CrlEntry {
@@ -112,6 +115,8 @@ struct Shared {
     aia: Mutex<LruCache<String, (Vec<X509>, i64)>>,
     failed: Mutex<LruCache<String, (Instant, FetchError)>>,
     refresher: AtomicBool,
+    /// Counts CRLs replaced: an answer read from an older one is asked again.
+    crl_generation: AtomicU64,
 }
 
 /// The online checker of one configuration (dropped, with its caches and
@@ -140,20 +145,28 @@ fn lru<K: std::hash::Hash + Eq, V>(n: usize) -> Mutex<LruCache<K, V>> {
     Mutex::new(LruCache::new(NonZeroUsize::new(n.max(1)).expect("n >= 1")))
 }
 
-/// The URIs of one access method in a certificate's AIA extension.
+/// Whether we fetch from this URI: http only. AD CS lists an ldap:///
+/// location first and an http one after it; the ldap one is passed over
+/// as if absent, not counted as a failure.
+fn http(uri: &str) -> bool {
+    uri.get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+}
+
+/// The http URIs of one access method in a certificate's AIA extension.
 fn aia_urls(cert: &X509Ref, method: Nid) -> Vec<String> {
     cert.authority_info()
         .map(|st| {
             st.iter()
                 .filter(|a| a.method().nid() == method)
-                .filter_map(|a| a.location().uri().map(str::to_string))
+                .filter_map(|a| a.location().uri().filter(|u| http(u)).map(str::to_string))
                 .take(MAX_URLS)
                 .collect()
         })
         .unwrap_or_default()
 }
 
-/// The full-name URIs of a certificate's CRL distribution points.
+/// The http full-name URIs of a certificate's CRL distribution points.
 fn crl_urls(cert: &X509Ref) -> Vec<String> {
     let Some(points) = cert.crl_distribution_points() else {
         return Vec::new();
@@ -162,7 +175,7 @@ fn crl_urls(cert: &X509Ref) -> Vec<String> {
     for p in points.iter() {
         let names = p.distpoint().and_then(|d| d.fullname());
         for n in names.into_iter().flatten() {
-            if let Some(u) = n.uri() {
+            if let Some(u) = n.uri().filter(|u| http(u)) {
                 out.push(u.to_string());
             }
         }
@@ -276,6 +289,7 @@ impl Online {
                 aia: lru(n.min(1000)),
                 failed: lru(n.min(1000)),
                 refresher: AtomicBool::new(false),
+                crl_generation: AtomicU64::new(0),
                 settings,
             }),
         }
@@ -372,8 +386,15 @@ impl Shared {
             return Status::Unknown("certificate not hashable".into());
         };
         let now = now();
-        if let Some(c) = lock(&self.status).get(&key[..]).filter(|c| c.until > now) {
+        let generation = self.crl_generation.load(Ordering::Relaxed);
+        if let Some(c) = lock(&self.status)
+            .get(&key[..])
+            .filter(|c| c.until > now && c.crl.as_ref().is_none_or(|(_, g)| *g == generation))
+        {
             STATS.cache_hits.fetch_add(1, Ordering::Relaxed);
+            if let Some((crl, _)) = &c.crl {
+                crl.used.store(true, Ordering::Relaxed);
+            }
             return match &c.revoked {
                 Some(why) => Status::Revoked(why.clone()),
                 None => Status::Good,
@@ -396,6 +417,7 @@ impl Shared {
             let nothing = CachedStatus {
                 revoked: None,
                 until,
+                crl: None,
             };
             lock(&self.status).put(key.to_vec(), nothing);
             return Status::Good;
@@ -408,7 +430,12 @@ impl Shared {
                         Some(r) => Status::Revoked(r.clone()),
                         None => Status::Good,
                     };
-                    lock(&self.status).put(key.to_vec(), CachedStatus { revoked, until });
+                    let cached = CachedStatus {
+                        revoked,
+                        until,
+                        crl: None,
+                    };
+                    lock(&self.status).put(key.to_vec(), cached);
                     return status;
                 }
                 Err(e) => why.push(format!("OCSP {e}")),
@@ -416,7 +443,19 @@ impl Shared {
         }
         for url in &crls {
             match self.crl_status(url, cert, issuer, deadline) {
-                Ok(s) => return s,
+                Ok((revoked, entry)) => {
+                    let status = match &revoked {
+                        Some(r) => Status::Revoked(r.clone()),
+                        None => Status::Good,
+                    };
+                    let cached = CachedStatus {
+                        revoked,
+                        until: entry.until,
+                        crl: Some((entry, generation)),
+                    };
+                    lock(&self.status).put(key.to_vec(), cached);
+                    return status;
+                }
                 Err(e) => why.push(format!("CRL {e}")),
             }
         }
@@ -548,14 +587,15 @@ impl Shared {
         }
     }
 
-    /// The status of `cert` in the CRL at `url`, fetched or cached.
+    /// Whether `cert` is revoked (why) by the CRL at `url`, fetched or
+    /// cached, and that CRL.
     fn crl_status(
         self: &Arc<Self>,
         url: &str,
         cert: &X509,
         issuer: &X509,
         deadline: Instant,
-    ) -> Result<Status, String> {
+    ) -> Result<(Option<String>, Arc<CrlEntry>), String> {
         let now = now();
         let cached = lock(&self.crls).get(url).cloned();
         let entry = match cached {
@@ -565,16 +605,24 @@ impl Shared {
             }
             _ => {
                 let e = self.fetch_crl(url, issuer, deadline)?;
-                lock(&self.crls).put(url.to_string(), Arc::clone(&e));
+                self.keep_crl(url.to_string(), Arc::clone(&e));
                 self.start_refresher();
                 e
             }
         };
         entry.used.store(true, Ordering::Relaxed);
-        Ok(match entry.crl.get_by_cert(cert) {
-            CrlStatus::Revoked(_) => Status::Revoked("certificate revoked".into()),
-            CrlStatus::NotRevoked | CrlStatus::RemoveFromCrl(_) => Status::Good,
-        })
+        let revoked = match entry.crl.get_by_cert(cert) {
+            CrlStatus::Revoked(_) => Some("certificate revoked".to_string()),
+            CrlStatus::NotRevoked | CrlStatus::RemoveFromCrl(_) => None,
+        };
+        Ok((revoked, entry))
+    }
+
+    /// A CRL fetched (again): answers read from the one it replaces are
+    /// no longer used.
+    fn keep_crl(&self, url: String, entry: Arc<CrlEntry>) {
+        lock(&self.crls).put(url, entry);
+        self.crl_generation.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A CRL from `url`, checked: signed by `issuer`, current, and a full
@@ -699,7 +747,7 @@ impl Shared {
             match self.fetch_crl(&url, &old.issuer, deadline) {
                 Ok(fresh) => {
                     log::debug!("online: CRL of {url} refreshed");
-                    lock(&self.crls).put(url, fresh);
+                    self.keep_crl(url, fresh);
                 }
                 // Kept until it expires; a message then fetches it itself.
                 Err(_) => old.used.store(false, Ordering::Relaxed),
@@ -800,12 +848,14 @@ mod tests {
         let c = cert_with(&[
             (
                 Nid::INFO_ACCESS,
-                "OCSP;URI:http://o.example/,caIssuers;URI:http://c.example/i.p7c,\
+                "OCSP;URI:http://o.example/,caIssuers;URI:ldap:///CN=ca?cACertificate,\
+                 caIssuers;URI:http://c.example/i.p7c,\
                  caIssuers;URI:http://c2.example/i.der,caIssuers;URI:http://c3.example/x",
             ),
             (
                 Nid::CRL_DISTRIBUTION_POINTS,
-                "URI:http://crl.example/a.crl,URI:ldap://crl.example/cn=a",
+                "URI:ldap:///CN=ca?certificateRevocationList,\
+                 URI:http://crl.example/a.crl,URI:HTTP://crl2.example/a.crl",
             ),
         ]);
         assert_eq!(aia_urls(&c, Nid::AD_OCSP), ["http://o.example/"]);
@@ -814,9 +864,10 @@ mod tests {
             aia_urls(&c, Nid::AD_CA_ISSUERS),
             ["http://c.example/i.p7c", "http://c2.example/i.der"]
         );
+        // ldap URLs (AD CS lists one first) are passed over, not tried.
         assert_eq!(
             crl_urls(&c),
-            ["http://crl.example/a.crl", "ldap://crl.example/cn=a"]
+            ["http://crl.example/a.crl", "HTTP://crl2.example/a.crl"]
         );
         assert!(Online::has_issuer_url(&c));
         let plain = cert_with(&[]);

@@ -100,6 +100,24 @@ impl Ca {
             .into_bytes()
     }
 
+    /// `openssl ca -revoke` of a leaf, in the index the responder and the
+    /// next CRL read.
+    pub fn revoke(&self, leaf: &str) {
+        let st = Command::new("openssl")
+            .args(["ca", "-config"])
+            .arg(self.path("inter/ca.cnf"))
+            .arg("-cert")
+            .arg(self.path("inter.crt"))
+            .arg("-keyfile")
+            .arg(self.path("inter.key"))
+            .arg("-revoke")
+            .arg(self.path(&format!("{leaf}.crt")))
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "openssl ca -revoke {leaf}");
+    }
+
     /// `openssl ca -gencrl` again, due in `secs` (None: a day).
     pub fn new_crl(&self, secs: Option<u64>) {
         let mut cmd = Command::new(self.path("gencrl"));
