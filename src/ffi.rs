@@ -6,14 +6,14 @@
 //! wrappers where the crate has a type: `CmsContentInfoRef` getters (type,
 //! eContentType, content, signer infos, recipient infos, certificates),
 //! `CMS_add1_signer` with a digest, `X509_STORE_add_crl`,
-//! `X509StoreContextRef::param_mut`, the OCSP nonce.
+//! `X509StoreContextRef::param_mut`, a context's own CRLs, the OCSP nonce.
 
 #![allow(non_snake_case)]
 
 use openssl_sys::{
-    CMS_ContentInfo, ASN1_OBJECT, ASN1_OCTET_STRING, BIO, BIO_METHOD, EVP_MD, EVP_PKEY,
-    EVP_PKEY_CTX, OCSP_BASICRESP, OCSP_REQUEST, OPENSSL_STACK, X509, X509_ALGOR, X509_CRL,
-    X509_STORE, X509_STORE_CTX, X509_VERIFY_PARAM,
+    stack_st_X509_CRL, CMS_ContentInfo, ASN1_OBJECT, ASN1_OCTET_STRING, BIO, BIO_METHOD, EVP_MD,
+    EVP_PKEY, EVP_PKEY_CTX, OCSP_BASICRESP, OCSP_REQUEST, OPENSSL_STACK, X509, X509_ALGOR,
+    X509_CRL, X509_STORE, X509_STORE_CTX, X509_VERIFY_PARAM,
 };
 use std::ffi::{c_char, c_int, c_long, c_uint, c_void};
 
@@ -96,6 +96,7 @@ extern "C" {
     // x509_vfy.h
     pub fn X509_STORE_add_crl(store: *mut X509_STORE, crl: *mut X509_CRL) -> c_int;
     pub fn X509_STORE_CTX_get0_param(ctx: *mut X509_STORE_CTX) -> *mut X509_VERIFY_PARAM;
+    pub fn X509_STORE_CTX_set0_crls(ctx: *mut X509_STORE_CTX, crls: *mut stack_st_X509_CRL);
 
     // engine.h: the pkcs11 engine of libp11 (keys in a token).
     pub fn ENGINE_new() -> *mut c_void;

@@ -116,9 +116,9 @@ fn unreachable_responders_pass_in_soft_mode_and_defer_in_hard_mode() {
     let v = verdict(&soft, &ca.signed("down", true));
     assert_result(&v, "pass");
     assert!(v.contains("revocation status unknown"), "{v}");
-    let log = soft.wait_log("online: http://127.0.0.1");
+    let log = soft.wait_log("online: OCSP http://127.0.0.1");
     assert!(
-        log.contains("online: http://127.0.0.1"),
+        log.contains("online: OCSP http://127.0.0.1"),
         "the failure is logged: {log}"
     );
 
@@ -134,6 +134,26 @@ fn unreachable_responders_pass_in_soft_mode_and_defer_in_hard_mode() {
     );
     // A certificate whose responder answers is not held back by hard mode.
     assert_result(&verdict(&hard, &ca.signed("good", true)), "pass");
+
+    // A responder that takes the connection and never answers, and the
+    // message's budget spent on it: temperror even in soft mode (a sender
+    // could spend the budget on purpose).
+    let short = Milter::start(
+        &format!("authserv_id = \"{AUTHSERV}\"\nlookup_budget = \"2s\"\n"),
+        &format!(
+            "[verify]\ntrust_anchors = \"{}\"\n[online]\n{LOOPBACK}\n",
+            ca.path("root.crt").display()
+        ),
+    );
+    let started = Instant::now();
+    let v = verdict(&short, &ca.signed("silent", true));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_result(&v, "temperror");
+    assert!(v.contains("lookup time budget spent"), "{v}");
 
     // Off: no fetch at all, and no comment.
     let off = milter(
@@ -225,14 +245,15 @@ fn answers_are_fetched_again_when_they_expire() {
 
     // A CRL in use is fetched again before its nextUpdate, by the
     // refresher, without a message asking.
+    // Due in 6 s: the refresher fetches it again 2 s before.
     let m = milter(&ca, &format!("{LOOPBACK}\nocsp = false"));
-    ca.new_crl(Some(4));
+    ca.new_crl(Some(6));
     assert_result(&verdict(&m, &ca.signed("crlgood", true)), "pass");
     assert_eq!(ca.requests("GET /inter.crl"), 1);
     // Meanwhile the CA revokes crlgood; the refreshed CRL says so.
     ca.revoke("crlgood");
-    ca.new_crl(Some(4));
-    let deadline = Instant::now() + Duration::from_secs(6);
+    ca.new_crl(Some(60));
+    let deadline = Instant::now() + Duration::from_secs(10);
     while ca.requests("GET /inter.crl") < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -373,13 +394,19 @@ fn only_the_issuer_or_its_delegate_may_answer() {
     assert_eq!(ca.ocsp("delegated"), 1);
 
     // With a nonce asked for, the responder's echo is checked.
-    let m = milter(
-        &ca,
-        &format!("{LOOPBACK}\nrevocation = \"hard\"\nocsp_nonce = true"),
-    );
+    let nonce = format!("{LOOPBACK}\nrevocation = \"hard\"\nocsp_nonce = true");
+    let m = milter(&ca, &nonce);
     assert_result(&verdict(&m, &ca.signed("good", true)), "pass");
     let v = verdict(&m, &ca.signed("revoked", true));
     assert_result(&v, "fail");
+    // An old answer replayed: fine without a nonce, refused with one.
+    let plain = milter(&ca, LOOPBACK);
+    assert_result(&verdict(&plain, &ca.signed("replay", true)), "pass");
+    let v = verdict(&m, &ca.signed("replay", true));
+    assert_result(&v, "temperror");
+    let log = m.wait_log("nonce missing or not ours");
+    assert!(log.contains("nonce missing or not ours"), "{log}");
+    assert_eq!(ca.ocsp("replay"), 2);
 }
 
 #[test]
@@ -410,11 +437,19 @@ fn fetches_are_bounded() {
         f.get(&format!("{base}twice/inter.der"), soon()),
         Err(FetchError::Refused(_))
     ));
-    // Larger than max_response_size.
-    assert_eq!(
-        f.get(&format!("{base}big"), soon()),
-        Err(FetchError::TooLarge(1 << 20))
-    );
+    // Larger than max_response_size: announced, or found while reading.
+    for big in ["big", "bigstream"] {
+        assert_eq!(
+            f.get(&format!("{base}{big}"), soon()),
+            Err(FetchError::TooLarge(1 << 20)),
+            "{big}"
+        );
+    }
+    // A redirect is checked like the first URL: not to a private address.
+    match f.get(&format!("{base}elsewhere"), soon()) {
+        Err(FetchError::NotAllowed(why)) => assert!(why.contains("10.255.255.1"), "{why}"),
+        other => panic!("{other:?}"),
+    }
     // HTTP errors are transient failures.
     let e = f.get(&format!("{base}nothing"), soon()).unwrap_err();
     assert!(e.transient() && e.to_string().contains("404"), "{e}");

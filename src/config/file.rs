@@ -576,6 +576,10 @@ fn online(loc: &Locator<'_>, o: RawOnline, budget: Duration) -> Result<Online, C
     if max_cache_age.is_zero() || max_cache_age > Duration::from_secs(7 * 86_400) {
         return Err(loc.key_error("max_cache_age", "must be from 1 s to 7 d"));
     }
+    let retry_after = secs(o.retry_after, 30);
+    if retry_after > Duration::from_secs(86_400) {
+        return Err(loc.key_error("retry_after", "must be at most 1 d"));
+    }
     let nets = |v: Option<Vec<Net>>| v.unwrap_or_default().into_iter().map(|n| n.0).collect();
     Ok(Online {
         revocation: o.revocation.unwrap_or(RevocationMode::Soft),
@@ -587,7 +591,7 @@ fn online(loc: &Locator<'_>, o: RawOnline, budget: Duration) -> Result<Online, C
         max_response_size,
         cache_entries,
         max_cache_age,
-        retry_after: secs(o.retry_after, 30),
+        retry_after,
         allow_networks: nets(o.allow_networks),
         deny_networks: nets(o.deny_networks),
     })
@@ -1054,6 +1058,7 @@ mod tests {
                 "invalid network",
             ),
             ("[online]\ncache_entries = 0\n", 2, "at least 1"),
+            ("[online]\nretry_after = \"2d\"\n", 2, "at most 1 d"),
         ] {
             let e = parse(text).unwrap_err();
             assert_eq!(e.line, line, "{text}: {e}");

@@ -299,6 +299,9 @@ impl CertStore {
                     log::info!("certificate {serial} of {address} not used: revocation status unknown: {why}");
                     unknown.get_or_insert(format!("revocation status unknown: {why}"));
                 }
+                Status::OutOfTime => {
+                    unknown.get_or_insert("lookup time budget spent".to_string());
+                }
                 Status::Unknown(_) => return Ok(Some(c.clone())),
             }
         }

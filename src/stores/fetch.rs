@@ -62,18 +62,13 @@ pub fn is_public(ip: IpAddr) -> bool {
         }
         IpAddr::V6(a) => {
             let s = a.segments();
-            !(a.is_unspecified()
-                || a.is_loopback()
-                || a.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || (s[0] & 0xffc0) == 0xfec0
-                || (s[0] == 0x2001 && s[1] == 0x0db8)
-                || (s[0] == 0x2001 && s[1] < 0x0200)
-                // IPv4-compatible, NAT64 and 6to4 embed IPv4 hosts we do not check.
-                || (s[0..6] == [0; 6])
-                || (s[0] == 0x64 && s[1] == 0xff9b)
-                || s[0] == 0x2002)
+            // Global unicast is 2000::/3 (RFC 4291); within it, the
+            // documentation, IETF protocol (2001::/23) and 6to4 ranges
+            // (which embed IPv4 hosts we would not check) are not public.
+            (s[0] & 0xe000) == 0x2000
+                && !((s[0] == 0x2001 && (s[1] == 0x0db8 || s[1] < 0x0200))
+                    || s[0] == 0x2002
+                    || (s[0] & 0xfff0) == 0x3ff0)
         }
     }
 }
@@ -87,12 +82,14 @@ pub enum FetchError {
     /// No answer in time, no connection, or an HTTP error status.
     Failed(String),
     TooLarge(u64),
+    /// The message's lookup budget ran out.
+    OutOfTime,
 }
 
 impl FetchError {
     /// Whether asking again later could give another answer.
     pub fn transient(&self) -> bool {
-        matches!(self, FetchError::Failed(_))
+        matches!(self, FetchError::Failed(_) | FetchError::OutOfTime)
     }
 }
 
@@ -102,6 +99,7 @@ impl fmt::Display for FetchError {
             FetchError::Refused(why) | FetchError::NotAllowed(why) => f.write_str(why),
             FetchError::Failed(why) => f.write_str(why),
             FetchError::TooLarge(n) => write!(f, "response larger than {n} bytes"),
+            FetchError::OutOfTime => f.write_str("lookup time budget spent"),
         }
     }
 }
@@ -213,7 +211,7 @@ impl Fetcher {
         check_url(url)?;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(FetchError::Failed("lookup time budget spent".into()));
+            return Err(FetchError::OutOfTime);
         }
         Ok(Some(left.min(self.timeout)))
     }
@@ -311,6 +309,11 @@ mod tests {
             "64:ff9b::a00:1",
             "2002:a00:1::1",
             "::127.0.0.1",
+            "::ffff:0:a00:1",
+            "100::1",
+            "3fff::1",
+            "5f00::1",
+            "64:ff9b::a00:1",
         ] {
             assert!(!p.allows(ip(special)), "{special}");
         }

@@ -5,11 +5,14 @@
 //! CRLs in use are fetched again before they expire, and a URL that failed
 //! rests for `retry_after`. Status is asked only for certificates whose
 //! chain already verified, so only AIA follows URLs of unverified
-//! certificates; `fetch` bounds what any URL can make us do.
+//! certificates (what it learns is kept apart: a sender cannot make a CA's
+//! OCSP or CRL URL look failed); `fetch` bounds what any URL can make us do.
 
 use crate::config::{Online as Settings, RevocationMode};
 use crate::fetch::{FetchError, Fetcher, NetPolicy};
-use crate::ffi::{OCSP_check_nonce, OCSP_request_add1_nonce};
+use crate::ffi::{
+    OCSP_check_nonce, OCSP_request_add1_nonce, X509_STORE_CTX_get0_param, X509_STORE_CTX_set0_crls,
+};
 use crate::pki;
 use foreign_types::{ForeignType, ForeignTypeRef};
 use lru::LruCache;
@@ -22,7 +25,8 @@ use openssl::ocsp::{
 };
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreRef;
-use openssl::x509::{CrlStatus, X509Crl, X509Ref, X509};
+use openssl::x509::verify::{X509VerifyFlags, X509VerifyParamRef};
+use openssl::x509::{X509Crl, X509Ref, X509StoreContext, X509VerifyResult, X509};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -30,8 +34,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// URLs of one kind tried per certificate, at most.
 const MAX_URLS: usize = 2;
+/// Longest URL we follow: certificates carry short ones.
+const MAX_URL: usize = 1024;
 /// Certificates one AIA answer may carry.
 const MAX_AIA_CERTS: usize = 8;
+/// AIA answers kept: they come from URLs senders choose.
+const MAX_AIA_ANSWERS: usize = 100;
 /// CRLs kept (each at most `max_response_size`).
 const MAX_CRLS: usize = 64;
 /// Without a nextUpdate an answer is kept at most this long.
@@ -43,6 +51,8 @@ const SKEW: i64 = 300;
 const MAX_SMALL_ANSWER: u64 = 256 * 1024;
 /// An RFC 5019 GET is used when the whole URL stays within this.
 const MAX_GET_URL: usize = 255;
+/// A URL shown in a reason (a header comment) is cut to this.
+const SHOWN_URL: usize = 80;
 
 /// Counters for the stats line; they survive reloads.
 #[derive(Debug, Default)]
@@ -85,23 +95,48 @@ pub enum Status {
     Revoked(String),
     /// No answer could be had: why.
     Unknown(String),
+    /// The message's lookup budget ran out first. Not "unknown": a sender
+    /// can spend the budget (slow AIA servers), so soft mode must not
+    /// pass it.
+    OutOfTime,
+}
+
+/// What a fetch is for: failures are remembered per purpose, so that a
+/// URL a sender names for AIA cannot stand in for a CA's OCSP or CRL URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Purpose {
+    Ocsp,
+    Crl,
+    Issuers,
+}
+
+impl std::fmt::Display for Purpose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Purpose::Ocsp => "OCSP",
+            Purpose::Crl => "CRL",
+            Purpose::Issuers => "caIssuers",
+        })
+    }
 }
 
 struct CachedStatus {
     revoked: Option<String>,
     until: i64,
-    /// An answer read from a CRL: that CRL (kept in use for the
-    /// refresher) and the CRL generation it belongs to.
-    crl: Option<(Arc<CrlEntry>, u64)>,
+    /// An answer read from a CRL: valid while that CRL is the one in use.
+    crl: Option<Weak<CrlEntry>>,
 }
 
 struct CrlEntry {
     crl: X509Crl,
     /// The issuer whose key signed it, for checking and refreshing.
     issuer: X509,
+    fetched: i64,
     until: i64,
     /// Asked for since it was fetched: worth refreshing.
     used: AtomicBool,
+    /// A newer fetch of its URL took its place.
+    replaced: AtomicBool,
 }
 
 struct Shared {
@@ -113,10 +148,8 @@ struct Shared {
     status: Mutex<LruCache<Vec<u8>, CachedStatus>>,
     crls: Mutex<LruCache<String, Arc<CrlEntry>>>,
     aia: Mutex<LruCache<String, (Vec<X509>, i64)>>,
-    failed: Mutex<LruCache<String, (Instant, FetchError)>>,
+    failed: Mutex<LruCache<(Purpose, String), (Instant, FetchError)>>,
     refresher: AtomicBool,
-    /// Counts CRLs replaced: an answer read from an older one is asked again.
-    crl_generation: AtomicU64,
 }
 
 /// The online checker of one configuration (dropped, with its caches and
@@ -145,43 +178,75 @@ fn lru<K: std::hash::Hash + Eq, V>(n: usize) -> Mutex<LruCache<K, V>> {
     Mutex::new(LruCache::new(NonZeroUsize::new(n.max(1)).expect("n >= 1")))
 }
 
-/// Whether we fetch from this URI: http only. AD CS lists an ldap:///
-/// location first and an http one after it; the ldap one is passed over
-/// as if absent, not counted as a failure.
-fn http(uri: &str) -> bool {
-    uri.get(..7)
-        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+/// Whether we fetch from this URI: printable http only. AD CS lists an
+/// ldap:/// location first and an http one after it; such others are
+/// passed over (and counted, see `Urls::others`).
+fn usable(uri: &str) -> bool {
+    uri.len() <= MAX_URL
+        && uri.bytes().all(|b| b.is_ascii_graphic())
+        && uri
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
 }
 
-/// The http URIs of one access method in a certificate's AIA extension.
-fn aia_urls(cert: &X509Ref, method: Nid) -> Vec<String> {
-    cert.authority_info()
-        .map(|st| {
-            st.iter()
-                .filter(|a| a.method().nid() == method)
-                .filter_map(|a| a.location().uri().filter(|u| http(u)).map(str::to_string))
-                .take(MAX_URLS)
-                .collect()
-        })
-        .unwrap_or_default()
+/// A URL as a reason shows it.
+fn shown(url: &str) -> String {
+    match url.get(..SHOWN_URL) {
+        Some(head) if url.len() > SHOWN_URL => format!("{head}..."),
+        _ => url.to_string(),
+    }
 }
 
-/// The http full-name URIs of a certificate's CRL distribution points.
-fn crl_urls(cert: &X509Ref) -> Vec<String> {
-    let Some(points) = cert.crl_distribution_points() else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for p in points.iter() {
-        let names = p.distpoint().and_then(|d| d.fullname());
-        for n in names.into_iter().flatten() {
-            if let Some(u) = n.uri().filter(|u| http(u)) {
-                out.push(u.to_string());
+/// The URLs a certificate names for one purpose.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Urls {
+    /// The usable ones, at most `MAX_URLS`.
+    http: Vec<String>,
+    /// Whether it named others (ldap, https, malformed).
+    others: bool,
+}
+
+impl Urls {
+    fn add(&mut self, uri: &str) {
+        if !usable(uri) {
+            self.others = true;
+        } else if self.http.len() < MAX_URLS {
+            self.http.push(uri.to_string());
+        }
+    }
+}
+
+/// The URIs of one access method in a certificate's AIA extension.
+fn aia_urls(cert: &X509Ref, method: Nid) -> Urls {
+    let mut urls = Urls::default();
+    for a in cert.authority_info().iter().flat_map(|st| st.iter()) {
+        if a.method().nid() == method {
+            match a.location().uri() {
+                Some(u) => urls.add(u),
+                None => urls.others = true,
             }
         }
     }
-    out.truncate(MAX_URLS);
-    out
+    urls
+}
+
+/// The full-name URIs of a certificate's CRL distribution points.
+fn crl_urls(cert: &X509Ref) -> Urls {
+    let mut urls = Urls::default();
+    for p in cert
+        .crl_distribution_points()
+        .iter()
+        .flat_map(|st| st.iter())
+    {
+        let names = p.distpoint().and_then(|d| d.fullname());
+        for n in names.into_iter().flatten() {
+            match n.uri() {
+                Some(u) => urls.add(u),
+                None => urls.others = true,
+            }
+        }
+    }
+    urls
 }
 
 fn reason_name(r: OcspRevokedStatus) -> &'static str {
@@ -212,7 +277,7 @@ const MAX_FETCHED_ISSUERS: usize = 2;
 pub enum ChainFailure {
     /// OpenSSL could not run the check (memory, say): no verdict.
     Internal(openssl::error::ErrorStack),
-    Invalid(openssl::x509::X509VerifyResult),
+    Invalid(X509VerifyResult),
     /// A missing issuer named a caIssuers URL that gave none.
     NotFetched(FetchError),
 }
@@ -270,6 +335,59 @@ fn keep_until(settings: &Settings, next_update: Option<i64>, now: i64) -> i64 {
     next_update.unwrap_or(now + NO_NEXT_UPDATE_AGE).min(cap)
 }
 
+/// OpenSSL's own CRL check (RFC 5280 §6.3: scope and issuing distribution
+/// point, reasons, signature, times, critical extensions) of `chain[0]`
+/// against `crl`, the rest of the chain as its path: revoked (why) or not.
+fn crl_verdict(
+    store: &X509StoreRef,
+    chain: &[X509],
+    crl: &X509Crl,
+) -> Result<Option<String>, String> {
+    let internal = |_| "CRL check not run".to_string();
+    let mut path = Stack::new().map_err(internal)?;
+    for c in &chain[1..] {
+        path.push(c.clone()).map_err(internal)?;
+    }
+    // The crate has no stack of CRLs: a bare OpenSSL stack that borrows
+    // `crl` (the context only reads it) and is freed without its element.
+    struct CrlList(*mut openssl_sys::OPENSSL_STACK);
+    impl Drop for CrlList {
+        fn drop(&mut self) {
+            // SAFETY: our own stack; its one element is not owned by it.
+            unsafe { openssl_sys::OPENSSL_sk_free(self.0) }
+        }
+    }
+    // SAFETY: a new empty stack; NULL is checked below.
+    let crls = CrlList(unsafe { openssl_sys::OPENSSL_sk_new_null() });
+    // SAFETY: a live stack and a CRL that outlives it.
+    if crls.0.is_null()
+        || unsafe { openssl_sys::OPENSSL_sk_push(crls.0, crl.as_ptr() as *const _) } == 0
+    {
+        return Err("CRL check not run".into());
+    }
+    let mut ctx = X509StoreContext::new().map_err(internal)?;
+    let result = ctx
+        .init(store, &chain[0], &path, |c| {
+            // SAFETY: the live context's own parameters, and a CRL list
+            // that outlives the verification, which only reads it.
+            unsafe {
+                let param = X509_STORE_CTX_get0_param(c.as_ptr());
+                X509VerifyParamRef::from_ptr_mut(param).set_flags(X509VerifyFlags::CRL_CHECK)?;
+                X509_STORE_CTX_set0_crls(c.as_ptr(), crls.0 as *mut _);
+            }
+            c.verify_cert()?;
+            Ok(c.error())
+        })
+        .map_err(internal)?;
+    use openssl_sys as s;
+    match result.as_raw() {
+        s::X509_V_OK => Ok(None),
+        s::X509_V_ERR_CERT_REVOKED => Ok(Some("certificate revoked".into())),
+        s::X509_V_ERR_UNABLE_TO_GET_CRL => Err("CRL does not cover the certificate".into()),
+        _ => Err(format!("CRL not usable: {}", result.error_string())),
+    }
+}
+
 impl Online {
     pub fn new(settings: Settings) -> Online {
         let policy = NetPolicy {
@@ -286,10 +404,9 @@ impl Online {
                 small,
                 status: lru(n),
                 crls: lru(MAX_CRLS.min(n)),
-                aia: lru(n.min(1000)),
+                aia: lru(MAX_AIA_ANSWERS.min(n)),
                 failed: lru(n.min(1000)),
                 refresher: AtomicBool::new(false),
-                crl_generation: AtomicU64::new(0),
                 settings,
             }),
         }
@@ -310,20 +427,14 @@ impl Online {
             return Status::Good;
         }
         let mut unknown = None;
-        for pair in chain.windows(2) {
-            match self
-                .shared
-                .cert_status(&pair[0], &pair[1], chain, store, deadline)
-            {
+        for i in 0..chain.len().saturating_sub(1) {
+            match self.shared.cert_status(&chain[i..], store, deadline) {
                 Status::Good => {}
                 Status::Revoked(why) => {
-                    let whose = if std::ptr::eq(&pair[0], &chain[0]) {
-                        ""
-                    } else {
-                        " in chain"
-                    };
+                    let whose = if i == 0 { "" } else { " in chain" };
                     return Status::Revoked(format!("{why}{whose}"));
                 }
+                Status::OutOfTime => return Status::OutOfTime,
                 Status::Unknown(why) => {
                     unknown.get_or_insert(why);
                 }
@@ -343,9 +454,8 @@ impl Online {
         cert: &X509Ref,
         deadline: Instant,
     ) -> Result<Vec<X509>, FetchError> {
-        let urls = aia_urls(cert, Nid::AD_CA_ISSUERS);
         let mut last = None;
-        for url in urls {
+        for url in aia_urls(cert, Nid::AD_CA_ISSUERS).http {
             match self.shared.aia_certs(&url, deadline) {
                 Ok(certs) => {
                     let issuers: Vec<X509> = certs
@@ -359,58 +469,69 @@ impl Online {
                     if !issuers.is_empty() {
                         return Ok(issuers);
                     }
-                    last = Some(FetchError::Refused(format!("{url} holds no issuer")));
+                    last = Some(FetchError::Refused(format!(
+                        "{} holds no issuer",
+                        shown(&url)
+                    )));
                 }
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| FetchError::Refused("no caIssuers URL".into())))
+        Err(last.unwrap_or_else(|| FetchError::Refused("no http caIssuers URL".into())))
     }
 
-    /// Whether `cert` names a caIssuers URL at all.
+    /// Whether `cert` names an http caIssuers URL.
     pub fn has_issuer_url(cert: &X509Ref) -> bool {
-        !aia_urls(cert, Nid::AD_CA_ISSUERS).is_empty()
+        !aia_urls(cert, Nid::AD_CA_ISSUERS).http.is_empty()
     }
 }
 
 impl Shared {
+    /// The status of `path[0]`, issued by `path[1]` (the rest of the path
+    /// up to the anchor follows).
     fn cert_status(
         self: &Arc<Self>,
-        cert: &X509,
-        issuer: &X509,
-        chain: &[X509],
+        path: &[X509],
         store: &X509StoreRef,
         deadline: Instant,
     ) -> Status {
+        let cert = &path[0];
         let Ok(key) = cert.digest(MessageDigest::sha256()) else {
             return Status::Unknown("certificate not hashable".into());
         };
         let now = now();
-        let generation = self.crl_generation.load(Ordering::Relaxed);
-        if let Some(c) = lock(&self.status)
-            .get(&key[..])
-            .filter(|c| c.until > now && c.crl.as_ref().is_none_or(|(_, g)| *g == generation))
-        {
-            STATS.cache_hits.fetch_add(1, Ordering::Relaxed);
-            if let Some((crl, _)) = &c.crl {
-                crl.used.store(true, Ordering::Relaxed);
-            }
-            return match &c.revoked {
-                Some(why) => Status::Revoked(why.clone()),
-                None => Status::Good,
+        if let Some(c) = lock(&self.status).get(&key[..]).filter(|c| c.until > now) {
+            // An answer from a CRL holds while that CRL is the current one.
+            let crl_current = match &c.crl {
+                None => true,
+                Some(w) => w.upgrade().is_some_and(|e| {
+                    e.used.store(true, Ordering::Relaxed);
+                    !e.replaced.load(Ordering::Relaxed)
+                }),
             };
+            if crl_current {
+                STATS.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return match &c.revoked {
+                    Some(why) => Status::Revoked(why.clone()),
+                    None => Status::Good,
+                };
+            }
         }
         let ocsp = if self.settings.ocsp {
             aia_urls(cert, Nid::AD_OCSP)
         } else {
-            Vec::new()
+            Urls::default()
         };
         let crls = if self.settings.crl {
             crl_urls(cert)
         } else {
-            Vec::new()
+            Urls::default()
         };
-        if ocsp.is_empty() && crls.is_empty() {
+        if ocsp.http.is_empty() && crls.http.is_empty() {
+            if ocsp.others || crls.others {
+                // It names where to ask, only not in a form we fetch.
+                return Status::Unknown("no http OCSP or CRL URL".into());
+            }
             // Nothing to ask: remembered, so that the next message skips
             // reading the extensions too.
             let until = now + self.settings.max_cache_age.as_secs() as i64;
@@ -423,8 +544,8 @@ impl Shared {
             return Status::Good;
         }
         let mut why = Vec::new();
-        for url in &ocsp {
-            match self.ocsp(url, cert, issuer, chain, store, deadline) {
+        for url in &ocsp.http {
+            match self.ocsp(url, path, store, deadline) {
                 Ok((revoked, until)) => {
                     let status = match &revoked {
                         Some(r) => Status::Revoked(r.clone()),
@@ -438,11 +559,12 @@ impl Shared {
                     lock(&self.status).put(key.to_vec(), cached);
                     return status;
                 }
-                Err(e) => why.push(format!("OCSP {e}")),
+                Err(FetchError::OutOfTime) => return Status::OutOfTime,
+                Err(e) => why.push(format!("OCSP {}: {e}", shown(url))),
             }
         }
-        for url in &crls {
-            match self.crl_status(url, cert, issuer, deadline) {
+        for url in &crls.http {
+            match self.crl_status(url, path, store, deadline) {
                 Ok((revoked, entry)) => {
                     let status = match &revoked {
                         Some(r) => Status::Revoked(r.clone()),
@@ -451,98 +573,113 @@ impl Shared {
                     let cached = CachedStatus {
                         revoked,
                         until: entry.until,
-                        crl: Some((entry, generation)),
+                        crl: Some(Arc::downgrade(&entry)),
                     };
                     lock(&self.status).put(key.to_vec(), cached);
                     return status;
                 }
-                Err(e) => why.push(format!("CRL {e}")),
+                Err(FetchError::OutOfTime) => return Status::OutOfTime,
+                Err(e) => why.push(format!("CRL {}: {e}", shown(url))),
             }
         }
         Status::Unknown(why.join("; "))
     }
 
-    /// A URL that failed lately, with how.
-    fn resting(&self, url: &str) -> Option<FetchError> {
+    /// A URL that failed lately for this purpose, with how.
+    fn resting(&self, purpose: Purpose, url: &str) -> Option<FetchError> {
+        let key = (purpose, url.to_string());
         let mut failed = lock(&self.failed);
-        match failed.get(url) {
+        match failed.get(&key) {
             Some((until, e)) if *until > Instant::now() => Some(e.clone()),
             Some(_) => {
-                failed.pop(url);
+                failed.pop(&key);
                 None
             }
             None => None,
         }
     }
 
-    fn failed(&self, url: &str, e: &FetchError) {
+    /// Counts, logs and (but for a budget spent) remembers a failure.
+    fn failed(&self, purpose: Purpose, url: &str, e: &FetchError) {
         STATS.failures.fetch_add(1, Ordering::Relaxed);
-        log::info!("online: {url}: {e}");
-        // A refusal is the same next time: rest from it too.
-        lock(&self.failed).put(
-            url.to_string(),
-            (Instant::now() + self.settings.retry_after, e.clone()),
-        );
+        log::info!("online: {purpose} {url}: {e}");
+        if *e != FetchError::OutOfTime {
+            lock(&self.failed).put(
+                (purpose, url.to_string()),
+                (Instant::now() + self.settings.retry_after, e.clone()),
+            );
+        }
     }
 
-    /// GETs `url` (a CRL when `crl`), or POSTs an OCSP request to it.
-    /// `base` is the URL the certificate named (an OCSP GET adds the
-    /// request to it): what failures are remembered and logged by.
+    /// GETs `url`, or POSTs an OCSP request to it. `base` is the URL the
+    /// certificate named (an OCSP GET adds the request to it): what
+    /// failures are remembered and logged by.
     fn fetch(
         &self,
+        purpose: Purpose,
         base: &str,
         url: &str,
         post: Option<&[u8]>,
-        crl: bool,
         deadline: Instant,
     ) -> Result<Vec<u8>, FetchError> {
         // The same answer until retry_after has passed.
-        if let Some(e) = self.resting(base) {
+        if let Some(e) = self.resting(purpose, base) {
             return Err(e);
         }
-        let client = if crl { &self.fetcher } else { &self.small };
+        let client = match purpose {
+            Purpose::Crl => &self.fetcher,
+            Purpose::Ocsp | Purpose::Issuers => &self.small,
+        };
         let r = match post {
             Some(body) => client.post(url, "application/ocsp-request", body, deadline),
             None => client.get(url, deadline),
         };
+        // A request cut short by the message's budget says nothing of the URL.
+        let r = r.map_err(|e| {
+            if Instant::now() >= deadline {
+                FetchError::OutOfTime
+            } else {
+                e
+            }
+        });
         if let Err(e) = &r {
-            self.failed(base, e);
+            self.failed(purpose, base, e);
         }
         r
     }
 
-    /// The OCSP answer for `cert`: revoked (why) or not, and until when.
+    /// The OCSP answer for `path[0]`: revoked (why) or not, and until when.
     fn ocsp(
         &self,
         url: &str,
-        cert: &X509,
-        issuer: &X509,
-        chain: &[X509],
+        path: &[X509],
         store: &X509StoreRef,
         deadline: Instant,
-    ) -> Result<(Option<String>, i64), String> {
+    ) -> Result<(Option<String>, i64), FetchError> {
+        let (cert, issuer) = (&path[0], &path[1]);
         let id = || OcspCertId::from_cert(MessageDigest::sha1(), cert, issuer);
-        let e = |_| "request not built".to_string();
+        let e = |_| FetchError::Refused("OCSP request not built".into());
         let mut req = OcspRequest::new().map_err(e)?;
         req.add_id(id().map_err(e)?).map_err(e)?;
         if self.settings.ocsp_nonce {
             // SAFETY: a live request; a NULL value asks OpenSSL for random bytes.
             if unsafe { OCSP_request_add1_nonce(req.as_ptr(), std::ptr::null_mut(), -1) } != 1 {
-                return Err("nonce not added".into());
+                return Err(FetchError::Refused("nonce not added".into()));
             }
         }
         let der = req.to_der().map_err(e)?;
         let get = get_url(url, &der);
         STATS.ocsp_requests.fetch_add(1, Ordering::Relaxed);
         let answer = match &get {
-            Some(u) => self.fetch(url, u, None, false, deadline),
-            None => self.fetch(url, url, Some(&der), false, deadline),
-        }
-        .map_err(|e| format!("{url}: {e}"))?;
+            Some(u) => self.fetch(Purpose::Ocsp, url, u, None, deadline),
+            None => self.fetch(Purpose::Ocsp, url, url, Some(&der), deadline),
+        }?;
+        // An answer that does not hold is about this certificate only: not
+        // remembered against the URL.
         let bad = |why: &str| {
             STATS.failures.fetch_add(1, Ordering::Relaxed);
             log::info!("online: OCSP answer of {url}: {why}");
-            Err(format!("{url}: {why}"))
+            Err(FetchError::Refused(why.to_string()))
         };
         let Ok(resp) = OcspResponse::from_der(&answer) else {
             return bad("unreadable answer");
@@ -553,8 +690,10 @@ impl Shared {
         let Ok(basic) = resp.basic() else {
             return bad("no basic response");
         };
-        let mut certs = Stack::new().map_err(|_| "out of memory".to_string())?;
-        for c in chain {
+        let Ok(mut certs) = Stack::new() else {
+            return bad("out of memory");
+        };
+        for c in &path[1..] {
             let _ = certs.push(c.clone());
         }
         // The responder is the issuer or one it delegated to (id-kp-OCSPSigning).
@@ -571,7 +710,10 @@ impl Shared {
         let Some(st) = basic.find_status(&id) else {
             return bad("no status for the certificate");
         };
-        if st.check_validity(SKEW as u32, None).is_err() {
+        // Current, and (without a nonce, an answer could be replayed) not
+        // older than we would keep one.
+        let max_age = self.settings.max_cache_age.as_secs() as u32;
+        if st.check_validity(SKEW as u32, Some(max_age)).is_err() {
             return bad("answer outdated or not yet valid");
         }
         let now = now();
@@ -587,15 +729,16 @@ impl Shared {
         }
     }
 
-    /// Whether `cert` is revoked (why) by the CRL at `url`, fetched or
+    /// Whether `path[0]` is revoked (why) by the CRL at `url`, fetched or
     /// cached, and that CRL.
     fn crl_status(
         self: &Arc<Self>,
         url: &str,
-        cert: &X509,
-        issuer: &X509,
+        path: &[X509],
+        store: &X509StoreRef,
         deadline: Instant,
-    ) -> Result<(Option<String>, Arc<CrlEntry>), String> {
+    ) -> Result<(Option<String>, Arc<CrlEntry>), FetchError> {
+        let issuer = &path[1];
         let now = now();
         let cached = lock(&self.crls).get(url).cloned();
         let entry = match cached {
@@ -611,37 +754,34 @@ impl Shared {
             }
         };
         entry.used.store(true, Ordering::Relaxed);
-        let revoked = match entry.crl.get_by_cert(cert) {
-            CrlStatus::Revoked(_) => Some("certificate revoked".to_string()),
-            CrlStatus::NotRevoked | CrlStatus::RemoveFromCrl(_) => None,
-        };
+        let revoked = crl_verdict(store, path, &entry.crl).map_err(FetchError::Refused)?;
         Ok((revoked, entry))
     }
 
     /// A CRL fetched (again): answers read from the one it replaces are
     /// no longer used.
     fn keep_crl(&self, url: String, entry: Arc<CrlEntry>) {
-        lock(&self.crls).put(url, entry);
-        self.crl_generation.fetch_add(1, Ordering::Relaxed);
+        if let Some(old) = lock(&self.crls).put(url, entry) {
+            old.replaced.store(true, Ordering::Relaxed);
+        }
     }
 
-    /// A CRL from `url`, checked: signed by `issuer`, current, and a full
-    /// CRL of its whole scope (no critical extension: partitioned, delta
-    /// and indirect CRLs are not read).
+    /// A CRL from `url`, checked before it is kept: signed by `issuer` and
+    /// current. Whether it covers a certificate is `crl_verdict`'s.
     fn fetch_crl(
         &self,
         url: &str,
         issuer: &X509,
         deadline: Instant,
-    ) -> Result<Arc<CrlEntry>, String> {
+    ) -> Result<Arc<CrlEntry>, FetchError> {
         STATS.crl_fetches.fetch_add(1, Ordering::Relaxed);
-        let data = self
-            .fetch(url, url, None, true, deadline)
-            .map_err(|e| format!("{url}: {e}"))?;
+        let data = self.fetch(Purpose::Crl, url, url, None, deadline)?;
+        // A CRL that does not hold is the same for every certificate:
+        // remembered against its URL, not downloaded for each message.
         let bad = |why: &str| {
-            STATS.failures.fetch_add(1, Ordering::Relaxed);
-            log::info!("online: CRL of {url}: {why}");
-            format!("{url}: {why}")
+            let e = FetchError::Refused(why.to_string());
+            self.failed(Purpose::Crl, url, &e);
+            e
         };
         let crl = if memchr::memmem::find(&data, b"-----BEGIN X509 CRL-----").is_some() {
             X509Crl::from_pem(&data)
@@ -659,15 +799,7 @@ impl Shared {
             .and_then(|k| crl.verify(&k).ok())
             .unwrap_or(false);
         if !same_issuer || !signed {
-            return Err(bad("not signed by the certificate's issuer"));
-        }
-        // SAFETY: a live CRL; the call only reads its extensions.
-        let critical =
-            unsafe { openssl_sys::X509_CRL_get_ext_by_critical(crl.as_ptr(), 1, -1) } >= 0;
-        if critical {
-            return Err(bad(
-                "CRL with a critical extension (partitioned, delta or indirect)",
-            ));
+            return Err(bad("CRL not signed by the certificate's issuer"));
         }
         let now = now();
         let this = pki::unix_time(crl.last_update());
@@ -678,11 +810,17 @@ impl Shared {
         if next.is_some_and(|t| t < now) {
             return Err(bad("CRL expired"));
         }
+        let max_age = self.settings.max_cache_age.as_secs() as i64;
+        if next.is_none() && this.is_some_and(|t| t < now - max_age) {
+            return Err(bad("CRL without nextUpdate older than max_cache_age"));
+        }
         Ok(Arc::new(CrlEntry {
             crl,
             issuer: issuer.clone(),
+            fetched: now,
             until: keep_until(&self.settings, next, now),
             used: AtomicBool::new(false),
+            replaced: AtomicBool::new(false),
         }))
     }
 
@@ -694,10 +832,10 @@ impl Shared {
             return Ok(certs.clone());
         }
         STATS.aia_fetches.fetch_add(1, Ordering::Relaxed);
-        let data = self.fetch(url, url, None, false, deadline)?;
+        let data = self.fetch(Purpose::Issuers, url, url, None, deadline)?;
         let mut certs = pki::certs_from_bytes(&data).map_err(|why| {
-            let e = FetchError::Refused(format!("{url}: {why}"));
-            self.failed(url, &e);
+            let e = FetchError::Refused(format!("{}: {why}", shown(url)));
+            self.failed(Purpose::Issuers, url, &e);
             e
         })?;
         certs.truncate(MAX_AIA_CERTS);
@@ -730,14 +868,13 @@ impl Shared {
     }
 
     /// Fetches again the CRLs used since their fetch that are in the last
-    /// tenth of their life (at least the last 2 s).
+    /// tenth of the time we keep them (at least the last 2 s).
     fn refresh_crls(&self) {
         let now = now();
         let due: Vec<(String, Arc<CrlEntry>)> = lock(&self.crls)
             .iter()
             .filter(|(_, e)| {
-                let this = pki::unix_time(e.crl.last_update()).unwrap_or(now);
-                let margin = ((e.until - this) / 10).max(2);
+                let margin = ((e.until - e.fetched) / 10).max(2);
                 e.used.load(Ordering::Relaxed) && e.until - now <= margin
             })
             .map(|(u, e)| (u.clone(), Arc::clone(e)))
@@ -810,6 +947,24 @@ mod tests {
     }
 
     #[test]
+    fn urls_we_fetch_and_urls_we_show() {
+        assert!(usable("http://ca.example/x.crl") && usable("HTTP://x/"));
+        for no in [
+            "https://x/",
+            "ldap:///cn=x",
+            "http://a b/",
+            "http://x/\r\n",
+            "ftp://x",
+        ] {
+            assert!(!usable(no), "{no}");
+        }
+        assert!(!usable(&format!("http://x/{}", "a".repeat(MAX_URL))));
+        let long = format!("http://x/{}", "a".repeat(200));
+        assert_eq!(shown(&long).len(), SHOWN_URL + 3);
+        assert_eq!(shown("http://x/"), "http://x/");
+    }
+
+    #[test]
     fn short_requests_go_by_get_long_ones_by_post() {
         let u = get_url("http://ocsp.example", &[0xfb; 40]).unwrap();
         assert!(u.starts_with("http://ocsp.example/"), "{u}");
@@ -858,22 +1013,43 @@ mod tests {
                  URI:http://crl.example/a.crl,URI:HTTP://crl2.example/a.crl",
             ),
         ]);
-        assert_eq!(aia_urls(&c, Nid::AD_OCSP), ["http://o.example/"]);
-        // At most MAX_URLS of each kind: a certificate cannot make us fetch more.
+        let ocsp = aia_urls(&c, Nid::AD_OCSP);
+        assert_eq!(ocsp.http, ["http://o.example/"]);
+        assert!(!ocsp.others);
+        // At most MAX_URLS of each kind: a certificate cannot make us fetch
+        // more. ldap URLs (AD CS lists one first) are passed over, not tried.
+        let issuers = aia_urls(&c, Nid::AD_CA_ISSUERS);
         assert_eq!(
-            aia_urls(&c, Nid::AD_CA_ISSUERS),
+            issuers.http,
             ["http://c.example/i.p7c", "http://c2.example/i.der"]
         );
-        // ldap URLs (AD CS lists one first) are passed over, not tried.
+        assert!(issuers.others);
+        let crls = crl_urls(&c);
         assert_eq!(
-            crl_urls(&c),
+            crls.http,
             ["http://crl.example/a.crl", "HTTP://crl2.example/a.crl"]
         );
+        assert!(crls.others);
         assert!(Online::has_issuer_url(&c));
         let plain = cert_with(&[]);
-        assert!(aia_urls(&plain, Nid::AD_OCSP).is_empty());
-        assert!(crl_urls(&plain).is_empty());
+        assert_eq!(aia_urls(&plain, Nid::AD_OCSP), Urls::default());
+        assert_eq!(crl_urls(&plain), Urls::default());
         assert!(!Online::has_issuer_url(&plain));
+        // Only an ldap CRL: it names where to ask, in a form we do not fetch.
+        let ldap_only = cert_with(&[(
+            Nid::CRL_DISTRIBUTION_POINTS,
+            "URI:ldap:///CN=ca?certificateRevocationList",
+        )]);
+        let o = Online::new(settings());
+        let store = openssl::x509::store::X509StoreBuilder::new()
+            .unwrap()
+            .build();
+        let far = Instant::now() + Duration::from_secs(5);
+        let chain = [ldap_only.clone(), ldap_only];
+        assert_eq!(
+            o.chain_status(&chain, &store, far),
+            Status::Unknown("no http OCSP or CRL URL".into())
+        );
     }
 
     #[test]

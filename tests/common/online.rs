@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 pub struct Ca {
     pub dir: tempfile::TempDir,
     pub server: Child,
+    /// Takes connections (the kernel's backlog) and never answers.
+    _silent: std::net::TcpListener,
     log: PathBuf,
 }
 
@@ -19,12 +21,14 @@ impl Ca {
         let dir = tempdir();
         let port = free_port();
         let down = free_port();
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let script = project_dir().join("tests/pki/make-online-pki.sh");
         let st = Command::new("sh")
             .arg(script)
             .arg(dir.path())
             .arg(port.to_string())
             .arg(down.to_string())
+            .arg(silent.local_addr().unwrap().port().to_string())
             .status()
             .unwrap();
         assert!(st.success(), "make-online-pki.sh failed");
@@ -39,7 +43,12 @@ impl Ca {
             .spawn()
             .expect("python3");
         assert!(wait_port(port, 10), "the CA's web server did not start");
-        Ca { dir, server, log }
+        Ca {
+            dir,
+            server,
+            _silent: silent,
+            log,
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

@@ -1,7 +1,8 @@
 #!/bin/sh
-# make-online-pki.sh DIR PORT DOWN_PORT: a PKI whose certificates point at
-# http://127.0.0.1:PORT (tests/pki/online-server.py) for OCSP, CRLs and
-# caIssuers, and at DOWN_PORT, where nothing listens. EC P-256 keys (fast).
+# make-online-pki.sh DIR PORT DOWN_PORT SILENT_PORT: a PKI whose certificates
+# point at http://127.0.0.1:PORT (tests/pki/online-server.py) for OCSP, CRLs
+# and caIssuers; at DOWN_PORT, where nothing listens; and at SILENT_PORT,
+# where connections are taken and never answered. EC P-256 keys (fast).
 #   root          Online Root (trust anchor; also root.p7b, a PKCS#7 bundle)
 #   inter         issued by root; CRL DP root.crl; caIssuers www/inter.der,
 #                 www/inter.p7c (PKCS#7 certs-only), CRL www/inter.crl
@@ -9,18 +10,21 @@
 #     good, revoked     OCSP /ocsp/<leaf>/, caIssuers inter.der
 #     crlgood, crlrevoked   CRL DP inter.crl only
 #     down              OCSP at DOWN_PORT only
+#     silent            OCSP at SILENT_PORT only
 #     p7                OCSP, caIssuers inter.p7c
 #     rcpt-old, rcpt-new  both rcpt@example.org; rcpt-new expires later and is revoked
 #     lone              lone@example.org, revoked
 #     flaky             OCSP at /broken/ (HTTP 503), caIssuers inter.der
 #     forged            OCSP answered signed by good's key (not authorized)
 #     delegated         OCSP answered by responder (EKU OCSPSigning, issued by inter)
+#     replay            OCSP whose server answers every request with its first answer
 #     private           caIssuers http://10.255.255.1/inter.der
 # Revoked ones are in inter/index.txt, which the OCSP responder reads.
 set -eu
 out=$1
 base=http://127.0.0.1:$2
 down=http://127.0.0.1:$3
+silent=http://127.0.0.1:$4
 mkdir -p "$out/www" && cd "$out"
 
 key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1.key" 2>/dev/null; }
@@ -53,6 +57,14 @@ openssl req -new -x509 -key root.key -subj "/CN=Online Root" -days 3650 -sha256 
 openssl crl2pkcs7 -nocrl -certfile root.crt -out root.p7b
 ca_db rootdb
 ca_db inter
+# The intermediate's CRLs carry a critical issuing distribution point (as
+# many CAs' do): it must match the certificates' distribution point.
+cat >> inter/ca.cnf <<X
+[crl_ext]
+issuingDistributionPoint = critical, @idp
+[idp]
+fullname = URI:$base/inter.crl
+X
 
 key inter
 cat > inter.ext <<X
@@ -92,12 +104,14 @@ leaf revoked revoked@example.org 365 "$(aia revoked inter.der)"
 leaf crlgood crlgood@example.org 365 "crlDistributionPoints = URI:$base/inter.crl"
 leaf crlrevoked crlrevoked@example.org 365 "crlDistributionPoints = URI:$base/inter.crl"
 leaf down down@example.org 365 "authorityInfoAccess = OCSP;URI:$down/"
+leaf silent silent@example.org 365 "authorityInfoAccess = OCSP;URI:$silent/"
 leaf p7 p7@example.org 365 "$(aia p7 inter.p7c)"
 leaf rcpt-old rcpt@example.org 100 "$(aia rcpt inter.der)"
 leaf rcpt-new rcpt@example.org 300 "$(aia rcpt inter.der)"
 leaf lone lone@example.org 365 "$(aia lone inter.der)"
 leaf forged forged@example.org 365 "$(aia forged inter.der)"
 leaf delegated delegated@example.org 365 "$(aia delegated inter.der)"
+leaf replay replay@example.org 365 "$(aia replay inter.der)"
 key responder
 printf 'basicConstraints = CA:FALSE\nkeyUsage = critical, digitalSignature\nextendedKeyUsage = OCSPSigning\nnoCheck = ignored\n' > responder.ext
 openssl req -new -key responder.key -subj "/CN=Online OCSP Responder" -out responder.csr 2>/dev/null
@@ -118,7 +132,7 @@ cat > gencrl <<X
 set -e
 cd "$out"
 if [ -n "\${1:-}" ]; then due="-crlsec \$1"; else due="-crldays 1"; fi
-openssl ca -gencrl -config inter/ca.cnf -cert inter.crt -keyfile inter.key \$due -out inter.crl.pem 2>/dev/null
+openssl ca -gencrl -config inter/ca.cnf -cert inter.crt -keyfile inter.key -crlexts crl_ext \$due -out inter.crl.pem 2>/dev/null
 openssl crl -in inter.crl.pem -outform DER -out www/inter.crl.new
 mv www/inter.crl.new www/inter.crl
 X

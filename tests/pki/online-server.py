@@ -4,7 +4,9 @@
 GET /NAME           the file DIR/www/NAME (CRLs, caIssuers certificates)
 GET /moved/NAME     a redirect to /NAME
 GET /twice/NAME     a redirect to /moved/NAME (two hops)
-GET /big            8 MB of zeros
+GET /big            8 MB of zeros, with a Content-Length
+GET /bigstream      8 MB of zeros, without one (until the connection closes)
+GET /elsewhere      a redirect to http://10.255.255.1/inter.der
 GET|POST /broken/…  HTTP 503
 GET /ocsp/TAG/REQ   an OCSP request, base64 and URL-escaped (RFC 5019)
 POST /ocsp/TAG/     an OCSP request as the body (RFC 6960)
@@ -12,7 +14,9 @@ POST /ocsp/TAG/     an OCSP request as the body (RFC 6960)
 OCSP answers come from `openssl ocsp` over DIR/inter/index.txt, signed by
 the intermediate (`openssl ocsp -port` would listen on every address);
 for TAG "forged" by the key of the leaf "good" (not authorized), for TAG
-"delegated" by DIR/responder (a delegated responder, RFC 6960 §4.2.2.2).
+"delegated" by DIR/responder (a delegated responder, RFC 6960 §4.2.2.2);
+for TAG "replay" the first answer is sent again for every later request
+(an old answer replayed: its nonce, if any, is not the new request's).
 Every request is logged to stderr as one line "METHOD PATH".
 """
 import base64
@@ -24,6 +28,9 @@ import tempfile
 import urllib.parse
 
 PORT, DIR = int(sys.argv[1]), sys.argv[2]
+
+
+REPLAYED = []
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -46,6 +53,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def ocsp(self, tag, der):
+        if tag == "replay" and REPLAYED:
+            return self.reply(200, REPLAYED[0], "application/ocsp-response")
         signer = {"forged": "good", "delegated": "responder"}.get(tag, "inter")
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, "req"), "wb") as f:
@@ -60,7 +69,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if r.returncode != 0:
                 return self.reply(500)
             with open(os.path.join(d, "resp"), "rb") as f:
-                self.reply(200, f.read(), "application/ocsp-response")
+                answer = f.read()
+        if tag == "replay":
+            REPLAYED.append(answer)
+        self.reply(200, answer, "application/ocsp-response")
 
     def do_GET(self):
         path = self.path
@@ -71,6 +83,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.reply(503)
         if path == "/big":
             return self.reply(200, b"\0" * (8 << 20))
+        if path == "/bigstream":
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                for _ in range(8 << 10):
+                    self.wfile.write(b"\0" * 1024)
+            except OSError:
+                pass
+            return
+        if path == "/elsewhere":
+            return self.reply(302, extra=[("Location", "http://10.255.255.1/inter.der")])
         if path.startswith("/moved/"):
             return self.reply(302, extra=[("Location", path[len("/moved"):])])
         if path.startswith("/twice/"):

@@ -76,6 +76,13 @@ pub(super) fn evaluate_signer(
                 set(SmimeResult::Fail, why);
                 return v;
             }
+            Status::OutOfTime => {
+                set(
+                    SmimeResult::Temperror,
+                    "lookup time budget spent before revocation was checked".into(),
+                );
+                return v;
+            }
             Status::Unknown(_) if online.mode() == RevocationMode::Hard => {
                 set(SmimeResult::Temperror, "revocation status unknown".into());
                 return v;
