@@ -110,6 +110,28 @@ fn crl_distribution_points_decide() {
 }
 
 #[test]
+fn a_burst_of_messages_fetches_a_crl_once() {
+    let ca = Ca::start();
+    let m = milter(&ca, &format!("{LOOPBACK}\nocsp = false"));
+    let msg = ca.signed("slowcrl", true);
+    // Six messages at once; the CRL takes a second to come.
+    let verdicts: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6).map(|_| s.spawn(|| verdict(&m, &msg))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for v in &verdicts {
+        assert_result(v, "pass");
+    }
+    assert_eq!(
+        ca.requests("GET /slow/inter.crl"),
+        1,
+        "{}",
+        ca.all_requests()
+    );
+    assert_eq!(ca.requests("GET /root.crl"), 1, "{}", ca.all_requests());
+}
+
+#[test]
 fn unreachable_responders_pass_in_soft_mode_and_defer_in_hard_mode() {
     let ca = Ca::start();
     let soft = milter(&ca, LOOPBACK);

@@ -27,6 +27,7 @@ use openssl::stack::Stack;
 use openssl::x509::store::X509StoreRef;
 use openssl::x509::verify::{X509VerifyFlags, X509VerifyParamRef};
 use openssl::x509::{X509Crl, X509Ref, X509StoreContext, X509VerifyResult, X509};
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -139,8 +140,32 @@ struct CrlEntry {
     replaced: AtomicBool,
 }
 
+/// A fetch under way, for those waiting on it.
+#[derive(Default)]
+struct Flight {
+    done: Mutex<bool>,
+    landed: std::sync::Condvar,
+}
+
+/// Ends a flight when the fetch returns (or unwinds).
+struct Landing<'a> {
+    inflight: &'a Mutex<HashMap<(Purpose, String), Arc<Flight>>>,
+    key: &'a (Purpose, String),
+    flight: &'a Flight,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        lock(self.inflight).remove(self.key);
+        *lock(&self.flight.done) = true;
+        self.flight.landed.notify_all();
+    }
+}
+
 struct Shared {
     settings: Settings,
+    /// CRL and caIssuers fetches under way, by URL.
+    inflight: Mutex<HashMap<(Purpose, String), Arc<Flight>>>,
     /// For CRLs.
     fetcher: Fetcher,
     /// For OCSP answers and issuer certificates.
@@ -407,6 +432,7 @@ impl Online {
                 aia: lru(MAX_AIA_ANSWERS.min(n)),
                 failed: lru(n.min(1000)),
                 refresher: AtomicBool::new(false),
+                inflight: Mutex::new(HashMap::new()),
                 settings,
             }),
         }
@@ -739,20 +765,16 @@ impl Shared {
         deadline: Instant,
     ) -> Result<(Option<String>, Arc<CrlEntry>), FetchError> {
         let issuer = &path[1];
-        let now = now();
-        let cached = lock(&self.crls).get(url).cloned();
-        let entry = match cached {
-            Some(c) if c.until > now && same_cert(&c.issuer, issuer) => {
-                STATS.cache_hits.fetch_add(1, Ordering::Relaxed);
-                c
-            }
-            _ => {
-                let e = self.fetch_crl(url, issuer, deadline)?;
-                self.keep_crl(url.to_string(), Arc::clone(&e));
-                self.start_refresher();
-                e
-            }
+        let cached = || {
+            let c = lock(&self.crls).get(url).cloned()?;
+            (c.until > now() && same_cert(&c.issuer, issuer)).then_some(c)
         };
+        let entry = self.once(Purpose::Crl, url, deadline, &cached, || {
+            let e = self.fetch_crl(url, issuer, deadline)?;
+            self.keep_crl(url.to_string(), Arc::clone(&e));
+            self.start_refresher();
+            Ok(e)
+        })?;
         entry.used.store(true, Ordering::Relaxed);
         let revoked = crl_verdict(store, path, &entry.crl).map_err(FetchError::Refused)?;
         Ok((revoked, entry))
@@ -826,22 +848,84 @@ impl Shared {
 
     /// The certificates at an AIA caIssuers URL, fetched or cached.
     fn aia_certs(&self, url: &str, deadline: Instant) -> Result<Vec<X509>, FetchError> {
-        let now = now();
-        if let Some((certs, _)) = lock(&self.aia).get(url).filter(|(_, until)| *until > now) {
-            STATS.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(certs.clone());
+        let cached = || {
+            let now = now();
+            let mut aia = lock(&self.aia);
+            aia.get(url)
+                .filter(|(_, until)| *until > now)
+                .map(|(certs, _)| certs.clone())
+        };
+        self.once(Purpose::Issuers, url, deadline, &cached, || {
+            STATS.aia_fetches.fetch_add(1, Ordering::Relaxed);
+            let data = self.fetch(Purpose::Issuers, url, url, None, deadline)?;
+            let mut certs = pki::certs_from_bytes(&data).map_err(|why| {
+                let e = FetchError::Refused(format!("{}: {why}", shown(url)));
+                self.failed(Purpose::Issuers, url, &e);
+                e
+            })?;
+            certs.truncate(MAX_AIA_CERTS);
+            let until = now() + self.settings.max_cache_age.as_secs() as i64;
+            lock(&self.aia).put(url.to_string(), (certs.clone(), until));
+            Ok(certs)
+        })
+    }
+
+    /// What `cached` has, else one fetch at a time per URL: the first
+    /// message to need it fetches (`fetch` fills the cache), the others
+    /// wait for it, within their own deadline, and then read the cache or
+    /// the failure it left. A burst of mail from a new CA downloads its CRL
+    /// once, not once per message.
+    fn once<T>(
+        &self,
+        purpose: Purpose,
+        url: &str,
+        deadline: Instant,
+        cached: &dyn Fn() -> Option<T>,
+        fetch: impl FnOnce() -> Result<T, FetchError>,
+    ) -> Result<T, FetchError> {
+        let key = (purpose, url.to_string());
+        loop {
+            if let Some(v) = cached() {
+                STATS.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(v);
+            }
+            if let Some(e) = self.resting(purpose, url) {
+                return Err(e);
+            }
+            let (flight, leader) = {
+                let mut inflight = lock(&self.inflight);
+                match inflight.get(&key) {
+                    Some(f) => (Arc::clone(f), false),
+                    None => {
+                        let f = Arc::new(Flight::default());
+                        inflight.insert(key.clone(), Arc::clone(&f));
+                        (f, true)
+                    }
+                }
+            };
+            if leader {
+                // Landed, failed or panicked: the waiters are let go.
+                let _landing = Landing {
+                    inflight: &self.inflight,
+                    key: &key,
+                    flight: &flight,
+                };
+                return fetch();
+            }
+            let mut done = lock(&flight.done);
+            while !*done {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(FetchError::OutOfTime);
+                }
+                done = flight
+                    .landed
+                    .wait_timeout(done, left)
+                    .map_or_else(|e| e.into_inner().0, |r| r.0);
+            }
+            // The leader's answer is in the cache or the failure memory;
+            // if neither (its own budget ran out), this one fetches.
         }
-        STATS.aia_fetches.fetch_add(1, Ordering::Relaxed);
-        let data = self.fetch(Purpose::Issuers, url, url, None, deadline)?;
-        let mut certs = pki::certs_from_bytes(&data).map_err(|why| {
-            let e = FetchError::Refused(format!("{}: {why}", shown(url)));
-            self.failed(Purpose::Issuers, url, &e);
-            e
-        })?;
-        certs.truncate(MAX_AIA_CERTS);
-        let until = now + self.settings.max_cache_age.as_secs() as i64;
-        lock(&self.aia).put(url.to_string(), (certs.clone(), until));
-        Ok(certs)
     }
 
     /// One thread per configuration keeps CRLs in use fresh; it ends when

@@ -9,6 +9,7 @@
 #   <leaf>.crt    issued by inter, <leaf>@example.org, with their URLs:
 #     good, revoked     OCSP /ocsp/<leaf>/, caIssuers inter.der
 #     crlgood, crlrevoked   CRL DP inter.crl only
+#     slowcrl           CRL DP slow/inter.crl (served after 1 s)
 #     down              OCSP at DOWN_PORT only
 #     silent            OCSP at SILENT_PORT only
 #     p7                OCSP, caIssuers inter.p7c
@@ -103,6 +104,7 @@ leaf good good@example.org 365 "$(aia good inter.der)"
 leaf revoked revoked@example.org 365 "$(aia revoked inter.der)"
 leaf crlgood crlgood@example.org 365 "crlDistributionPoints = URI:$base/inter.crl"
 leaf crlrevoked crlrevoked@example.org 365 "crlDistributionPoints = URI:$base/inter.crl"
+leaf slowcrl slowcrl@example.org 365 "crlDistributionPoints = URI:$base/slow/inter.crl"
 leaf down down@example.org 365 "authorityInfoAccess = OCSP;URI:$down/"
 leaf silent silent@example.org 365 "authorityInfoAccess = OCSP;URI:$silent/"
 leaf p7 p7@example.org 365 "$(aia p7 inter.p7c)"

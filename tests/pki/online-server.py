@@ -7,6 +7,7 @@ GET /twice/NAME     a redirect to /moved/NAME (two hops)
 GET /big            8 MB of zeros, with a Content-Length
 GET /bigstream      8 MB of zeros, without one (until the connection closes)
 GET /elsewhere      a redirect to http://10.255.255.1/inter.der
+GET /slow/NAME      the file DIR/www/NAME, after a second
 GET|POST /broken/…  HTTP 503
 GET /ocsp/TAG/REQ   an OCSP request, base64 and URL-escaped (RFC 5019)
 POST /ocsp/TAG/     an OCSP request as the body (RFC 6960)
@@ -25,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.parse
 
 PORT, DIR = int(sys.argv[1]), sys.argv[2]
@@ -100,6 +102,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.reply(302, extra=[("Location", path[len("/moved"):])])
         if path.startswith("/twice/"):
             return self.reply(302, extra=[("Location", "/moved" + path[len("/twice"):])])
+        if path.startswith("/slow/"):
+            time.sleep(1)
         name = os.path.basename(path)
         try:
             with open(os.path.join(DIR, "www", name), "rb") as f:
