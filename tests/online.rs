@@ -157,25 +157,40 @@ fn unreachable_responders_pass_in_soft_mode_and_defer_in_hard_mode() {
     // A certificate whose responder answers is not held back by hard mode.
     assert_result(&verdict(&hard, &ca.signed("good", true)), "pass");
 
-    // A responder that takes the connection and never answers, and the
-    // message's budget spent on it: temperror even in soft mode (a sender
-    // could spend the budget on purpose).
+    // A responder that takes the connection and never answers: after its
+    // whole timeout that is no answer (soft: pass). With the message's
+    // budget then spent on the CRL URL (as silent): temperror even in
+    // soft mode, since a sender could spend the budget on purpose.
     let short = Milter::start(
-        &format!("authserv_id = \"{AUTHSERV}\"\nlookup_budget = \"2s\"\n"),
+        &format!("authserv_id = \"{AUTHSERV}\"\nlookup_budget = \"3s\"\n"),
         &format!(
-            "[verify]\ntrust_anchors = \"{}\"\n[online]\n{LOOPBACK}\n",
+            "[verify]\ntrust_anchors = \"{}\"\n[online]\n{LOOPBACK}\ntimeout = \"2s\"\n",
             ca.path("root.crt").display()
         ),
     );
     let started = Instant::now();
     let v = verdict(&short, &ca.signed("silent", true));
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(6),
         "{:?}",
         started.elapsed()
     );
     assert_result(&v, "temperror");
     assert!(v.contains("lookup time budget spent"), "{v}");
+    // The OCSP URL timed out after its whole timeout: remembered, so the
+    // next message spends no time on it, and its CRL URL gets the time
+    // (and times out whole: no answer, soft pass). Then both are known
+    // to fail: no wait at all.
+    let v = verdict(&short, &ca.signed("silent", true));
+    assert_result(&v, "pass");
+    assert!(v.contains("revocation status unknown"), "{v}");
+    let started = Instant::now();
+    assert_result(&verdict(&short, &ca.signed("silent", true)), "pass");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
 
     // Off: no fetch at all, and no comment.
     let off = milter(

@@ -577,8 +577,8 @@ fn online(loc: &Locator<'_>, o: RawOnline, budget: Duration) -> Result<Online, C
         return Err(loc.key_error("max_cache_age", "must be from 1 s to 7 d"));
     }
     let retry_after = secs(o.retry_after, 30);
-    if retry_after > Duration::from_secs(86_400) {
-        return Err(loc.key_error("retry_after", "must be at most 1 d"));
+    if retry_after.is_zero() || retry_after > Duration::from_secs(86_400) {
+        return Err(loc.key_error("retry_after", "must be from 1 s to 1 d"));
     }
     let nets = |v: Option<Vec<Net>>| v.unwrap_or_default().into_iter().map(|n| n.0).collect();
     Ok(Online {
@@ -1058,7 +1058,8 @@ mod tests {
                 "invalid network",
             ),
             ("[online]\ncache_entries = 0\n", 2, "at least 1"),
-            ("[online]\nretry_after = \"2d\"\n", 2, "at most 1 d"),
+            ("[online]\nretry_after = \"2d\"\n", 2, "from 1 s to 1 d"),
+            ("[online]\nretry_after = 0\n", 2, "from 1 s to 1 d"),
         ] {
             let e = parse(text).unwrap_err();
             assert_eq!(e.line, line, "{text}: {e}");

@@ -400,13 +400,22 @@ fn crl_verdict(
                 X509VerifyParamRef::from_ptr_mut(param).set_flags(X509VerifyFlags::CRL_CHECK)?;
                 X509_STORE_CTX_set0_crls(c.as_ptr(), crls.0 as *mut _);
             }
-            c.verify_cert()?;
-            Ok(c.error())
+            let ok = c.verify_cert()?;
+            Ok((ok, c.error()))
         })
         .map_err(internal)?;
+    match result {
+        // Not revoked only when the whole check passed.
+        (true, r) if r == X509VerifyResult::OK => Ok(None),
+        (true, _) => Err("CRL check inconclusive".into()),
+        (false, r) => crl_error(r),
+    }
+}
+
+fn crl_error(result: X509VerifyResult) -> Result<Option<String>, String> {
     use openssl_sys as s;
     match result.as_raw() {
-        s::X509_V_OK => Ok(None),
+        s::X509_V_OK => Err("CRL check inconclusive".into()),
         s::X509_V_ERR_CERT_REVOKED => Ok(Some("certificate revoked".into())),
         s::X509_V_ERR_UNABLE_TO_GET_CRL => Err("CRL does not cover the certificate".into()),
         _ => Err(format!("CRL not usable: {}", result.error_string())),
@@ -532,7 +541,7 @@ impl Shared {
                 None => true,
                 Some(w) => w.upgrade().is_some_and(|e| {
                     e.used.store(true, Ordering::Relaxed);
-                    !e.replaced.load(Ordering::Relaxed)
+                    !e.replaced.load(Ordering::Acquire)
                 }),
             };
             if crl_current {
@@ -652,17 +661,25 @@ impl Shared {
         if let Some(e) = self.resting(purpose, base) {
             return Err(e);
         }
-        let client = match purpose {
-            Purpose::Crl => &self.fetcher,
-            Purpose::Ocsp | Purpose::Issuers => &self.small,
+        let (client, count) = match purpose {
+            Purpose::Crl => (&self.fetcher, &STATS.crl_fetches),
+            Purpose::Ocsp => (&self.small, &STATS.ocsp_requests),
+            Purpose::Issuers => (&self.small, &STATS.aia_fetches),
         };
+        count.fetch_add(1, Ordering::Relaxed);
+        // Whether the message's budget, not `timeout`, bounds this request
+        // (with a little slack for the time the message has already taken).
+        let cut_by_budget = deadline.saturating_duration_since(Instant::now())
+            + Duration::from_millis(100)
+            < self.settings.timeout;
         let r = match post {
             Some(body) => client.post(url, "application/ocsp-request", body, deadline),
             None => client.get(url, deadline),
         };
-        // A request cut short by the message's budget says nothing of the URL.
+        // A request cut short by the message's budget says nothing of the
+        // URL; one that had its whole timeout does.
         let r = r.map_err(|e| {
-            if Instant::now() >= deadline {
+            if cut_by_budget && Instant::now() >= deadline {
                 FetchError::OutOfTime
             } else {
                 e
@@ -695,7 +712,6 @@ impl Shared {
         }
         let der = req.to_der().map_err(e)?;
         let get = get_url(url, &der);
-        STATS.ocsp_requests.fetch_add(1, Ordering::Relaxed);
         let answer = match &get {
             Some(u) => self.fetch(Purpose::Ocsp, url, u, None, deadline),
             None => self.fetch(Purpose::Ocsp, url, url, Some(&der), deadline),
@@ -771,9 +787,9 @@ impl Shared {
         };
         let entry = self.once(Purpose::Crl, url, deadline, &cached, || {
             let e = self.fetch_crl(url, issuer, deadline)?;
-            self.keep_crl(url.to_string(), Arc::clone(&e));
+            let kept = self.keep_crl(url.to_string(), e);
             self.start_refresher();
-            Ok(e)
+            Ok(kept)
         })?;
         entry.used.store(true, Ordering::Relaxed);
         let revoked = crl_verdict(store, path, &entry.crl).map_err(FetchError::Refused)?;
@@ -781,11 +797,20 @@ impl Shared {
     }
 
     /// A CRL fetched (again): answers read from the one it replaces are
-    /// no longer used.
-    fn keep_crl(&self, url: String, entry: Arc<CrlEntry>) {
-        if let Some(old) = lock(&self.crls).put(url, entry) {
-            old.replaced.store(true, Ordering::Relaxed);
+    /// no longer used. One older than the CRL kept (the refresher and a
+    /// message raced, or a mirror lags) does not replace it.
+    fn keep_crl(&self, url: String, entry: Arc<CrlEntry>) -> Arc<CrlEntry> {
+        let issued = |e: &CrlEntry| pki::unix_time(e.crl.last_update()).unwrap_or(0);
+        let mut crls = lock(&self.crls);
+        if let Some(cur) = crls.get(&url) {
+            if issued(cur) > issued(&entry) && same_cert(&cur.issuer, &entry.issuer) {
+                return Arc::clone(cur);
+            }
         }
+        if let Some(old) = crls.put(url, Arc::clone(&entry)) {
+            old.replaced.store(true, Ordering::Release);
+        }
+        entry
     }
 
     /// A CRL from `url`, checked before it is kept: signed by `issuer` and
@@ -796,7 +821,6 @@ impl Shared {
         issuer: &X509,
         deadline: Instant,
     ) -> Result<Arc<CrlEntry>, FetchError> {
-        STATS.crl_fetches.fetch_add(1, Ordering::Relaxed);
         let data = self.fetch(Purpose::Crl, url, url, None, deadline)?;
         // A CRL that does not hold is the same for every certificate:
         // remembered against its URL, not downloaded for each message.
@@ -804,6 +828,13 @@ impl Shared {
             let e = FetchError::Refused(why.to_string());
             self.failed(Purpose::Crl, url, &e);
             e
+        };
+        // Except one of another issuer (a CA's new key, the same name and
+        // URL): right for some certificates, so not remembered.
+        let not_ours = |why: &str| {
+            STATS.failures.fetch_add(1, Ordering::Relaxed);
+            log::info!("online: CRL {url}: {why}");
+            FetchError::Refused(why.to_string())
         };
         let crl = if memchr::memmem::find(&data, b"-----BEGIN X509 CRL-----").is_some() {
             X509Crl::from_pem(&data)
@@ -821,12 +852,13 @@ impl Shared {
             .and_then(|k| crl.verify(&k).ok())
             .unwrap_or(false);
         if !same_issuer || !signed {
-            return Err(bad("CRL not signed by the certificate's issuer"));
+            return Err(not_ours("CRL not signed by the certificate's issuer"));
         }
         let now = now();
         let this = pki::unix_time(crl.last_update());
         let next = crl.next_update().and_then(pki::unix_time);
-        if this.is_none_or(|t| t > now + SKEW) {
+        // OpenSSL's own check (`crl_verdict`) allows no skew either.
+        if this.is_none_or(|t| t > now) {
             return Err(bad("CRL not yet valid"));
         }
         if next.is_some_and(|t| t < now) {
@@ -856,7 +888,6 @@ impl Shared {
                 .map(|(certs, _)| certs.clone())
         };
         self.once(Purpose::Issuers, url, deadline, &cached, || {
-            STATS.aia_fetches.fetch_add(1, Ordering::Relaxed);
             let data = self.fetch(Purpose::Issuers, url, url, None, deadline)?;
             let mut certs = pki::certs_from_bytes(&data).map_err(|why| {
                 let e = FetchError::Refused(format!("{}: {why}", shown(url)));
@@ -968,7 +999,7 @@ impl Shared {
             match self.fetch_crl(&url, &old.issuer, deadline) {
                 Ok(fresh) => {
                     log::debug!("online: CRL of {url} refreshed");
-                    self.keep_crl(url, fresh);
+                    let _ = self.keep_crl(url, fresh);
                 }
                 // Kept until it expires; a message then fetches it itself.
                 Err(_) => old.used.store(false, Ordering::Relaxed),

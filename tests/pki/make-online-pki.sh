@@ -11,7 +11,7 @@
 #     crlgood, crlrevoked   CRL DP inter.crl only
 #     slowcrl           CRL DP slow/inter.crl (served after 1 s)
 #     down              OCSP at DOWN_PORT only
-#     silent            OCSP at SILENT_PORT only
+#     silent            OCSP and CRL at SILENT_PORT only
 #     p7                OCSP, caIssuers inter.p7c
 #     rcpt-old, rcpt-new  both rcpt@example.org; rcpt-new expires later and is revoked
 #     lone              lone@example.org, revoked
@@ -106,7 +106,8 @@ leaf crlgood crlgood@example.org 365 "crlDistributionPoints = URI:$base/inter.cr
 leaf crlrevoked crlrevoked@example.org 365 "crlDistributionPoints = URI:$base/inter.crl"
 leaf slowcrl slowcrl@example.org 365 "crlDistributionPoints = URI:$base/slow/inter.crl"
 leaf down down@example.org 365 "authorityInfoAccess = OCSP;URI:$down/"
-leaf silent silent@example.org 365 "authorityInfoAccess = OCSP;URI:$silent/"
+leaf silent silent@example.org 365 "authorityInfoAccess = OCSP;URI:$silent/
+crlDistributionPoints = URI:$silent/x.crl"
 leaf p7 p7@example.org 365 "$(aia p7 inter.p7c)"
 leaf rcpt-old rcpt@example.org 100 "$(aia rcpt inter.der)"
 leaf rcpt-new rcpt@example.org 300 "$(aia rcpt inter.der)"
