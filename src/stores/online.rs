@@ -570,30 +570,12 @@ impl Shared {
             // Nothing to ask: remembered, so that the next message skips
             // reading the extensions too.
             let until = now + self.settings.max_cache_age.as_secs() as i64;
-            let nothing = CachedStatus {
-                revoked: None,
-                until,
-                crl: None,
-            };
-            lock(&self.status).put(key.to_vec(), nothing);
-            return Status::Good;
+            return self.remember(&key, None, until, None);
         }
         let mut why = Vec::new();
         for url in &ocsp.http {
             match self.ocsp(url, path, store, deadline) {
-                Ok((revoked, until)) => {
-                    let status = match &revoked {
-                        Some(r) => Status::Revoked(r.clone()),
-                        None => Status::Good,
-                    };
-                    let cached = CachedStatus {
-                        revoked,
-                        until,
-                        crl: None,
-                    };
-                    lock(&self.status).put(key.to_vec(), cached);
-                    return status;
-                }
+                Ok((revoked, until)) => return self.remember(&key, revoked, until, None),
                 Err(FetchError::OutOfTime) => return Status::OutOfTime,
                 Err(e) => why.push(format!("OCSP {}: {e}", shown(url))),
             }
@@ -601,23 +583,35 @@ impl Shared {
         for url in &crls.http {
             match self.crl_status(url, path, store, deadline) {
                 Ok((revoked, entry)) => {
-                    let status = match &revoked {
-                        Some(r) => Status::Revoked(r.clone()),
-                        None => Status::Good,
-                    };
-                    let cached = CachedStatus {
-                        revoked,
-                        until: entry.until,
-                        crl: Some(Arc::downgrade(&entry)),
-                    };
-                    lock(&self.status).put(key.to_vec(), cached);
-                    return status;
+                    let crl = Some(Arc::downgrade(&entry));
+                    return self.remember(&key, revoked, entry.until, crl);
                 }
                 Err(FetchError::OutOfTime) => return Status::OutOfTime,
                 Err(e) => why.push(format!("CRL {}: {e}", shown(url))),
             }
         }
         Status::Unknown(why.join("; "))
+    }
+
+    /// Caches an answer about the certificate with this fingerprint.
+    fn remember(
+        &self,
+        key: &[u8],
+        revoked: Option<String>,
+        until: i64,
+        crl: Option<Weak<CrlEntry>>,
+    ) -> Status {
+        let status = match &revoked {
+            Some(why) => Status::Revoked(why.clone()),
+            None => Status::Good,
+        };
+        let cached = CachedStatus {
+            revoked,
+            until,
+            crl,
+        };
+        lock(&self.status).put(key.to_vec(), cached);
+        status
     }
 
     /// A URL that failed lately for this purpose, with how.
