@@ -380,12 +380,6 @@ fn header_ops(headers: &[(String, String)], signed: &sign::Wrapped) -> Vec<Heade
     ops
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 fn canonical_name(lower: &str) -> String {
     lower
         .split('-')
@@ -450,7 +444,7 @@ pub fn process_message(
         Some(key) => {
             let cfg = &rt.config.signing;
             let date = mime::only_value(headers, "Date");
-            let now = unix_now();
+            let now = crate::mail::date::unix_now();
             let signing_time = sign::signing_time(
                 cfg.signing_time,
                 cfg.signing_time_window,

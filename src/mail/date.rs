@@ -1,5 +1,12 @@
 //! RFC 5322 dates, for comparing the Date header with signingTime.
 
+/// Now, as a Unix time (0 if the clock is before 1970).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Parses an RFC 5322 date (obsolete forms included) to a Unix time.
 pub fn parse_date(value: &str) -> Option<i64> {
     let v = value.split('(').next()?.trim();

@@ -210,16 +210,29 @@ pub fn unusable_key(cert: &X509Ref) -> Option<&'static str> {
     None
 }
 
-/// The usable candidate that expires last.
-pub fn select(address: &str, candidates: &[X509], trust: Option<&TrustStore>) -> Option<X509> {
-    candidates
+/// The candidates usable for `address` (chains aside), in order of
+/// preference: the one that expires last first (of equals, the later in
+/// `candidates`).
+fn by_preference<'a>(address: &str, candidates: &'a [X509]) -> Vec<&'a X509> {
+    let mut usable: Vec<&X509> = candidates
         .iter()
-        .filter(|c| usable_for(c, address, candidates, trust))
-        .max_by(|a, b| {
-            a.not_after()
-                .compare(b.not_after())
-                .unwrap_or(std::cmp::Ordering::Equal)
-        })
+        .filter(|c| usable_for(c, address, candidates, None))
+        .collect();
+    usable.sort_by(|a, b| {
+        a.not_after()
+            .compare(b.not_after())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    usable.reverse();
+    usable
+}
+
+/// The usable candidate that expires last (and chains to the anchors,
+/// when `trust` is given).
+pub fn select(address: &str, candidates: &[X509], trust: Option<&TrustStore>) -> Option<X509> {
+    by_preference(address, candidates)
+        .into_iter()
+        .find(|c| trust.is_none_or(|t| pki::chain_ok(&t.store, c, candidates)))
         .cloned()
 }
 
@@ -267,17 +280,8 @@ impl CertStore {
         let (Some(online), Some(trust)) = (&self.online, trust) else {
             return Ok(select(address, candidates, trust));
         };
-        let mut usable: Vec<&X509> = candidates
-            .iter()
-            .filter(|c| usable_for(c, address, candidates, None))
-            .collect();
-        usable.sort_by(|a, b| {
-            b.not_after()
-                .compare(a.not_after())
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
         let mut unknown = None;
-        for c in usable {
+        for c in by_preference(address, candidates) {
             let serial = pki::serial_hex(c).unwrap_or_default();
             let built =
                 online::build_chain(Some(online), &trust.store, c, candidates, None, deadline);

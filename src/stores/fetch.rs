@@ -152,7 +152,7 @@ impl fmt::Debug for Fetcher {
 }
 
 /// Longest URL we follow: certificates carry short ones.
-const MAX_URL: usize = 1024;
+pub const MAX_URL: usize = 1024;
 
 impl Fetcher {
     pub fn new(policy: NetPolicy, timeout: Duration, max_size: u64) -> Fetcher {
@@ -252,8 +252,9 @@ impl Fetcher {
     }
 }
 
-/// Plain http with a host, printable ASCII, not too long.
-fn check_url(url: &str) -> Result<(), FetchError> {
+/// Plain http with a host, printable ASCII, not too long: the URLs we
+/// fetch, and those a certificate names that we would.
+pub fn check_url(url: &str) -> Result<(), FetchError> {
     if url.len() > MAX_URL {
         return Err(FetchError::Refused("URL too long".into()));
     }

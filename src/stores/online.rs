@@ -9,10 +9,11 @@
 //! OCSP or CRL URL look failed); `fetch` bounds what any URL can make us do.
 
 use crate::config::{Online as Settings, RevocationMode};
-use crate::fetch::{FetchError, Fetcher, NetPolicy};
+use crate::fetch::{check_url, FetchError, Fetcher, NetPolicy};
 use crate::ffi::{
     OCSP_check_nonce, OCSP_request_add1_nonce, X509_STORE_CTX_get0_param, X509_STORE_CTX_set0_crls,
 };
+use crate::mail::date::unix_now as now;
 use crate::pki;
 use foreign_types::{ForeignType, ForeignTypeRef};
 use lru::LruCache;
@@ -31,12 +32,10 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// URLs of one kind tried per certificate, at most.
 const MAX_URLS: usize = 2;
-/// Longest URL we follow: certificates carry short ones.
-const MAX_URL: usize = 1024;
 /// Certificates one AIA answer may carry.
 const MAX_AIA_CERTS: usize = 8;
 /// AIA answers kept: they come from URLs senders choose.
@@ -189,12 +188,6 @@ impl std::fmt::Debug for Online {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -207,11 +200,7 @@ fn lru<K: std::hash::Hash + Eq, V>(n: usize) -> Mutex<LruCache<K, V>> {
 /// ldap:/// location first and an http one after it; such others are
 /// passed over (and counted, see `Urls::others`).
 fn usable(uri: &str) -> bool {
-    uri.len() <= MAX_URL
-        && uri.bytes().all(|b| b.is_ascii_graphic())
-        && uri
-            .get(..7)
-            .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+    check_url(uri).is_ok()
 }
 
 /// A URL as a reason shows it.
@@ -1023,6 +1012,7 @@ fn get_url(url: &str, der: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fetch::MAX_URL;
 
     fn settings() -> Settings {
         Settings {
