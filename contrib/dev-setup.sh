@@ -15,6 +15,7 @@ packages=(
     m4                                          # Sendmail configuration for its test
     man-db                                      # man -l: the manual pages as rendered (tests/docs.rs)
     python3 ca-certificates iproute2
+    python3-prometheus-client                   # tests: the metrics parsed by Prometheus's own parser
 )
 
 missing=()

@@ -66,6 +66,20 @@ pub fn run(
                 describe(out, &addr, "harvested", &cert, None)?;
                 n += 1;
             }
+            if let Some(d) = &rt.harvest_ldap {
+                match d.list() {
+                    Ok(entries) => {
+                        for (addr, cert) in entries {
+                            describe(out, &addr, "harvested, directory", &cert, None)?;
+                            n += 1;
+                        }
+                    }
+                    Err(e) => {
+                        writeln!(err, "cannot list {}: {e}", d.base_dn())?;
+                        return Ok(1);
+                    }
+                }
+            }
             writeln!(
                 err,
                 "{n} stored certificate(s); LDAP entries are shown by `certs show ADDR`"
@@ -115,6 +129,22 @@ pub fn run(
             Ok(0)
         }
         [cmd, addr] if cmd == "remove" => {
+            if let Some(d) = &rt.harvest_ldap {
+                return match d.remove(addr) {
+                    Ok(true) => {
+                        writeln!(err, "removed {} from the directory (running milters forget it after their cache TTL, or at once on SIGUSR1)", crate::harvest_ldap::dn_for(d.base_dn(), addr))?;
+                        Ok(0)
+                    }
+                    Ok(false) => {
+                        writeln!(err, "no harvested entry for {addr} under {}", d.base_dn())?;
+                        Ok(1)
+                    }
+                    Err(e) => {
+                        writeln!(err, "cannot remove the entry for {addr}: {e}")?;
+                        Ok(1)
+                    }
+                };
+            }
             let Some(dir) = harvest else {
                 writeln!(err, "harvesting is off: nothing to remove")?;
                 return Ok(1);

@@ -8,6 +8,7 @@ use crate::address::{self, FromIdentity};
 use crate::auth_results;
 use crate::config::FailAction;
 use crate::decrypt::{self, Decryption};
+use crate::metrics::Operation;
 use crate::mime::{self, is_named, values_named, ContentType, HiddenField, SmimeKind};
 use crate::outcome::{Changes, HeaderOp, Outcome, Verdict};
 use crate::runtime::Runtime;
@@ -347,6 +348,8 @@ struct Verified {
     detail: Option<String>,
     notes: Vec<String>,
     result: Option<SmimeResult>,
+    /// For the directory, written after the reply.
+    harvest: Option<crate::pki::SignerCert>,
 }
 
 impl Verified {
@@ -373,12 +376,16 @@ fn report(rt: &Runtime, mut v: verify::Verdict, decrypted: bool, harvest: bool) 
         detail: None,
         notes: Vec::new(),
         result: Some(v.result),
+        harvest: None,
     };
     let mut detail = format!("smime={}", v.result);
     if let Some(id) = &v.identifier {
         detail.push_str(&format!(" signer={id}"));
     }
     if harvest && rt.config.harvest_writes && v.result == SmimeResult::Pass {
+        if rt.harvest_ldap.is_some() {
+            r.harvest = v.signer.clone();
+        }
         if let (Some(dir), Some(signer)) = (&rt.config.harvest_dir, &v.signer) {
             match crate::harvest::store(dir, signer) {
                 Ok(addrs) if !addrs.is_empty() => {
@@ -428,7 +435,9 @@ fn verify_entity(
         online: rt.online.as_deref(),
         deadline: inputs.deadline,
     };
-    verify::verify_entity(&ctx, ct, cte, body, "1", 0)
+    crate::metrics::timed(Operation::Verify, || {
+        verify::verify_entity(&ctx, ct, cte, body, "1", 0)
+    })
 }
 
 fn outcome(
@@ -445,6 +454,8 @@ fn outcome(
         action,
         reason: (!reason.is_empty()).then_some(reason),
         detail,
+        smime: None,
+        harvest: None,
     }
 }
 
@@ -462,10 +473,14 @@ fn finish(
     if v.bad() && rt.config.actions.bad_signature != FailAction::Accept {
         let mut o = Outcome::failure(rt.config.actions.bad_signature, notes.join(", "));
         o.detail = v.detail;
+        o.smime = v.result;
         return o;
     }
     ops.extend(v.ops);
-    outcome(action, ops, body, v.detail, notes)
+    let mut o = outcome(action, ops, body, v.detail, notes);
+    o.smime = v.result;
+    o.harvest = v.harvest;
+    o
 }
 
 fn decrypted_header(rt: &Runtime, state: &str) -> HeaderOp {
@@ -631,6 +646,7 @@ fn decrypt_message(
                 .is_some_and(|k| decrypt::is_addressed(der, &k.cert))
         });
     if !every_recipient {
+        crate::metrics::decrypt("not_for_us");
         let any = keys.iter().any(|k| decrypt::is_addressed(der, &k.cert));
         notes.push(if any {
             "not decrypted: not every recipient holds a key it is encrypted to".into()
@@ -640,6 +656,7 @@ fn decrypt_message(
         return None;
     }
     let mut failed = |why: &str| {
+        crate::metrics::decrypt("failed");
         notes.push(format!("{DECRYPTION_FAILED}: {why}"));
         if rt.config.actions.decrypt_failed != FailAction::Accept {
             let mut o = Outcome::failure(rt.config.actions.decrypt_failed, DECRYPTION_FAILED);
@@ -649,18 +666,20 @@ fn decrypt_message(
         ops.push(decrypted_header(rt, "failed"));
         None
     };
-    let (plaintext, key, kind) = match decrypt::decrypt(der, &keys) {
-        Decryption::NotForUs => {
-            notes.push("encrypted to keys we do not hold".into());
-            return None;
-        }
-        Decryption::Failed(why) => return failed(&why),
-        Decryption::Decrypted {
-            plaintext,
-            key,
-            kind,
-        } => (plaintext, key, kind),
-    };
+    let (plaintext, key, kind) =
+        match crate::metrics::timed(Operation::Decrypt, || decrypt::decrypt(der, &keys)) {
+            Decryption::NotForUs => {
+                crate::metrics::decrypt("not_for_us");
+                notes.push("encrypted to keys we do not hold".into());
+                return None;
+            }
+            Decryption::Failed(why) => return failed(&why),
+            Decryption::Decrypted {
+                plaintext,
+                key,
+                kind,
+            } => (plaintext, key, kind),
+        };
     // A first line with a colon is a header, valid or not (then refused):
     // header text must never slip into the body, nor the other way round.
     let first = plaintext.split(|&c| c == b'\n').next().unwrap_or(&[]);
@@ -716,6 +735,7 @@ fn decrypt_message(
         });
     }
     if !gcm && !signed_all && !rt.config.release_unauthenticated {
+        crate::metrics::decrypt("withheld");
         ops.push(decrypted_header(
             rt,
             "no (unauthenticated CBC plaintext withheld, EFAIL)",
@@ -728,6 +748,7 @@ fn decrypt_message(
     if new_fields.is_empty() {
         new_fields.push(("Content-Type".into(), "text/plain".into()));
     }
+    crate::metrics::decrypt("decrypted");
     let mut ops = std::mem::take(ops);
     let notes = std::mem::take(notes);
     ops.extend(crate::outcome::replace_content_fields(headers, &new_fields));

@@ -17,10 +17,12 @@ pub mod stores;
 pub mod admin;
 pub mod auth_results;
 pub mod config;
+pub mod exporter;
 mod ffi;
 pub mod inbound;
 pub mod live;
 pub mod logging;
+pub mod metrics;
 pub mod outbound;
 pub mod outcome;
 pub mod pki;
@@ -36,4 +38,6 @@ pub mod testmode;
 pub use mail::{address, mime};
 pub use milter::{connection, listener, progress, protocol, server};
 pub use smime::{decrypt, encrypt, sign, signed_data, verify};
-pub use stores::{certstore, fetch, harvest, keystore, ldap, online, pkcs11, truststore};
+pub use stores::{
+    certstore, fetch, harvest, harvest_ldap, keystore, ldap, online, pkcs11, truststore,
+};

@@ -7,6 +7,7 @@ use crate::certstore::{Lookup, RecipientCert};
 use crate::config::{EncryptMode, FailAction};
 use crate::encrypt;
 use crate::keystore::SigningKey;
+use crate::metrics::Operation;
 use crate::mime::{self, values_named, ContentType, Limits, SmimeKind};
 use crate::outcome::{Changes, HeaderOp, Outcome, Verdict};
 use crate::policy;
@@ -458,10 +459,10 @@ pub fn process_message(
                 signing_time,
                 ..sign::SignOptions::from(cfg)
             };
-            let result = match clear {
+            let result = crate::metrics::timed(Operation::Sign, || match clear {
                 Some(c) => c.finish(key, &opts),
                 None => sign::sign_entity(key, &entity, rt.config.signing.format, &opts),
-            };
+            });
             match result {
                 Ok(mut s) => {
                     detail.push(format!("key={}", key.label()));
@@ -490,7 +491,9 @@ pub fn process_message(
             let announced: Vec<Vec<crate::pki::Cipher>> =
                 certs.iter().map(|c| c.ciphers.clone()).collect();
             let cipher = crate::harvest::choose_cipher(enc.cipher, &announced);
-            match encrypt::encrypt_entity(certs, &inner, cipher) {
+            match crate::metrics::timed(Operation::Encrypt, || {
+                encrypt::encrypt_entity(certs, &inner, cipher)
+            }) {
                 Ok(w) => {
                     detail.push(format!("recipients={}", certs.len()));
                     w
@@ -518,6 +521,8 @@ pub fn process_message(
         action,
         reason: (!work.notes.is_empty()).then(|| work.notes.join(", ")),
         detail: Some(detail.join(" ")),
+        smime: None,
+        harvest: None,
     }
 }
 

@@ -2,6 +2,8 @@
 //! changes to make, in a form both the milter and the offline test mode apply.
 
 use crate::config::FailAction;
+use crate::pki::SignerCert;
+use crate::verify::SmimeResult;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -100,6 +102,10 @@ pub struct Outcome {
     pub reason: Option<String>,
     /// What the summary line adds: the key used, the smime result...
     pub detail: Option<String>,
+    /// The signature's result, when one was checked (for metrics).
+    pub smime: Option<SmimeResult>,
+    /// A signer to harvest into the directory once the MTA has its answer.
+    pub harvest: Option<SignerCert>,
 }
 
 impl Outcome {
@@ -110,6 +116,8 @@ impl Outcome {
             action: "unchanged",
             reason: Some(reason.into()),
             detail: None,
+            smime: None,
+            harvest: None,
         }
     }
 
@@ -128,6 +136,8 @@ impl Outcome {
             action: word,
             reason: Some(reason),
             detail: None,
+            smime: None,
+            harvest: None,
         }
     }
 }

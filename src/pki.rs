@@ -209,6 +209,48 @@ pub(crate) fn usage(cert: &X509Ref, any_key_usage: u32) -> Usage {
     }
 }
 
+/// A PKCS#7 certs-only SignedData (DER) holding `certs`: the form of
+/// `userSMIMECertificate` (and of a `.p7b`), built as RFC 2315 §9.1 and
+/// RFC 5652 §5.1 describe a degenerate SignedData.
+pub fn certs_only_pkcs7(certs: &[X509]) -> Result<Vec<u8>, openssl::error::ErrorStack> {
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let n = content.len();
+        if n < 0x80 {
+            out.push(n as u8);
+        } else {
+            let bytes: Vec<u8> = n
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|&b| b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+    // 1.2.840.113549.1.7.2 (signedData) and .1 (data).
+    const SIGNED_DATA: &[u8] = &[
+        0x06, 9, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02,
+    ];
+    const DATA: &[u8] = &[
+        0x06, 9, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01,
+    ];
+    let mut der_certs = Vec::new();
+    for c in certs {
+        der_certs.extend(c.to_der()?);
+    }
+    let mut signed = vec![0x02, 1, 1];
+    signed.extend(tlv(0x31, &[]));
+    signed.extend(tlv(0x30, DATA));
+    signed.extend(tlv(0xa0, &der_certs));
+    signed.extend(tlv(0x31, &[]));
+    let mut info = SIGNED_DATA.to_vec();
+    info.extend(tlv(0xa0, &tlv(0x30, &signed)));
+    Ok(tlv(0x30, &info))
+}
+
 /// The signer of a verified layer, kept for harvesting.
 #[derive(Debug, Clone)]
 pub struct SignerCert {

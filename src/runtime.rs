@@ -6,8 +6,9 @@
 
 use crate::certstore::{CertStore, LocalError, RecipientCert};
 use crate::config::{
-    AdditionalRecipient, Config, ConfigError, Encryption, Located, PinSource, Pkcs11,
+    AdditionalRecipient, Config, ConfigError, Encryption, LdapConfig, Located, PinSource, Pkcs11,
 };
+use crate::harvest_ldap::DirectoryStore;
 use crate::keystore::{read_secret_line, KeyStore};
 use crate::ldap::{Ldap, LdapSettings};
 use crate::online::Online;
@@ -29,6 +30,8 @@ pub struct Runtime {
     pub escrow: Vec<Arc<RecipientCert>>,
     /// OCSP, CRL and AIA fetches, when `[online]` asks for any.
     pub online: Option<Arc<Online>>,
+    /// Harvesting into the directory (`[harvest] store = "ldap"`).
+    pub harvest_ldap: Option<DirectoryStore>,
 }
 
 /// Inbound verification: the trust store and the checks' settings.
@@ -82,6 +85,14 @@ impl Runtime {
             Some(e) => escrow_certs(e, anchors.filter(|_| e.require_trusted))?,
             None => Vec::new(),
         };
+        let harvest_ldap = match &config.harvest_ldap {
+            Some(h) => {
+                let mut settings = ldap_settings(&h.ldap, insecure)?;
+                settings.base_dn = h.base_dn.clone();
+                Some(DirectoryStore::new(settings, h.max_pending))
+            }
+            None => None,
+        };
         Ok(Runtime {
             config,
             keys,
@@ -89,6 +100,7 @@ impl Runtime {
             certs,
             escrow,
             online,
+            harvest_ldap,
         })
     }
 
@@ -152,35 +164,11 @@ fn cert_store(
             };
             error_at(file, at, what)
         })?;
-    let ldap = match &e.ldap {
-        None => None,
-        Some(l) => {
-            let ca_pem =
-                match &l.ca_file {
-                    Some(p) => Some(std::fs::read(&p.value).map_err(|err| {
-                        p.error(format!("cannot read {}: {err}", p.value.display()))
-                    })?),
-                    None => None,
-                };
-            let bind_password = match &l.bind_password_file {
-                Some(p) => Some(secret_text(p, insecure)?),
-                None => None,
-            };
-            Some(Ldap::new(LdapSettings {
-                uris: l.uris.clone(),
-                starttls: l.starttls,
-                ca_pem,
-                bind_dn: l.bind_dn.clone(),
-                bind_password,
-                base_dn: l.base_dn.clone(),
-                filter: l.filter.clone(),
-                connect_timeout: l.connect_timeout,
-                search_timeout: l.search_timeout,
-                max_connections: l.max_connections,
-                retry_after: l.retry_after,
-            }))
-        }
-    };
+    let ldap = e
+        .ldap
+        .as_ref()
+        .map(|l| ldap_settings(l, insecure).map(Ldap::new))
+        .transpose()?;
     Ok(CertStore::new(
         local,
         harvest_dir,
@@ -188,6 +176,34 @@ fn cert_store(
         e.lookup_order.clone(),
         e.cache.clone(),
     ))
+}
+
+/// How to reach a directory: the CA file read, the password from its file.
+fn ldap_settings(l: &LdapConfig, insecure: bool) -> Result<LdapSettings, ConfigError> {
+    let ca_pem = match &l.ca_file {
+        Some(p) => Some(
+            std::fs::read(&p.value)
+                .map_err(|err| p.error(format!("cannot read {}: {err}", p.value.display())))?,
+        ),
+        None => None,
+    };
+    let bind_password = match &l.bind_password_file {
+        Some(p) => Some(secret_text(p, insecure)?),
+        None => None,
+    };
+    Ok(LdapSettings {
+        uris: l.uris.clone(),
+        starttls: l.starttls,
+        ca_pem,
+        bind_dn: l.bind_dn.clone(),
+        bind_password,
+        base_dn: l.base_dn.clone(),
+        filter: l.filter.clone(),
+        connect_timeout: l.connect_timeout,
+        search_timeout: l.search_timeout,
+        max_connections: l.max_connections,
+        retry_after: l.retry_after,
+    })
 }
 
 /// The `additional_recipients` certificate files: each must hold one

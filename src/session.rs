@@ -371,6 +371,26 @@ fn oversized(m: &Message) -> Step {
     Step::Done(Outcome::failure(action, reason))
 }
 
+/// What follows the MTA's answer: the message counted, and its signer
+/// queued for the directory (never before the reply: a write must not hold
+/// the message up).
+pub fn finished(m: &Message, o: &Outcome) {
+    crate::metrics::message(
+        m.direction.as_str(),
+        o.action,
+        o.smime.map_or("none", |r| r.as_str()),
+    );
+    if o.verdict != crate::outcome::Verdict::Accept {
+        return;
+    }
+    if let (Some(signer), Some(store)) = (&o.harvest, &m.rt.harvest_ldap) {
+        let qid = m.queue_id.as_deref().unwrap_or("NOQUEUE");
+        if store.submit(qid, signer, m.rt.certs.as_ref().map(|c| c.forgetter())) {
+            crate::metrics::harvest_queued();
+        }
+    }
+}
+
 /// The one line per message an admin greps for by queue id.
 pub fn summary_line(m: &Message, o: &Outcome) -> String {
     let mut s = format!(

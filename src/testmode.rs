@@ -116,6 +116,9 @@ pub fn process(rt: Arc<Runtime>, args: &TestArgs, input: &[u8]) -> Processed {
         .message
         .as_ref()
         .map(|m| session::summary_line(m, &outcome));
+    if let Some(m) = &s.message {
+        session::finished(m, &outcome);
+    }
     Processed {
         outcome,
         summary,
@@ -140,7 +143,11 @@ pub fn run(
         headers,
         smtp_body,
         crlf_input,
-    } = process(rt, args, input);
+    } = process(rt.clone(), args, input);
+    // A test's writes are made before it reports (the process ends next).
+    if let Some(store) = &rt.harvest_ldap {
+        store.finish();
+    }
     for why in refused {
         writeln!(err, "TEST: recipient refused: {why}")?;
     }

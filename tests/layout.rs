@@ -9,14 +9,14 @@ use std::path::Path;
 /// Layers, lowest first; a module belongs to the first entry that is its
 /// path or a folder above it.
 const LAYERS: &[&[&str]] = &[
-    &["ffi", "logging", "signals", "mail", "pki"],
+    &["ffi", "logging", "signals", "mail", "pki", "metrics"],
     &["config"],
     &["stores"],
     &["smime"],
     &["runtime", "policy", "outcome", "privileges", "auth_results"],
     &["inbound", "outbound"],
     &["session"],
-    &["live", "reload", "testmode", "admin"],
+    &["live", "reload", "testmode", "admin", "exporter"],
     &["milter"],
 ];
 

@@ -2,9 +2,9 @@
 //! errors), and the validation that turns them into a `Config`.
 
 use super::model::{
-    Actions, AdditionalRecipient, CacheConfig, CertSource, Config, ConfigError, EncryptRule,
-    Encryption, KeySpec, LdapConfig, Located, Online, PinSource, Pkcs11, Place, Signing,
-    Verification, DEFAULT_HARVEST_DIR, DEFAULT_LDAP_FILTER,
+    Actions, AdditionalRecipient, CacheConfig, CertSource, Config, ConfigError, DirectoryHarvest,
+    EncryptRule, Encryption, KeySpec, LdapConfig, Located, Metrics, Online, PinSource, Pkcs11,
+    Place, Signing, Verification, DEFAULT_HARVEST_DIR, DEFAULT_LDAP_FILTER, DEFAULT_METRICS_PORT,
 };
 use super::values::{
     quantity_de, ByteSize, Capability, Digest, EncryptMode, FailAction, Net, RevocationMode,
@@ -60,6 +60,8 @@ struct RawConfig {
     ldap: Option<Spanned<RawLdap>>,
     #[serde(default)]
     cache: RawCache,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(default, deserialize_with = "quantity_de")]
     stats_interval: Option<Seconds>,
     #[serde(default)]
@@ -140,6 +142,19 @@ struct RawDecrypt {
 struct RawHarvest {
     enabled: Option<bool>,
     dir: Option<Spanned<PathBuf>>,
+    store: Option<Spanned<String>>,
+    ldap_base: Option<Spanned<String>>,
+    ldap_uris: Option<Spanned<Vec<String>>>,
+    ldap_bind_dn: Option<String>,
+    ldap_bind_password_file: Option<Spanned<PathBuf>>,
+    max_pending: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    enabled: Option<bool>,
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -457,24 +472,13 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
     let online = online(&loc, raw.online, lookup_budget)?;
 
-    let harvest_dir = match (raw.harvest.enabled.unwrap_or(true), raw.harvest.dir) {
-        (false, _) => None,
-        (true, Some(d)) => {
-            if !d.get_ref().is_dir() {
-                return Err(loc.error(
-                    d.span(),
-                    format!("{} is not a directory", d.get_ref().display()),
-                ));
-            }
-            Some(d.into_inner())
-        }
-        // The default place is used when it exists (the packages create it).
-        (true, None) => Some(PathBuf::from(DEFAULT_HARVEST_DIR)).filter(|d| d.is_dir()),
-    };
+    let ldap = raw.ldap.map(|l| ldap_config(&loc, l)).transpose()?;
+    let (harvest_dir, harvest_ldap) = harvest(&loc, raw.harvest, ldap.as_ref())?;
+    let metrics = metrics(&loc, raw.metrics)?;
     let encrypt = encryption(
         &loc,
         raw.encrypt,
-        raw.ldap,
+        ldap,
         raw.cache,
         verify.is_some(),
         harvest_dir.is_some(),
@@ -510,7 +514,9 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         decrypt: raw.decrypt.enabled.unwrap_or(false),
         release_unauthenticated: raw.decrypt.release_unauthenticated.unwrap_or(false),
         harvest_dir,
+        harvest_ldap,
         harvest_writes: true,
+        metrics,
         stats_interval: std::time::Duration::from_secs(raw.stats_interval.map_or(3600, |s| s.0)),
         signing: Signing {
             enabled: raw.signing.enabled.unwrap_or(true),
@@ -605,7 +611,7 @@ fn rule_pattern(s: Option<String>) -> Option<String> {
 fn encryption(
     loc: &Locator<'_>,
     e: RawEncrypt,
-    ldap: Option<Spanned<RawLdap>>,
+    ldap: Option<LdapConfig>,
     cache: RawCache,
     have_anchors: bool,
     harvesting: bool,
@@ -640,7 +646,6 @@ fn encryption(
         Some(r) => *r.get_ref(),
         None => false,
     };
-    let ldap = ldap.map(|l| ldap_config(loc, l)).transpose()?;
     let lookup_order = match &e.lookup_order {
         None => {
             let mut o = vec![CertSource::Local];
@@ -712,6 +717,121 @@ fn encryption(
             negative_ttl: Duration::from_secs(cache.negative_ttl.map_or(300, |s| s.0)),
         },
     }))
+}
+
+/// Where verified signers' certificates go: a folder (one node), or the
+/// directory (a fleet: every node's lookups find them).
+fn harvest(
+    loc: &Locator<'_>,
+    h: RawHarvest,
+    ldap: Option<&LdapConfig>,
+) -> Result<(Option<PathBuf>, Option<DirectoryHarvest>), ConfigError> {
+    let to_directory = match &h.store {
+        None => false,
+        Some(s) => match s.get_ref().as_str() {
+            "folder" => false,
+            "ldap" => true,
+            other => {
+                return Err(loc.error(
+                    s.span(),
+                    format!("unknown store '{other}' (expected folder or ldap)"),
+                ))
+            }
+        },
+    };
+    let ldap_keys = h.ldap_base.is_some()
+        || h.ldap_uris.is_some()
+        || h.ldap_bind_dn.is_some()
+        || h.ldap_bind_password_file.is_some();
+    if !h.enabled.unwrap_or(true) {
+        return Ok((None, None));
+    }
+    if !to_directory {
+        if let (true, Some(s)) = (ldap_keys, &h.ldap_base) {
+            return Err(loc.error(s.span(), "ldap_base is used with store = \"ldap\" only"));
+        }
+        let dir = match h.dir {
+            Some(d) => {
+                if !d.get_ref().is_dir() {
+                    return Err(loc.error(
+                        d.span(),
+                        format!("{} is not a directory", d.get_ref().display()),
+                    ));
+                }
+                Some(d.into_inner())
+            }
+            // The default place is used when it exists (the packages create it).
+            None => Some(PathBuf::from(DEFAULT_HARVEST_DIR)).filter(|d| d.is_dir()),
+        };
+        return Ok((dir, None));
+    }
+    let span = h.store.as_ref().map_or(0..0, |s| s.span());
+    let Some(ldap) = ldap else {
+        return Err(loc.error(
+            span,
+            "store = \"ldap\" needs an [ldap] section (where every node looks certificates up)",
+        ));
+    };
+    let Some(base) = h.ldap_base else {
+        return Err(loc.error(span, "store = \"ldap\" needs ldap_base"));
+    };
+    let base_dn = base.get_ref().trim().to_string();
+    if !crate::ldap::dn_within(&base_dn, &ldap.base_dn) {
+        return Err(loc.error(
+            base.span(),
+            format!(
+                "{base_dn} is not within [ldap] base_dn {}: lookups would never find what is harvested",
+                ldap.base_dn
+            ),
+        ));
+    }
+    let mut target = ldap.clone();
+    if let Some(u) = h.ldap_uris {
+        if u.get_ref().is_empty()
+            || u.get_ref()
+                .iter()
+                .any(|u| !(u.starts_with("ldap://") || u.starts_with("ldaps://")))
+        {
+            return Err(loc.error(u.span(), "must list ldap:// or ldaps:// URIs"));
+        }
+        target.uris = u.into_inner();
+    }
+    if h.ldap_bind_dn.is_some() || h.ldap_bind_password_file.is_some() {
+        target.bind_dn = h.ldap_bind_dn;
+        target.bind_password_file = loc.located_opt(h.ldap_bind_password_file);
+    }
+    let max_pending = match h.max_pending {
+        Some(n) if *n.get_ref() == 0 => return Err(loc.error(n.span(), "must be at least 1")),
+        Some(n) => n.into_inner(),
+        None => 1000,
+    };
+    Ok((
+        None,
+        Some(DirectoryHarvest {
+            ldap: target,
+            base_dn,
+            max_pending,
+        }),
+    ))
+}
+
+fn metrics(loc: &Locator<'_>, m: RawMetrics) -> Result<Option<Metrics>, ConfigError> {
+    if !m.enabled.unwrap_or(false) {
+        return Ok(None);
+    }
+    let listen = match m.listen {
+        None => std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)),
+        Some(l) => l.get_ref().parse().map_err(|_| {
+            loc.error(
+                l.span(),
+                format!(
+                    "invalid address '{}' (expected IP:port, e.g. 127.0.0.1:{DEFAULT_METRICS_PORT} or [::1]:{DEFAULT_METRICS_PORT})",
+                    l.get_ref()
+                ),
+            )
+        })?,
+    };
+    Ok(Some(Metrics { listen }))
 }
 
 fn ldap_config(loc: &Locator<'_>, l: Spanned<RawLdap>) -> Result<LdapConfig, ConfigError> {
@@ -793,7 +913,7 @@ fn default_internal_hosts() -> Vec<IpNet> {
 /// sample configuration are checked against it by tests.
 pub fn known_keys() -> Vec<String> {
     // Tables, by the name they are written under, with their fields.
-    let tables: [(&str, &[&str]); 12] = [
+    let tables: [(&str, &[&str]); 13] = [
         ("signing", fields::<RawSigning>()),
         ("signing.key", fields::<RawKey>()),
         ("pkcs11", fields::<RawPkcs11>()),
@@ -806,6 +926,7 @@ pub fn known_keys() -> Vec<String> {
         ("ldap", fields::<RawLdap>()),
         ("cache", fields::<RawCache>()),
         ("actions", fields::<RawActions>()),
+        ("metrics", fields::<RawMetrics>()),
     ];
     let is_table = |name: &str| tables.iter().any(|(t, _)| *t == name);
     let mut keys: Vec<String> = fields::<RawConfig>()
@@ -871,6 +992,45 @@ mod tests {
         assert_eq!(c.signing.format, SignFormat::Clear);
         assert_eq!(c.signing.digest, Digest::Sha256);
         assert_eq!(c.internal_hosts.len(), 2);
+    }
+
+    #[test]
+    fn directory_harvest_and_metrics_are_checked() {
+        let ldap = "[ldap]\nuris = [\"ldap://127.0.0.1\"]\nbase_dn = \"dc=example,dc=com\"\n";
+        let c = parse(&format!(
+            "[harvest]\nstore = \"ldap\"\nldap_base = \"ou=Contacts, DC=example,dc=com\"\nldap_uris = [\"ldap://10.0.0.1\"]\n{ldap}"
+        ))
+        .unwrap();
+        let h = c.harvest_ldap.expect("directory harvest");
+        assert_eq!(
+            (h.base_dn.as_str(), h.ldap.uris[0].as_str(), h.max_pending),
+            ("ou=Contacts, DC=example,dc=com", "ldap://10.0.0.1", 1000)
+        );
+        assert!(c.harvest_dir.is_none() && c.metrics.is_none());
+        let cases = [
+            ("[harvest]\nstore = \"ldap\"\nldap_base = \"ou=c,dc=x\"\n", 2, "needs an [ldap] section"),
+            (&format!("{ldap}[harvest]\nstore = \"ldap\"\n"), 5, "needs ldap_base"),
+            (&format!("{ldap}[harvest]\nstore = \"ldap\"\nldap_base = \"ou=c,dc=example,dc=org\"\n"), 6, "not within [ldap] base_dn"),
+            (&format!("{ldap}[harvest]\nstore = \"ldap\"\nldap_base = \"ou=c,dc=example,dc=com\"\nmax_pending = 0\n"), 7, "at least 1"),
+            (&format!("{ldap}[harvest]\nstore = \"ldap\"\nldap_base = \"ou=c,dc=example,dc=com\"\nldap_uris = [\"http://x\"]\n"), 7, "ldap:// or ldaps://"),
+            ("[harvest]\nstore = \"nfs\"\n", 2, "expected folder or ldap"),
+            ("[harvest]\nldap_base = \"ou=c\"\n", 2, "store = \"ldap\" only"),
+            ("[metrics]\nenabled = true\nlisten = \"localhost:9465\"\n", 3, "expected IP:port"),
+        ];
+        for (text, line, what) in cases {
+            let e = parse(text).unwrap_err();
+            assert!(e.line == line && e.what.contains(what), "{text}: {e}");
+        }
+        let m = parse("[metrics]\nenabled = true\n")
+            .unwrap()
+            .metrics
+            .unwrap();
+        assert_eq!(m.listen.to_string(), "127.0.0.1:9465");
+        let m = parse("[metrics]\nenabled = true\nlisten = \"[::1]:9100\"\n")
+            .unwrap()
+            .metrics
+            .unwrap();
+        assert_eq!(m.listen.to_string(), "[::1]:9100");
     }
 
     #[test]

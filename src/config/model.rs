@@ -15,6 +15,8 @@ use std::time::Duration;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/smime-milter/smime-milter.toml";
 pub const DEFAULT_HARVEST_DIR: &str = "/var/lib/smime-milter/harvested";
+/// The metrics endpoint's default port (on 127.0.0.1).
+pub const DEFAULT_METRICS_PORT: u16 = 9465;
 /// Finds a user by any of the addresses Exchange publishes for them.
 pub const DEFAULT_LDAP_FILTER: &str = "(|(mail=%s)(proxyAddresses=smtp:%s))";
 
@@ -217,6 +219,23 @@ pub struct LdapConfig {
     pub retry_after: Duration,
 }
 
+/// Harvested certificates written into the directory, as contact entries
+/// under `base_dn`, by the account `ldap` binds as.
+#[derive(Debug, Clone)]
+pub struct DirectoryHarvest {
+    /// `[ldap]`, with the harvest's own URIs and account when given.
+    pub ldap: LdapConfig,
+    pub base_dn: String,
+    /// Writes queued at most; more are dropped (and counted).
+    pub max_pending: usize,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub listen: std::net::SocketAddr,
+}
+
 /// The recipient certificate cache.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -291,9 +310,13 @@ pub struct Config {
     pub release_unauthenticated: bool,
     /// Where harvested certificates are kept; `None` when harvesting is off.
     pub harvest_dir: Option<PathBuf>,
+    /// Harvesting into the directory instead (`store = "ldap"`).
+    pub harvest_ldap: Option<DirectoryHarvest>,
     /// Whether verified signers are stored there. The milter does; the
     /// test mode only when asked (`--harvest`): a test changes no state.
     pub harvest_writes: bool,
+    /// The metrics endpoint, when on. Read at start only.
+    pub metrics: Option<Metrics>,
     /// How often the stats line is logged; zero: never.
     pub stats_interval: std::time::Duration,
     /// SMTP AUTH login -> From addresses or `@domain`s it may sign as (lower case).

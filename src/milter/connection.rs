@@ -397,10 +397,13 @@ impl<W: Write> Connection<'_, W> {
                 m.queue_id = qid;
             }
             let line = session::summary_line(m, &outcome);
-            match (&sent, outcome.verdict) {
+            match (&sent, &outcome.verdict) {
                 (Err(e), _) => log::warn!("{line} (not received by the MTA: {e})"),
                 (Ok(()), Verdict::Accept) => log::info!("{line}"),
                 (Ok(()), _) => log::warn!("{line}"),
+            }
+            if sent.is_ok() {
+                session::finished(m, &outcome);
             }
         }
         self.session.reset();

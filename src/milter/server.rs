@@ -171,6 +171,7 @@ pub fn run(rt: Arc<Runtime>, socket: &SocketSpec) -> Result<(), RunError> {
     let config_path = rt.config.path.clone();
     let pid_file = rt.config.pid_file.clone();
     let limit = rt.config.max_mta_connections;
+    let metrics = rt.config.metrics.clone();
     let live = Arc::new(Live::new(rt));
     // Before any thread starts, so that they all inherit the mask and the
     // signals reach only the threads that wait for them.
@@ -185,6 +186,15 @@ pub fn run(rt: Arc<Runtime>, socket: &SocketSpec) -> Result<(), RunError> {
                 err,
             }
         })?;
+    let metrics_listener = match &metrics {
+        Some(m) => Some(
+            crate::exporter::bind(m.listen).map_err(|err| RunError::Socket {
+                path: format!("{} (metrics)", m.listen),
+                err,
+            })?,
+        ),
+        None => None,
+    };
     if let Some(id) = &identity {
         crate::privileges::drop_to(id)?;
         log::info!("running as user {}", id.name);
@@ -192,6 +202,9 @@ pub fn run(rt: Arc<Runtime>, socket: &SocketSpec) -> Result<(), RunError> {
     crate::reload::spawn_reload_thread(live.clone(), config_path).map_err(RunError::Threads)?;
     spawn_stats_thread(live.clone()).map_err(RunError::Threads)?;
     crate::progress::spawn_thread().map_err(RunError::Threads)?;
+    if let Some(l) = metrics_listener {
+        crate::exporter::serve(l, live.clone()).map_err(RunError::Threads)?;
+    }
     let pool = Arc::new(Pool {
         listener,
         idle: AtomicUsize::new(0),
@@ -288,12 +301,17 @@ fn spawn_stats_thread(live: Arc<Live>) -> std::io::Result<()> {
                 continue;
             }
             std::thread::sleep(interval);
-            let online = match live.runtime().online {
+            let rt = live.runtime();
+            let online = match rt.online {
                 Some(_) => crate::online::STATS.line(),
                 None => String::new(),
             };
+            let harvest = match rt.harvest_ldap {
+                Some(_) => crate::harvest_ldap::STATS.line(),
+                None => String::new(),
+            };
             log::info!(
-                "{}{online} messages in flight={} memory counted={} bytes",
+                "{}{online}{harvest} messages in flight={} memory counted={} bytes",
                 crate::certstore::STATS.line(),
                 crate::session::in_flight(),
                 crate::session::buffered()

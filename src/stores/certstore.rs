@@ -69,6 +69,27 @@ pub enum Lookup {
     Error(String),
 }
 
+/// See `CertStore::forgetter`.
+#[derive(Clone)]
+pub struct Forget(std::sync::Weak<Mutex<LruCache<String, Cached>>>);
+
+impl Forget {
+    pub fn forget(&self, address: &str) {
+        if let Some(cache) = self.0.upgrade() {
+            cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop(&address.to_ascii_lowercase());
+        }
+    }
+}
+
+impl std::fmt::Debug for Forget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Forget")
+    }
+}
+
 struct Cached {
     cert: Option<Arc<RecipientCert>>,
     expires: Instant,
@@ -79,7 +100,7 @@ pub struct CertStore {
     harvest_dir: Option<std::path::PathBuf>,
     ldap: Option<Ldap>,
     order: Vec<CertSource>,
-    cache: Mutex<LruCache<String, Cached>>,
+    cache: Arc<Mutex<LruCache<String, Cached>>>,
     ttl: Duration,
     negative_ttl: Duration,
     /// Revocation checks of candidates that chain to the anchors.
@@ -250,7 +271,7 @@ impl CertStore {
             harvest_dir,
             ldap,
             order,
-            cache: Mutex::new(LruCache::new(cap)),
+            cache: Arc::new(Mutex::new(LruCache::new(cap))),
             ttl: cache.ttl,
             negative_ttl: cache.negative_ttl,
             online: None,
@@ -412,7 +433,10 @@ impl CertStore {
                 CertSource::Ldap => match &self.ldap {
                     Some(l) => {
                         STATS.ldap_searches.fetch_add(1, Ordering::Relaxed);
-                        match l.lookup(address, deadline) {
+                        match crate::metrics::timed(
+                            crate::metrics::Operation::DirectoryLookup,
+                            || l.lookup(address, deadline),
+                        ) {
                             Ok(c) => c,
                             Err(e) => {
                                 // Not cached: the next message asks again.
@@ -495,10 +519,13 @@ impl CertStore {
 
     /// Drops one address from the cache (after harvesting a certificate for it).
     pub fn forget(&self, address: &str) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop(&address.to_ascii_lowercase());
+        self.forgetter().forget(address);
+    }
+
+    /// A handle that drops addresses from this cache later (after a write
+    /// made in the background), and does nothing once the store is gone.
+    pub fn forgetter(&self) -> Forget {
+        Forget(Arc::downgrade(&self.cache))
     }
 
     pub fn harvest_dir(&self) -> Option<&Path> {

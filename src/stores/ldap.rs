@@ -283,7 +283,7 @@ impl Ldap {
                 if remaining.is_zero() {
                     return Err(Failure::Budget("no time left to connect".into()));
                 }
-                let connected = self.connect(&server.uri, remaining);
+                let connected = connect(&self.settings, &server.uri, remaining);
                 return match connected {
                     Ok(conn) => {
                         std::mem::forget(slot);
@@ -304,43 +304,47 @@ impl Ldap {
                 .0;
         }
     }
+}
 
-    /// A new connection, bound if configured. On failure, whether the
-    /// failure is a timeout cut short by the budget (`remaining`).
-    fn connect(&self, uri: &str, remaining: Duration) -> Result<LdapConn, (String, bool)> {
-        let connect_timeout = self.settings.connect_timeout.min(remaining);
-        let mut s = LdapConnSettings::new()
-            .set_conn_timeout(connect_timeout)
-            .set_starttls(self.settings.starttls && uri.starts_with("ldap://"));
-        if let Some(pem) = &self.settings.ca_pem {
-            let connector = native_tls::Certificate::from_pem(pem).and_then(|ca| {
-                native_tls::TlsConnector::builder()
-                    .add_root_certificate(ca)
-                    .build()
-            });
-            match connector {
-                Ok(c) => s = s.set_connector(c),
-                Err(e) => return Err((format!("TLS set-up: {e}"), false)),
-            }
+/// A new connection, bound if configured. On failure, whether the
+/// failure is a timeout cut short by the budget (`remaining`).
+pub(crate) fn connect(
+    settings: &LdapSettings,
+    uri: &str,
+    remaining: Duration,
+) -> Result<LdapConn, (String, bool)> {
+    let connect_timeout = settings.connect_timeout.min(remaining);
+    let mut s = LdapConnSettings::new()
+        .set_conn_timeout(connect_timeout)
+        .set_starttls(settings.starttls && uri.starts_with("ldap://"));
+    if let Some(pem) = &settings.ca_pem {
+        let connector = native_tls::Certificate::from_pem(pem).and_then(|ca| {
+            native_tls::TlsConnector::builder()
+                .add_root_certificate(ca)
+                .build()
+        });
+        match connector {
+            Ok(c) => s = s.set_connector(c),
+            Err(e) => return Err((format!("TLS set-up: {e}"), false)),
         }
-        let started = Instant::now();
-        let mut conn = LdapConn::with_settings(s, uri).map_err(|e| {
-            let cut = is_timeout(&e) && connect_timeout < self.settings.connect_timeout;
-            (e.to_string(), cut)
-        })?;
-        if let (Some(dn), Some(pw)) = (&self.settings.bind_dn, &self.settings.bind_password) {
-            let left = remaining.saturating_sub(started.elapsed());
-            let bind_timeout = self.settings.search_timeout.min(left);
-            conn.with_timeout(bind_timeout)
-                .simple_bind(dn, pw)
-                .and_then(|r| r.success())
-                .map_err(|e| {
-                    let cut = is_timeout(&e) && bind_timeout < self.settings.search_timeout;
-                    (format!("bind as {dn} failed: {e}"), cut)
-                })?;
-        }
-        Ok(conn)
     }
+    let started = Instant::now();
+    let mut conn = LdapConn::with_settings(s, uri).map_err(|e| {
+        let cut = is_timeout(&e) && connect_timeout < settings.connect_timeout;
+        (e.to_string(), cut)
+    })?;
+    if let (Some(dn), Some(pw)) = (&settings.bind_dn, &settings.bind_password) {
+        let left = remaining.saturating_sub(started.elapsed());
+        let bind_timeout = settings.search_timeout.min(left);
+        conn.with_timeout(bind_timeout)
+            .simple_bind(dn, pw)
+            .and_then(|r| r.success())
+            .map_err(|e| {
+                let cut = is_timeout(&e) && bind_timeout < settings.search_timeout;
+                (format!("bind as {dn} failed: {e}"), cut)
+            })?;
+    }
+    Ok(conn)
 }
 
 /// A pool slot taken for a new connection: given back on drop unless the
@@ -377,7 +381,35 @@ impl Server {
     }
 }
 
-fn is_timeout(e: &Ldap3Error) -> bool {
+/// Whether `dn` is `base` or below it (RDNs compared without case or the
+/// blanks around them; enough for configuration checks).
+pub fn dn_within(dn: &str, base: &str) -> bool {
+    fn rdns(dn: &str) -> Vec<String> {
+        let mut out = vec![String::new()];
+        let mut escaped = false;
+        for c in dn.chars() {
+            match c {
+                ',' if !escaped => out.push(String::new()),
+                c => {
+                    escaped = c == '\\' && !escaped;
+                    out.last_mut().expect("one").push(c);
+                }
+            }
+        }
+        out.iter()
+            .map(|r| {
+                r.split('=')
+                    .map(|p| p.trim().to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+                    .join("=")
+            })
+            .collect()
+    }
+    let (d, b) = (rdns(dn), rdns(base));
+    d.len() >= b.len() && d[d.len() - b.len()..] == b[..]
+}
+
+pub(crate) fn is_timeout(e: &Ldap3Error) -> bool {
     matches!(e, Ldap3Error::Timeout { .. })
 }
 
@@ -394,7 +426,7 @@ fn classify(e: &Ldap3Error) -> Failure {
     }
 }
 
-fn certs_in_entries(entries: Vec<ldap3::ResultEntry>) -> Vec<X509> {
+pub(crate) fn certs_in_entries(entries: Vec<ldap3::ResultEntry>) -> Vec<X509> {
     let mut certs = Vec::new();
     for e in entries {
         let e = SearchEntry::construct(e);
@@ -435,5 +467,20 @@ mod tests {
             "(mail=\\2a\\29\\28mail=\\2a)"
         );
         assert_eq!(filter_for("(mail=%s)", "a\\b\0c"), "(mail=a\\5cb\\00c)");
+    }
+
+    #[test]
+    fn dns_within_a_base() {
+        assert!(dn_within(
+            "ou=Contacts, DC=Example,dc=com",
+            "dc=example,dc=com"
+        ));
+        assert!(dn_within("dc=example,dc=com", "dc=example, dc=com"));
+        assert!(!dn_within("ou=x,dc=example,dc=org", "dc=example,dc=com"));
+        assert!(!dn_within(
+            "ou=a\\,dc=example,dc=com",
+            "ou=a,dc=example,dc=com"
+        ));
+        assert!(!dn_within("dc=com", "dc=example,dc=com"));
     }
 }

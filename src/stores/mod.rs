@@ -6,6 +6,7 @@
 pub mod certstore;
 pub mod fetch;
 pub mod harvest;
+pub mod harvest_ldap;
 pub mod keystore;
 pub mod ldap;
 pub mod online;

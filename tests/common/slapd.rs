@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 pub const BASE_DN: &str = "dc=example,dc=com";
 pub const ROOT_DN: &str = "cn=admin,dc=example,dc=com";
 pub const ROOT_PW: &str = "test-secret-pw";
+/// Where harvested contacts go, and the account that may write there only.
+pub const CONTACTS_DN: &str = "ou=contacts,dc=example,dc=com";
+pub const HARVESTER_DN: &str = "cn=harvester,dc=example,dc=com";
+pub const HARVESTER_PW: &str = "harvest-pw-7";
 
 pub struct Slapd {
     pub dir: tempfile::TempDir,
@@ -40,6 +44,57 @@ impl Slapd {
     }
 
     fn start_with(ldif: &str, tls: bool) -> Slapd {
+        let mut s = Self::prepare(tls, free_port(), "", "access to * by * read\n", "");
+        s.load(ldif, &[]);
+        s.resume();
+        s
+    }
+
+    /// Two providers replicating each other (OpenLDAP multi-provider
+    /// syncrepl, as its admin guide sets it up), with `ou=contacts` writable
+    /// by `HARVESTER_DN` only. The data is loaded into the first; the second
+    /// receives it by replication (waited for).
+    pub fn start_pair(ldif: &str) -> (Slapd, Slapd) {
+        let ports = [free_port(), free_port()];
+        let acl = format!(
+            "access to attrs=userPassword by anonymous auth by * none
+access to dn.subtree=\"{CONTACTS_DN}\" by dn.exact=\"{HARVESTER_DN}\" write by * read
+access to * by * read
+"
+        );
+        let mut pair: Vec<Slapd> = (0..2)
+            .map(|i| {
+                let other = ports[1 - i];
+                let global = format!("moduleload syncprov\nserverID {}\n", i + 1);
+                let db = format!(
+                    "syncrepl rid={:03} provider=ldap://127.0.0.1:{other} bindmethod=simple binddn=\"{ROOT_DN}\" credentials={ROOT_PW} searchbase=\"{BASE_DN}\" type=refreshAndPersist retry=\"1 +\" timeout=3
+multiprovider on
+overlay syncprov
+",
+                    i + 1
+                );
+                Self::prepare(false, ports[i], &global, &acl, &db)
+            })
+            .collect();
+        pair[0].load(ldif, &["-S", "1", "-w"]);
+        for s in &mut pair {
+            s.resume();
+        }
+        let b = pair.pop().unwrap();
+        let a = pair.pop().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while b.search_dn(HARVESTER_DN).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "no replication: {}",
+                b.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (a, b)
+    }
+
+    fn prepare(tls: bool, port: u16, global: &str, access: &str, db_extra: &str) -> Slapd {
         let dir = tempdir();
         let db = dir.path().join("db");
         std::fs::create_dir_all(&db).unwrap();
@@ -55,14 +110,13 @@ include {schema}
 pidfile {d}/slapd.pid
 modulepath /usr/lib/ldap
 moduleload back_mdb
-{tls}database mdb
+{global}{tls}database mdb
 maxsize 10485760
 suffix \"{BASE_DN}\"
 rootdn \"{ROOT_DN}\"
 rootpw {ROOT_PW}
 directory {db}
-access to * by * read
-",
+{access}{db_extra}",
                 schema = dir.path().join("proxy.schema").display(),
                 d = dir.path().display(),
                 db = db.display(),
@@ -70,11 +124,24 @@ access to * by * read
             ),
         )
         .unwrap();
-        let ldif_path = dir.path().join("data.ldif");
+        let log = dir.path().join("slapd.log");
+        Slapd {
+            dir,
+            port,
+            tls_port: tls.then(free_port),
+            child: None,
+            conf,
+            log,
+        }
+    }
+
+    fn load(&mut self, ldif: &str, args: &[&str]) {
+        let ldif_path = self.dir.path().join("data.ldif");
         std::fs::write(&ldif_path, ldif).unwrap();
         let out = run(Command::new("slapadd")
             .arg("-f")
-            .arg(&conf)
+            .arg(&self.conf)
+            .args(args)
             .arg("-l")
             .arg(&ldif_path));
         assert!(
@@ -82,17 +149,18 @@ access to * by * read
             "slapadd: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let log = dir.path().join("slapd.log");
-        let mut s = Slapd {
-            dir,
-            port: free_port(),
-            tls_port: tls.then(free_port),
-            child: None,
-            conf,
-            log,
-        };
-        s.resume();
-        s
+    }
+
+    /// The entry at `dn` as LDIF (ldapsearch, as the root DN), if it exists.
+    pub fn search_dn(&self, dn: &str) -> Option<String> {
+        let out = run(Command::new("ldapsearch")
+            .args(["-x", "-LLL", "-o", "ldif-wrap=no", "-H"])
+            .arg(self.uri())
+            .args(["-D", ROOT_DN, "-w", ROOT_PW, "-s", "base", "-b", dn]));
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+            .filter(|t| !t.trim().is_empty())
     }
 
     /// Starts (again) on the same port.
@@ -236,6 +304,24 @@ pub fn required_encryption_tables(servers: &[&Slapd], ldap_extra: &str) -> Strin
         "[encrypt]\ndefault_policy = \"required\"\n[ldap]\nuris = [{}]\nbase_dn = \"{BASE_DN}\"\n{ldap_extra}\n{}",
         uris.join(", "),
         super::pki().key_table()
+    )
+}
+
+/// The test directory with the contacts OU and the harvesting account.
+pub fn fleet_ldif() -> String {
+    format!(
+        "{}
+dn: {CONTACTS_DN}
+objectClass: organizationalUnit
+ou: contacts
+
+dn: {HARVESTER_DN}
+objectClass: person
+cn: harvester
+sn: harvester
+userPassword: {HARVESTER_PW}
+",
+        test_ldif()
     )
 }
 

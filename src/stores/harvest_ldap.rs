@@ -1,0 +1,535 @@
+//! Harvested certificates kept in the directory, for a fleet of gateways:
+//! a signer learnt by one node is found by every node's LDAP lookup.
+//!
+//! Each address is one contact entry, `cn=<address>,<base>` (inetOrgPerson,
+//! as Exchange keeps contacts), holding the certificate as
+//! `userCertificate;binary` and, with its chain, as `userSMIMECertificate`
+//! (certs-only PKCS#7). Only entries at that place are read, written or
+//! removed; the rest of the directory is never touched.
+//!
+//! Writes never hold up a message: they are queued (at most
+//! `max_pending`) and made by one thread per configuration, started with
+//! the first write, with the connection and search timeouts of `[ldap]`.
+
+use crate::certstore::Forget;
+use crate::ldap::{certs_in_entries, connect, LdapSettings};
+use crate::pki::{cert_addresses, certs_only_pkcs7, SignerCert};
+use ldap3::{LdapConn, LdapError as Ldap3Error, Mod, Scope, SearchEntry};
+use openssl::x509::X509;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Addresses written for one certificate, at most: a certificate naming
+/// hundreds must not turn one message into hundreds of writes.
+const MAX_ADDRESSES: usize = 16;
+
+/// How long an admin command waits for the directory.
+const ADMIN_TIME: Duration = Duration::from_secs(30);
+
+const CERT_ATTR: &str = "userCertificate;binary";
+const SMIME_ATTR: &str = "userSMIMECertificate";
+
+/// Counters for the stats line and metrics; they survive reloads.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Entries added or replaced.
+    pub written: AtomicU64,
+    /// What was there is valid as long or longer.
+    pub unchanged: AtomicU64,
+    pub failed: AtomicU64,
+    /// The queue was full.
+    pub dropped: AtomicU64,
+}
+
+pub static STATS: Stats = Stats {
+    written: AtomicU64::new(0),
+    unchanged: AtomicU64::new(0),
+    failed: AtomicU64::new(0),
+    dropped: AtomicU64::new(0),
+};
+
+impl Stats {
+    pub fn line(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            " harvest writes={} unchanged={} failed={} dropped={}",
+            g(&self.written),
+            g(&self.unchanged),
+            g(&self.failed),
+            g(&self.dropped)
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("no LDAP server for harvesting reachable ({0})")]
+    Unreachable(String),
+    #[error("{0}")]
+    Operation(String),
+}
+
+/// What one write did for an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    Added,
+    Replaced,
+    /// The entry holds a certificate valid as long or longer.
+    Kept,
+}
+
+struct Job {
+    queue_id: String,
+    signer: SignerCert,
+    /// The cache of the certificate store of the same configuration.
+    then: Option<Forget>,
+}
+
+struct Worker {
+    queue: SyncSender<Job>,
+    thread: JoinHandle<()>,
+}
+
+/// The directory store of harvested certificates.
+pub struct DirectoryStore {
+    settings: Arc<LdapSettings>,
+    max_pending: usize,
+    worker: Mutex<Option<Worker>>,
+}
+
+impl std::fmt::Debug for DirectoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DirectoryStore({:?} under {})",
+            self.settings.uris, self.settings.base_dn
+        )
+    }
+}
+
+impl DirectoryStore {
+    /// `settings.base_dn` is where the entries go; its filter is unused.
+    pub fn new(settings: LdapSettings, max_pending: usize) -> DirectoryStore {
+        DirectoryStore {
+            settings: Arc::new(settings),
+            max_pending: max_pending.max(1),
+            worker: Mutex::new(None),
+        }
+    }
+
+    pub fn base_dn(&self) -> &str {
+        &self.settings.base_dn
+    }
+
+    /// Queues the signer's certificate to be written; returns at once.
+    /// False when it was dropped (queue full, no thread).
+    pub fn submit(&self, queue_id: &str, signer: &SignerCert, then: Option<Forget>) -> bool {
+        let mut worker = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+        if worker.is_none() {
+            match self.start() {
+                Ok(w) => *worker = Some(w),
+                Err(e) => {
+                    STATS.dropped.fetch_add(1, Ordering::Relaxed);
+                    log::error!("{queue_id}: cannot start the harvest writer: {e}");
+                    return false;
+                }
+            }
+        }
+        let job = Job {
+            queue_id: queue_id.to_string(),
+            signer: signer.clone(),
+            then,
+        };
+        match worker.as_ref().expect("started").queue.try_send(job) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                STATS.dropped.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "{queue_id}: harvest into the directory skipped: {} writes already pending",
+                    self.max_pending
+                );
+                false
+            }
+        }
+    }
+
+    // The thread starts with the first write, so after the daemon is set up
+    // and only in configurations that harvest.
+    fn start(&self) -> std::io::Result<Worker> {
+        let (queue, jobs) = sync_channel::<Job>(self.max_pending);
+        let settings = Arc::clone(&self.settings);
+        let thread = std::thread::Builder::new()
+            .name("harvest".into())
+            .spawn(move || {
+                let mut conn: Option<LdapConn> = None;
+                // Ends when the configuration is replaced (its sender dropped).
+                for job in jobs {
+                    write_job(&settings, &mut conn, &job);
+                }
+            })?;
+        Ok(Worker { queue, thread })
+    }
+
+    /// Waits until every queued write is made (the test mode, before it
+    /// exits); later writes start a new thread.
+    pub fn finish(&self) {
+        let worker = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = worker {
+            drop(w.queue);
+            let _ = w.thread.join();
+        }
+    }
+
+    /// Writes the signer's certificate at once, by `deadline`: each address
+    /// with what was done.
+    pub fn store(
+        &self,
+        signer: &SignerCert,
+        deadline: Instant,
+    ) -> Result<Vec<(String, Written)>, WriteError> {
+        let mut conn = None;
+        store_with(&self.settings, &mut conn, signer, deadline)
+    }
+
+    /// Every harvested entry: its address and certificate.
+    pub fn list(&self) -> Result<Vec<(String, X509)>, WriteError> {
+        let deadline = Instant::now() + ADMIN_TIME;
+        let mut conn = open(&self.settings, deadline)?;
+        let attrs = vec!["mail", CERT_ATTR, SMIME_ATTR];
+        let (entries, _) = conn
+            .with_timeout(self.settings.search_timeout)
+            .search(
+                &self.settings.base_dn,
+                Scope::OneLevel,
+                "(objectClass=inetOrgPerson)",
+                attrs,
+            )
+            .and_then(|r| r.success())
+            .map_err(op_error("search"))?;
+        let mut out = Vec::new();
+        for e in entries {
+            let entry = SearchEntry::construct(e.clone());
+            let mail = entry
+                .attrs
+                .get("mail")
+                .and_then(|m| m.first())
+                .cloned()
+                .unwrap_or(entry.dn);
+            if let Some(cert) = certs_in_entries(vec![e]).into_iter().next() {
+                out.push((mail, cert));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Removes the entry for an address; false when there was none.
+    pub fn remove(&self, address: &str) -> Result<bool, WriteError> {
+        let deadline = Instant::now() + ADMIN_TIME;
+        let mut conn = open(&self.settings, deadline)?;
+        match conn
+            .with_timeout(self.settings.search_timeout)
+            .delete(&dn_for(&self.settings.base_dn, address))
+            .and_then(|r| r.success())
+        {
+            Ok(_) => Ok(true),
+            Err(e) if result_code(&e) == Some(NO_SUCH_OBJECT) => Ok(false),
+            Err(e) => Err(op_error("delete")(e)),
+        }
+    }
+}
+
+const NO_SUCH_OBJECT: u32 = 32;
+const ALREADY_EXISTS: u32 = 68;
+
+/// The entry of an address: its value escaped as RFC 4514 asks, so an
+/// address cannot add an RDN or leave the base.
+pub fn dn_for(base: &str, address: &str) -> String {
+    format!(
+        "cn={},{base}",
+        ldap3::dn_escape(address.to_ascii_lowercase())
+    )
+}
+
+fn result_code(e: &Ldap3Error) -> Option<u32> {
+    match e {
+        Ldap3Error::LdapResult { result } => Some(result.rc),
+        _ => None,
+    }
+}
+
+fn op_error(what: &'static str) -> impl Fn(Ldap3Error) -> WriteError {
+    move |e| WriteError::Operation(format!("LDAP {what} failed: {e}"))
+}
+
+/// A connection to the first server that takes one.
+fn open(settings: &LdapSettings, deadline: Instant) -> Result<LdapConn, WriteError> {
+    let mut errors = Vec::new();
+    for uri in &settings.uris {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        match connect(settings, uri, remaining) {
+            Ok(c) => return Ok(c),
+            Err((e, _)) => errors.push(format!("{uri}: {e}")),
+        }
+    }
+    Err(WriteError::Unreachable(errors.join("; ")))
+}
+
+fn write_job(settings: &LdapSettings, conn: &mut Option<LdapConn>, job: &Job) {
+    // Bounded like a lookup: connect, then a few operations per address.
+    let deadline = Instant::now() + settings.connect_timeout + settings.search_timeout * 3;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store_with(settings, conn, &job.signer, deadline)
+    }));
+    let qid = &job.queue_id;
+    match outcome {
+        Ok(Ok(done)) => {
+            for (address, w) in done {
+                match w {
+                    Written::Kept => {
+                        STATS.unchanged.fetch_add(1, Ordering::Relaxed);
+                        log::debug!(
+                            "{qid}: harvest: the directory keeps its certificate for {address}"
+                        );
+                    }
+                    w => {
+                        STATS.written.fetch_add(1, Ordering::Relaxed);
+                        if let Some(f) = &job.then {
+                            f.forget(&address);
+                        }
+                        log::info!(
+                            "{qid}: harvested {address} into the directory ({})",
+                            if w == Written::Added {
+                                "added"
+                            } else {
+                                "replaced"
+                            }
+                        );
+                    }
+                }
+            }
+        }
+        Ok(Err(e)) => {
+            *conn = None;
+            STATS.failed.fetch_add(1, Ordering::Relaxed);
+            log::warn!("{qid}: harvest into the directory failed: {e}");
+        }
+        Err(_) => {
+            *conn = None;
+            STATS.failed.fetch_add(1, Ordering::Relaxed);
+            log::error!("{qid}: internal error: panic while harvesting into the directory");
+        }
+    }
+}
+
+/// Writes on `conn` (kept between jobs), opened again once if the kept one
+/// has broken.
+fn store_with(
+    settings: &LdapSettings,
+    conn: &mut Option<LdapConn>,
+    signer: &SignerCert,
+    deadline: Instant,
+) -> Result<Vec<(String, Written)>, WriteError> {
+    let leaf = signer
+        .cert
+        .to_der()
+        .map_err(|e| WriteError::Operation(e.to_string()))?;
+    // The chain, without self-signed roots: those come from trust.
+    let mut bundle = vec![signer.cert.clone()];
+    bundle.extend(
+        signer
+            .chain
+            .iter()
+            .filter(|c| c.issuer_name_hash() != c.subject_name_hash())
+            .cloned(),
+    );
+    let p7 = certs_only_pkcs7(&bundle).map_err(|e| WriteError::Operation(e.to_string()))?;
+    let mut addresses: Vec<String> = cert_addresses(&signer.cert)
+        .iter()
+        .map(|a| a.to_ascii_lowercase())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    addresses.truncate(MAX_ADDRESSES);
+    let mut done = Vec::new();
+    for address in addresses {
+        let mut retried = false;
+        loop {
+            let kept = conn.is_some();
+            let c = match conn {
+                Some(c) => c,
+                None => conn.insert(open(settings, deadline)?),
+            };
+            match write_address(settings, c, &address, &signer.cert, &leaf, &p7, deadline) {
+                Ok(w) => {
+                    done.push((address, w));
+                    break;
+                }
+                Err(Failure::Connection(_)) if kept && !retried => {
+                    *conn = None;
+                    retried = true;
+                }
+                Err(Failure::Connection(e) | Failure::Operation(e)) => {
+                    *conn = None;
+                    return Err(WriteError::Operation(e));
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+enum Failure {
+    Connection(String),
+    Operation(String),
+}
+
+fn failure(what: &str, e: Ldap3Error) -> Failure {
+    match e {
+        Ldap3Error::LdapResult { .. } => Failure::Operation(format!("LDAP {what} failed: {e}")),
+        e => Failure::Connection(format!("LDAP {what} failed: {e}")),
+    }
+}
+
+/// Adds the entry, or replaces its certificates when the new one is valid
+/// longer (the folder store's rule). Another node adding it first is
+/// taken as "it exists": compared and replaced as such.
+fn write_address(
+    settings: &LdapSettings,
+    conn: &mut LdapConn,
+    address: &str,
+    cert: &X509,
+    leaf: &[u8],
+    p7: &[u8],
+    deadline: Instant,
+) -> Result<Written, Failure> {
+    let dn = dn_for(&settings.base_dn, address);
+    let timeout = || {
+        settings
+            .search_timeout
+            .min(deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1))
+    };
+    for _ in 0..2 {
+        let found = conn
+            .with_timeout(timeout())
+            .search(
+                &dn,
+                Scope::Base,
+                "(objectClass=*)",
+                vec![CERT_ATTR, SMIME_ATTR],
+            )
+            .and_then(|r| r.success());
+        match found {
+            Ok((entries, _)) => {
+                // The entry's own certificates, not the chain beside them.
+                let old: Vec<X509> = certs_in_entries(entries)
+                    .into_iter()
+                    .filter(|c| {
+                        cert_addresses(c)
+                            .iter()
+                            .any(|a| a.eq_ignore_ascii_case(address))
+                    })
+                    .collect();
+                if old.iter().any(|o| o.not_after() >= cert.not_after()) {
+                    return Ok(Written::Kept);
+                }
+                let mods = vec![
+                    Mod::Replace(CERT_ATTR.as_bytes().to_vec(), set(leaf)),
+                    Mod::Replace(SMIME_ATTR.as_bytes().to_vec(), set(p7)),
+                ];
+                conn.with_timeout(timeout())
+                    .modify(&dn, mods)
+                    .and_then(|r| r.success())
+                    .map_err(|e| failure("modify", e))?;
+                return Ok(Written::Replaced);
+            }
+            Err(e) if result_code(&e) == Some(NO_SUCH_OBJECT) => {}
+            Err(e) => return Err(failure("search", e)),
+        }
+        let a = address.as_bytes().to_vec();
+        let attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)> = vec![
+            (
+                b"objectClass".to_vec(),
+                HashSet::from([b"inetOrgPerson".to_vec()]),
+            ),
+            (b"cn".to_vec(), set(&a)),
+            (b"sn".to_vec(), set(&a)),
+            (b"mail".to_vec(), set(&a)),
+            (CERT_ATTR.as_bytes().to_vec(), set(leaf)),
+            (SMIME_ATTR.as_bytes().to_vec(), set(p7)),
+        ];
+        match conn
+            .with_timeout(timeout())
+            .add(&dn, attrs)
+            .and_then(|r| r.success())
+        {
+            Ok(_) => return Ok(Written::Added),
+            Err(e) if result_code(&e) == Some(ALREADY_EXISTS) => continue,
+            Err(e) => return Err(failure("add", e)),
+        }
+    }
+    Err(Failure::Operation(format!(
+        "{dn} appears and disappears: not written"
+    )))
+}
+
+fn set(v: &[u8]) -> HashSet<Vec<u8>> {
+    HashSet::from([v.to_vec()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_stay_one_rdn_under_the_base() {
+        assert_eq!(
+            dn_for("ou=contacts,dc=example,dc=com", "Alice@Example.com"),
+            "cn=alice@example.com,ou=contacts,dc=example,dc=com"
+        );
+        let dn = dn_for("ou=c,dc=x", "a,cn=admin+x=y@x");
+        assert_eq!(dn, "cn=a\\2ccn\\3dadmin\\2bx\\3dy@x,ou=c,dc=x");
+        assert!(crate::ldap::dn_within(&dn, "ou=c,dc=x"));
+        assert_eq!(dn_for("ou=c", " #a"), "cn=\\20#a,ou=c");
+    }
+
+    #[test]
+    fn certs_only_bundles_read_back() {
+        let key = openssl::ec::EcKey::generate(
+            &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap(),
+        )
+        .unwrap();
+        let key = openssl::pkey::PKey::from_ec_key(key).unwrap();
+        let mut certs = Vec::new();
+        for cn in ["one", "two"] {
+            let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+            name.append_entry_by_text("CN", cn).unwrap();
+            let name = name.build();
+            let mut b = X509::builder().unwrap();
+            b.set_subject_name(&name).unwrap();
+            b.set_issuer_name(&name).unwrap();
+            b.set_pubkey(&key).unwrap();
+            b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+                .unwrap();
+            b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
+                .unwrap();
+            b.sign(&key, openssl::hash::MessageDigest::sha256())
+                .unwrap();
+            certs.push(b.build());
+        }
+        let der = certs_only_pkcs7(&certs).unwrap();
+        let back = crate::ldap::certs_from_pkcs7(&der);
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].to_der().unwrap(), certs[0].to_der().unwrap());
+        assert_eq!(back[1].to_der().unwrap(), certs[1].to_der().unwrap());
+        assert_eq!(crate::pki::certs_from_bytes(&der).unwrap().len(), 2);
+    }
+}
