@@ -383,8 +383,10 @@ fn report(rt: &Runtime, mut v: verify::Verdict, decrypted: bool, harvest: bool) 
         detail.push_str(&format!(" signer={id}"));
     }
     if harvest && rt.config.harvest_writes && v.result == SmimeResult::Pass {
-        if rt.harvest_ldap.is_some() {
+        if rt.harvest_ldap.is_some() && v.signer.is_some() {
+            // Written into the directory once the MTA has its answer.
             r.harvest = v.signer.clone();
+            detail.push_str(" harvest=queued");
         }
         if let (Some(dir), Some(signer)) = (&rt.config.harvest_dir, &v.signer) {
             match crate::harvest::store(dir, signer) {
@@ -435,9 +437,13 @@ fn verify_entity(
         online: rt.online.as_deref(),
         deadline: inputs.deadline,
     };
-    crate::metrics::timed(Operation::Verify, || {
-        verify::verify_entity(&ctx, ct, cte, body, "1", 0)
-    })
+    let started = std::time::Instant::now();
+    let verdict = verify::verify_entity(&ctx, ct, cte, body, "1", 0);
+    // Counted when there was a signature to verify.
+    if verdict.is_some() {
+        crate::metrics::observe(Operation::Verify, started.elapsed());
+    }
+    verdict
 }
 
 fn outcome(

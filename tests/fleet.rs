@@ -403,7 +403,7 @@ fn metrics_count_messages_operations_and_caches() {
         &format!(
             "[metrics]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\
              [verify]\ntrust_anchors = \"{}\"\n\
-             [harvest]\nenabled = false\n\
+             [harvest]\nenabled = false\n[decrypt]\nenabled = true\n\
              [encrypt]\ndefault_policy = \"opportunistic\"\ncerts_dir = \"{}\"\n{}",
             pki().path("root.crt").display(),
             certs.path().display(),
@@ -444,6 +444,21 @@ fn metrics_count_messages_operations_and_caches() {
     let (r, _) = inbound(&m, "Q9", &from_dave());
     assert_eq!(r.reply, common::milter_client::Reply::Accept);
     m.wait_log("Q9: ");
+    // And a message encrypted to alice (AES-GCM), decrypted at the gateway.
+    let der = openssl_encrypt(
+        "alice",
+        b"Content-Type: text/plain\r\n\r\nThe secret.\r\n",
+        "-aes-256-gcm",
+    );
+    let b64 = openssl::base64::encode_block(&der);
+    let mut enc = b"From: dave@example.net\r\nTo: alice@example.com\r\nSubject: s\r\nMIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type=authEnveloped-data; name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
+    for line in b64.as_bytes().chunks(76) {
+        enc.extend_from_slice(line);
+        enc.extend_from_slice(b"\r\n");
+    }
+    let (_, out) = inbound(&m, "Q10", &enc);
+    assert!(text(&out).contains("The secret."), "{}", m.log());
+    m.wait_log("Q10: ");
     let (_, after) = scrape(port);
     let moved = |k: &str| get(&after, k) - get(&before, k);
     let out = |action: &str| {
@@ -466,6 +481,17 @@ fn metrics_count_messages_operations_and_caches() {
     assert_eq!(count("sign"), 3.0);
     assert_eq!(count("encrypt"), 2.0);
     assert_eq!(count("verify"), 1.0);
+    assert_eq!(count("decrypt"), 1.0);
+    assert_eq!(
+        moved("smime_milter_decrypt_total{outcome=\"decrypted\"}"),
+        1.0,
+        "{after:?}"
+    );
+    assert_eq!(
+        moved("smime_milter_messages_total{action=\"decrypted\",direction=\"inbound\",smime=\"none\"}"),
+        1.0,
+        "{after:?}"
+    );
     assert!(
         get(
             &after,
