@@ -240,6 +240,7 @@ mod tests {
 
     fn verdict(reason: Option<&str>, id: Option<&str>, issuer: &str) -> Verdict {
         Verdict {
+            protected: None,
             result: SmimeResult::Pass,
             reason: reason.map(str::to_string),
             identifier: id.map(str::to_string),

@@ -30,6 +30,11 @@ pub struct Pending {
     /// header), to delete, and fields hiding them behind a bare CR, to
     /// flatten: a sender must not forge them.
     pub removals: Vec<HeaderOp>,
+    /// Tags of the visible verdict in the Subject, and info headers, that
+    /// the sender wrote: taken out (`[display]`).
+    pub forged_display: Vec<HeaderOp>,
+    /// How many Subject fields had tags, and how many info headers came.
+    pub forged_counts: (usize, usize),
     /// Whether the body is needed (signed, encrypted, or possibly mixed).
     pub needs_body: bool,
 }
@@ -123,14 +128,18 @@ pub fn plan(rt: &Runtime, headers: &[(String, String)]) -> Plan {
     // Ours whether or not decryption is on: no reader may take a sender's
     // for the gateway's word.
     removals.extend(forged_header_ops(headers, &hidden, DECRYPTED, |_| true));
+    let (forged_display, tags, infos) = crate::visible::forged_ops(&rt.config.display, headers);
+    let forged_counts = (tags, infos);
     if rt.verify.is_none() && !decrypt_on {
-        return if removals.is_empty() {
+        return if removals.is_empty() && forged_display.is_empty() {
             Plan::Done(Outcome::unchanged(
                 "inbound, verification and decryption off",
             ))
         } else {
             Plan::Verify(Pending {
                 removals,
+                forged_display,
+                forged_counts,
                 needs_body: false,
             })
         };
@@ -151,11 +160,13 @@ pub fn plan(rt: &Runtime, headers: &[(String, String)]) -> Plan {
                         || ct.is_multipart()
                         || ct.mime_type == "application/octet-stream"))
         });
-    if !needs_body && removals.is_empty() {
+    if !needs_body && removals.is_empty() && forged_display.is_empty() {
         return Plan::Done(Outcome::unchanged("not signed"));
     }
     Plan::Verify(Pending {
         removals,
+        forged_display,
+        forged_counts,
         needs_body,
     })
 }
@@ -350,6 +361,11 @@ struct Verified {
     result: Option<SmimeResult>,
     /// For the directory, written after the reply.
     harvest: Option<crate::pki::SignerCert>,
+    /// The signer's address, for the visible verdict.
+    signer: Option<String>,
+    decrypted: bool,
+    /// The Subject a decryption restored from the protected header.
+    subject: Option<String>,
 }
 
 impl Verified {
@@ -377,6 +393,12 @@ fn report(rt: &Runtime, mut v: verify::Verdict, decrypted: bool, harvest: bool) 
         notes: Vec::new(),
         result: Some(v.result),
         harvest: None,
+        signer: v
+            .identifier
+            .clone()
+            .filter(|_| v.result == SmimeResult::Pass),
+        decrypted,
+        subject: None,
     };
     let mut detail = format!("smime={}", v.result);
     if let Some(id) = &v.identifier {
@@ -467,6 +489,7 @@ fn outcome(
 
 /// The outcome for a verified message: `bad_signature` acts on fail and
 /// permerror, never with a partial change.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     rt: &Runtime,
     mut ops: Vec<HeaderOp>,
@@ -474,6 +497,7 @@ fn finish(
     v: Verified,
     action: &'static str,
     body: Option<Vec<u8>>,
+    headers: &[(String, String)],
 ) -> Outcome {
     notes.extend(v.notes.iter().cloned());
     if v.bad() && rt.config.actions.bad_signature != FailAction::Accept {
@@ -483,6 +507,14 @@ fn finish(
         return o;
     }
     ops.extend(v.ops);
+    ops.extend(crate::visible::ops(
+        &rt.config.display,
+        headers,
+        v.subject.as_deref(),
+        v.result,
+        v.signer.as_deref(),
+        v.decrypted,
+    ));
     let mut o = outcome(action, ops, body, v.detail, notes);
     o.smime = v.result;
     o.harvest = v.harvest;
@@ -548,6 +580,15 @@ fn verify_message_once(
             "flattened {flattened} field(s) hiding a forged header"
         ));
     }
+    ops.extend(p.forged_display.iter().cloned());
+    match p.forged_counts {
+        (0, _) => {}
+        (1, _) => notes.push("removed a forged subject tag".into()),
+        (n, _) => notes.push(format!("removed forged tags from {n} Subject fields")),
+    }
+    if let (n @ 1.., Some((name, _))) = (p.forged_counts.1, &rt.config.display.info) {
+        notes.push(format!("removed {n} forged {name}"));
+    }
     if rt.verify.is_none() && !decryption_on(rt) {
         return outcome("unchanged", ops, None, None, notes);
     }
@@ -584,7 +625,7 @@ fn verify_message_once(
     };
     if let Some(v) = early {
         let r = report(rt, v, false, false);
-        return finish(rt, ops, notes, r, "verified", None);
+        return finish(rt, ops, notes, r, "verified", None, headers);
     }
     let (Some(body), Some(ct)) = (body, s.ct.as_ref()) else {
         notes.push("not signed".into());
@@ -616,8 +657,10 @@ fn verify_message_once(
         };
         return outcome(action, ops, None, None, notes);
     };
+    let mut v = v;
+    check_protection(&mut v, headers, false);
     let r = report(rt, v, false, true);
-    finish(rt, ops, notes, r, "verified", None)
+    finish(rt, ops, notes, r, "verified", None, headers)
 }
 
 /// Decrypts a message that is one EnvelopedData, with the keys of its
@@ -756,14 +799,49 @@ fn decrypt_message(
     }
     crate::metrics::decrypt("decrypted");
     let mut ops = std::mem::take(ops);
-    let notes = std::mem::take(notes);
+    let mut notes = std::mem::take(notes);
     ops.extend(crate::outcome::replace_content_fields(headers, &new_fields));
     ops.push(HeaderOp::Insert {
         index: 0,
         name: DECRYPTED.into(),
         value: format!("yes; by={}; key={key}; type={kind}", rt.config.authserv_id),
     });
+    // RFC 9788: the payload's protected header section (a signed payload's,
+    // else the plaintext's own), held against the outer one and put back
+    // where the sender's policy hid it.
+    let mut verdict = verdict;
+    let protected = match &verdict {
+        Some(v) => v.protected.clone(),
+        None => crate::protected::read(&inner_ct, &fields),
+    };
+    let mut restored_subject = None;
+    if let Some(p) = &protected {
+        match verdict.as_mut() {
+            Some(v) => check_protection(v, headers, true),
+            None => {
+                let c = crate::protected::compare(p, headers, true);
+                notes.extend(protection_notes(&c));
+            }
+        }
+        let (restore, subject) = restore_ops(p, headers);
+        if !restore.is_empty() {
+            notes.push(format!(
+                "restored protected {}",
+                restore_names(&restore).join(", ")
+            ));
+        }
+        ops.extend(restore);
+        restored_subject = subject;
+    }
     let Some(v) = verdict else {
+        ops.extend(crate::visible::ops(
+            &rt.config.display,
+            headers,
+            restored_subject.as_deref(),
+            None,
+            None,
+            true,
+        ));
         return Some(outcome(
             "decrypted",
             ops,
@@ -774,7 +852,99 @@ fn decrypt_message(
     };
     let mut r = report(rt, v, true, true);
     r.detail = r.detail.map(|d| format!("key={key} {d}"));
-    Some(finish(rt, ops, notes, r, "decrypted", Some(body)))
+    r.subject = restored_subject;
+    Some(finish(rt, ops, notes, r, "decrypted", Some(body), headers))
+}
+
+/// RFC 9788: a protected From that is another mailbox than the outer one
+/// makes the result `policy`; other user-facing fields that differ are
+/// named in the comment.
+fn check_protection(v: &mut verify::Verdict, headers: &[(String, String)], encrypted: bool) {
+    let Some(p) = &v.protected else {
+        return;
+    };
+    let c = crate::protected::compare(p, headers, encrypted);
+    if c.from_differs && v.result == SmimeResult::Pass {
+        v.result = SmimeResult::Policy;
+        v.signer = None;
+    }
+    let why = protection_notes(&c);
+    if !why.is_empty() {
+        v.reason = Some(match v.reason.take() {
+            Some(r) => format!("{r}; {}", why.join("; ")),
+            None => why.join("; "),
+        });
+    }
+}
+
+fn protection_notes(c: &crate::protected::Comparison) -> Vec<String> {
+    let mut why = Vec::new();
+    if c.from_differs {
+        why.push("protected From differs from the message From".to_string());
+    }
+    match c.differing.as_slice() {
+        [] => {}
+        [one] => why.push(format!("protected {one} differs")),
+        many => why.push(format!("protected {} differ", many.join(", "))),
+    }
+    why
+}
+
+/// The outer fields set back from the protected ones (each one safe field,
+/// or left out), and the Subject so restored.
+fn restore_ops(
+    p: &crate::protected::Protected,
+    headers: &[(String, String)],
+) -> (Vec<HeaderOp>, Option<String>) {
+    let mut ops = Vec::new();
+    let mut subject = None;
+    for (name, value) in crate::protected::to_restore(p, headers) {
+        let v = crate::protected::field_value(&value);
+        if !mime::header_value_is_safe(&v) {
+            continue;
+        }
+        let n = values_named(headers, &name).count();
+        if n == 0 {
+            ops.push(HeaderOp::Add {
+                name: name.clone(),
+                value: v.clone(),
+            });
+        } else {
+            ops.push(HeaderOp::Change {
+                name: name.clone(),
+                index: 1,
+                value: Some(v.clone()),
+            });
+            for index in (2..=n).rev() {
+                ops.push(HeaderOp::Change {
+                    name: name.clone(),
+                    index,
+                    value: None,
+                });
+            }
+        }
+        if name == "Subject" {
+            subject = Some(v);
+        }
+    }
+    (ops, subject)
+}
+
+fn restore_names(ops: &[HeaderOp]) -> Vec<&str> {
+    let mut names: Vec<&str> = ops
+        .iter()
+        .filter_map(|o| match o {
+            HeaderOp::Add { name, .. }
+            | HeaderOp::Change {
+                name,
+                value: Some(_),
+                ..
+            } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    names.dedup();
+    names
 }
 
 /// The Content-* fields of a decrypted entity's header, to copy into the

@@ -33,9 +33,10 @@ pub mod runtime;
 pub mod session;
 pub mod signals;
 pub mod testmode;
+pub mod visible;
 
 // The modules by their own names, as the code and its users name them.
-pub use mail::{address, mime};
+pub use mail::{address, mime, protected};
 pub use milter::{connection, listener, progress, protocol, server};
 pub use smime::{decrypt, encrypt, sign, signed_data, verify};
 pub use stores::{

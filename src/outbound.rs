@@ -11,6 +11,7 @@ use crate::metrics::Operation;
 use crate::mime::{self, values_named, ContentType, Limits, SmimeKind};
 use crate::outcome::{Changes, HeaderOp, Outcome, Verdict};
 use crate::policy;
+use crate::protected::{self, Hp};
 use crate::runtime::Runtime;
 use crate::sign;
 use std::sync::Arc;
@@ -326,6 +327,76 @@ fn content_header_block(
     block
 }
 
+/// RFC 9788 header protection for one message.
+struct Protection {
+    hp: Hp,
+    /// The fields copied into the payload.
+    fields: Vec<(String, String)>,
+    /// What stays outside (encrypted: after the confidentiality policy).
+    outer: Vec<(String, String)>,
+    /// The changes the policy makes to the outer header.
+    outer_ops: Vec<HeaderOp>,
+}
+
+fn header_protection(
+    rt: &Runtime,
+    work: &Work,
+    headers: &[(String, String)],
+) -> Option<Protection> {
+    let cfg = &rt.config.header_protection;
+    if !cfg.enabled || (work.sign.is_none() && work.encrypt.is_none()) {
+        return None;
+    }
+    let fields: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(n, _)| protected::is_protected(n))
+        .map(|(n, v)| (n.trim_end().to_string(), v.clone()))
+        .collect();
+    if work.encrypt.is_none() {
+        return Some(Protection {
+            hp: Hp::Clear,
+            outer: fields.clone(),
+            fields,
+            outer_ops: Vec::new(),
+        });
+    }
+    let mut outer = Vec::with_capacity(fields.len());
+    let (mut changes, mut removals) = (Vec::new(), Vec::new());
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    for (name, value) in &fields {
+        let index = {
+            let n = seen.entry(name.to_ascii_lowercase()).or_default();
+            *n += 1;
+            *n
+        };
+        match cfg.policy.outer_value(name, value) {
+            Some(v) if v == value.as_str() => outer.push((name.clone(), value.clone())),
+            Some(v) => {
+                outer.push((name.clone(), v.to_string()));
+                changes.push(HeaderOp::Change {
+                    name: name.clone(),
+                    index,
+                    value: Some(v.into_owned()),
+                });
+            }
+            None => removals.push(HeaderOp::Change {
+                name: name.clone(),
+                index,
+                value: None,
+            }),
+        }
+    }
+    // Deletions last, the highest index of a name first.
+    removals.reverse();
+    changes.extend(removals);
+    Some(Protection {
+        hp: Hp::Cipher,
+        fields,
+        outer,
+        outer_ops: changes,
+    })
+}
+
 /// The header changes that move the Content-* fields into the signed entity
 /// and put the new ones on the message.
 fn header_ops(headers: &[(String, String)], signed: &sign::Wrapped) -> Vec<HeaderOp> {
@@ -412,7 +483,29 @@ pub fn process_message(
         };
         Outcome::failure(action, reason)
     };
-    let block = content_header_block(headers, &work.raw_values, body);
+    let content_block = content_header_block(headers, &work.raw_values, body);
+    let protection = header_protection(rt, work, headers);
+    let mut legacy_body = None;
+    let block = match &protection {
+        None => content_block,
+        Some(p) => {
+            let block = protected::payload_block(&content_block, &p.fields, p.hp, &p.outer);
+            let lines = match p.hp {
+                Hp::Cipher if rt.config.header_protection.legacy_display => {
+                    protected::legacy_display_lines(&p.fields, &p.outer)
+                }
+                _ => Vec::new(),
+            };
+            match protected::with_legacy_display(&block, body, &lines, 0) {
+                Some((b, new_body)) => {
+                    legacy_body = Some(new_body);
+                    b
+                }
+                None => block,
+            }
+        }
+    };
+    let body = legacy_body.as_deref().unwrap_or(body);
     let capacity = block.len() + body.len() + body.len() / 16 + 2;
     let limits = Limits {
         max_depth: rt.config.max_mime_depth,
@@ -511,7 +604,11 @@ pub fn process_message(
         (false, true) => "encrypted",
         _ => "signed",
     };
-    let ops = header_ops(headers, &wrapped);
+    let mut ops = header_ops(headers, &wrapped);
+    if let Some(p) = &protection {
+        ops.extend(p.outer_ops.iter().cloned());
+        detail.push(format!("hp={}", p.hp.as_str()));
+    }
     Outcome {
         verdict: Verdict::Accept,
         changes: Changes {

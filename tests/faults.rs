@@ -39,13 +39,9 @@ fn policy_tables(certs: &Path) -> String {
     )
 }
 
+/// The Subject its recipient reads (protected, when hidden outside).
 fn subject_of(msg: &[u8]) -> String {
-    let text = String::from_utf8_lossy(msg);
-    text.lines()
-        .find_map(|l| l.strip_prefix("Subject: "))
-        .unwrap_or("")
-        .trim()
-        .to_string()
+    shown_subject(msg, &["dave"])
 }
 
 fn top_content_type(msg: &[u8]) -> String {

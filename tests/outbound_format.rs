@@ -275,8 +275,9 @@ fn an_attached_8bit_message_is_signed_byte_for_byte() {
         );
         let content_text = String::from_utf8_lossy(&content);
         assert!(content_text.contains(&want), "{format}: {content_text}");
+        // The header protected (RFC 9788), then the entity's own fields.
         assert!(
-            content_text.starts_with("Content-Type: multipart/mixed; boundary=\"b1\"\r\nContent-Transfer-Encoding: 8bit\r\n"),
+            content_text.contains("\r\nSubject: fwd\r\nContent-Type: multipart/mixed; boundary=\"b1\"; hp=\"clear\"; protected-headers=\"v1\"\r\nContent-Transfer-Encoding: 8bit\r\n"),
             "{content_text}"
         );
         let der = signature_der(&signed);

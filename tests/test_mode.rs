@@ -195,7 +195,7 @@ fn message_without_mime_headers_is_signed_as_text_plain() {
     assert_eq!(r.code, 0);
     let content = openssl_verify(&r.stdout).unwrap();
     assert!(
-        content.starts_with(b"Content-Type: text/plain; charset=us-ascii\r\n\r\nJust text.\r\n"),
+        content.starts_with(b"From: alice@example.com\r\nTo: x@example.net\r\nSubject: no mime\r\nContent-Type: text/plain; charset=us-ascii; hp=\"clear\"; protected-headers=\"v1\"\r\n\r\nJust text.\r\n"),
         "{}",
         String::from_utf8_lossy(&content)
     );

@@ -3,8 +3,9 @@
 
 use super::model::{
     Actions, AdditionalRecipient, CacheConfig, CertSource, Config, ConfigError, DirectoryHarvest,
-    EncryptRule, Encryption, KeySpec, LdapConfig, Located, Metrics, Online, PinSource, Pkcs11,
-    Place, Signing, Verification, DEFAULT_HARVEST_DIR, DEFAULT_LDAP_FILTER, DEFAULT_METRICS_PORT,
+    Display, EncryptRule, Encryption, HeaderProtection, KeySpec, LdapConfig, Located, Metrics,
+    Online, PinSource, Pkcs11, Place, Signing, Verification, DEFAULT_HARVEST_DIR,
+    DEFAULT_LDAP_FILTER, DEFAULT_METRICS_PORT,
 };
 use super::values::{
     quantity_de, ByteSize, Capability, Digest, EncryptMode, FailAction, Net, RevocationMode,
@@ -62,6 +63,10 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    header_protection: RawHeaderProtection,
+    #[serde(default)]
+    display: RawDisplay,
     #[serde(default, deserialize_with = "quantity_de")]
     stats_interval: Option<Seconds>,
     #[serde(default)]
@@ -148,6 +153,25 @@ struct RawHarvest {
     ldap_bind_dn: Option<String>,
     ldap_bind_password_file: Option<Spanned<PathBuf>>,
     max_pending: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderProtection {
+    enabled: Option<bool>,
+    policy: Option<crate::mail::protected::Policy>,
+    legacy_display: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDisplay {
+    subject_tag_pass: Option<Spanned<String>>,
+    subject_tag_fail: Option<Spanned<String>>,
+    subject_tag_other: Option<Spanned<String>>,
+    subject_tag_decrypted: Option<Spanned<String>>,
+    info_header: Option<Spanned<String>>,
+    info_value: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -475,6 +499,15 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let ldap = raw.ldap.map(|l| ldap_config(&loc, l)).transpose()?;
     let (harvest_dir, harvest_ldap) = harvest(&loc, raw.harvest, ldap.as_ref())?;
     let metrics = metrics(&loc, raw.metrics)?;
+    let display = display(&loc, raw.display)?;
+    let header_protection = HeaderProtection {
+        enabled: raw.header_protection.enabled.unwrap_or(true),
+        policy: raw
+            .header_protection
+            .policy
+            .unwrap_or(crate::mail::protected::Policy::Baseline),
+        legacy_display: raw.header_protection.legacy_display.unwrap_or(true),
+    };
     let encrypt = encryption(
         &loc,
         raw.encrypt,
@@ -517,6 +550,8 @@ fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         harvest_ldap,
         harvest_writes: true,
         metrics,
+        header_protection,
+        display,
         stats_interval: std::time::Duration::from_secs(raw.stats_interval.map_or(3600, |s| s.0)),
         signing: Signing {
             enabled: raw.signing.enabled.unwrap_or(true),
@@ -815,6 +850,107 @@ fn harvest(
     ))
 }
 
+/// Fields a sender writes or a reader relies on: never our info header.
+const NOT_INFO_HEADERS: [&str; 16] = [
+    "from",
+    "sender",
+    "reply-to",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "date",
+    "message-id",
+    "mime-version",
+    "received",
+    "return-path",
+    "authentication-results",
+    "dkim-signature",
+    "x-smime-decrypted",
+    "hp-outer",
+];
+
+fn display(loc: &Locator<'_>, d: RawDisplay) -> Result<Display, ConfigError> {
+    let template = |t: Option<Spanned<String>>| -> Result<Option<String>, ConfigError> {
+        let Some(t) = t else { return Ok(None) };
+        let v = t.get_ref();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(loc.error(
+                t.span(),
+                "printable ASCII only (no control characters, no line breaks)",
+            ));
+        }
+        let mut rest = v.as_str();
+        while let Some(i) = rest.find("%{") {
+            let after = &rest[i + 2..];
+            let Some(end) = after.find('}') else {
+                return Err(loc.error(t.span(), "unclosed %{"));
+            };
+            if !matches!(&after[..end], "result" | "signer") {
+                return Err(loc.error(
+                    t.span(),
+                    format!(
+                        "unknown placeholder %{{{}}} (known: %{{result}}, %{{signer}})",
+                        &after[..end]
+                    ),
+                ));
+            }
+            rest = &after[end + 1..];
+        }
+        // The text around the placeholders is what finds a sender's copies:
+        // with too little, any Subject would look like one.
+        let literal = v
+            .split("%{")
+            .enumerate()
+            .map(|(i, piece)| {
+                if i == 0 {
+                    piece
+                } else {
+                    piece.split_once('}').map_or("", |(_, r)| r)
+                }
+            })
+            .flat_map(str::chars)
+            .filter(|c| !c.is_whitespace())
+            .count();
+        if literal < 3 {
+            return Err(loc.error(
+                t.span(),
+                "needs at least 3 characters of its own besides the placeholders",
+            ));
+        }
+        Ok(Some(t.into_inner()))
+    };
+    let info = match (d.info_header, d.info_value) {
+        (None, None) => None,
+        (Some(n), v) => {
+            let name = n.get_ref().trim();
+            if name.is_empty()
+                || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+                || NOT_INFO_HEADERS.contains(&name.to_ascii_lowercase().as_str())
+                || crate::mime::is_content_field(name)
+            {
+                return Err(loc.error(
+                    n.span(),
+                    format!("'{name}' cannot be the info header (a field name of our own, e.g. X-SMIME-Verdict)"),
+                ));
+            }
+            let value = template(v)?.unwrap_or_else(|| "%{result}".into());
+            Some((name.to_string(), value))
+        }
+        (None, Some(v)) => return Err(loc.error(v.span(), "info_value needs info_header")),
+    };
+    Ok(Display {
+        tag_pass: template(d.subject_tag_pass)?,
+        tag_fail: template(d.subject_tag_fail)?,
+        tag_other: template(d.subject_tag_other)?,
+        tag_decrypted: template(d.subject_tag_decrypted)?,
+        info,
+    })
+}
+
 fn metrics(loc: &Locator<'_>, m: RawMetrics) -> Result<Option<Metrics>, ConfigError> {
     if !m.enabled.unwrap_or(false) {
         return Ok(None);
@@ -913,7 +1049,7 @@ fn default_internal_hosts() -> Vec<IpNet> {
 /// sample configuration are checked against it by tests.
 pub fn known_keys() -> Vec<String> {
     // Tables, by the name they are written under, with their fields.
-    let tables: [(&str, &[&str]); 13] = [
+    let tables: [(&str, &[&str]); 15] = [
         ("signing", fields::<RawSigning>()),
         ("signing.key", fields::<RawKey>()),
         ("pkcs11", fields::<RawPkcs11>()),
@@ -927,6 +1063,8 @@ pub fn known_keys() -> Vec<String> {
         ("cache", fields::<RawCache>()),
         ("actions", fields::<RawActions>()),
         ("metrics", fields::<RawMetrics>()),
+        ("header_protection", fields::<RawHeaderProtection>()),
+        ("display", fields::<RawDisplay>()),
     ];
     let is_table = |name: &str| tables.iter().any(|(t, _)| *t == name);
     let mut keys: Vec<String> = fields::<RawConfig>()

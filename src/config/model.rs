@@ -108,6 +108,45 @@ pub struct Signing {
     pub keys: Vec<KeySpec>,
 }
 
+/// RFC 9788 header protection of what we sign or encrypt.
+#[derive(Debug, Clone)]
+pub struct HeaderProtection {
+    pub enabled: bool,
+    /// What an encrypted message shows outside.
+    pub policy: crate::mail::protected::Policy,
+    /// Encrypted messages whose policy hides a user-facing field get the
+    /// Legacy Display Element.
+    pub legacy_display: bool,
+}
+
+/// The visible verdict: subject tags and an info header on inbound mail,
+/// each a template with `%{result}`, `%{signer}`; `None`: not used.
+#[derive(Debug, Clone, Default)]
+pub struct Display {
+    pub tag_pass: Option<String>,
+    /// fail and permerror.
+    pub tag_fail: Option<String>,
+    /// neutral, temperror, policy.
+    pub tag_other: Option<String>,
+    pub tag_decrypted: Option<String>,
+    /// The info header's name and template.
+    pub info: Option<(String, String)>,
+}
+
+impl Display {
+    /// The subject tag templates configured.
+    pub fn tags(&self) -> impl Iterator<Item = &str> {
+        [
+            &self.tag_pass,
+            &self.tag_fail,
+            &self.tag_other,
+            &self.tag_decrypted,
+        ]
+        .into_iter()
+        .filter_map(|t| t.as_deref())
+    }
+}
+
 /// Inbound verification: where the trust anchors are, and the checks' settings.
 #[derive(Debug, Clone)]
 pub struct Verification {
@@ -315,6 +354,8 @@ pub struct Config {
     /// Whether verified signers are stored there. The milter does; the
     /// test mode only when asked (`--harvest`): a test changes no state.
     pub harvest_writes: bool,
+    pub header_protection: HeaderProtection,
+    pub display: Display,
     /// The metrics endpoint, when on. Read at start only.
     pub metrics: Option<Metrics>,
     /// How often the stats line is logged; zero: never.

@@ -689,6 +689,49 @@ fn encoded_shows_at(s: &str, depth: u8) -> bool {
     false
 }
 
+/// The text a reader shows for a header value: RFC 2047 encoded words
+/// decoded (adjacent ones joined, as readers join them), the rest as it is.
+pub fn displayed_text(s: &str) -> String {
+    let words = encoded_words(s);
+    if words.is_empty() {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut at = 0;
+    let mut i = 0;
+    while i < words.len() {
+        // Blanks between adjacent encoded words are not shown (RFC 2047 §6.2).
+        let gap = &s[at..words[i].start];
+        if i == 0
+            || !gap
+                .bytes()
+                .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        {
+            out.push_str(gap);
+        }
+        let mut j = i + 1;
+        let mut bytes = words[i].bytes.clone();
+        while j < words.len()
+            && words[j].charset.eq_ignore_ascii_case(words[i].charset)
+            && s[words[j - 1].end..words[j].start]
+                .bytes()
+                .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        {
+            bytes.extend_from_slice(&words[j].bytes);
+            j += 1;
+        }
+        out.push_str(
+            decodings(words[i].charset, &bytes)
+                .first()
+                .map_or("", String::as_str),
+        );
+        at = words[j - 1].end;
+        i = j;
+    }
+    out.push_str(&s[at..]);
+    out
+}
+
 fn b64_value(b: u8) -> Option<u32> {
     Some(u32::from(match b {
         b'A'..=b'Z' => b - b'A',

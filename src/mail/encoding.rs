@@ -152,6 +152,37 @@ pub fn decode_quoted_printable(text: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Base64 as decoders read it (RFC 2045 §6.8): what is not in the
+/// alphabet is skipped, and decoding stops at the padding.
+pub fn decode_base64(text: &[u8]) -> Vec<u8> {
+    let value = |b: u8| -> Option<u32> {
+        Some(u32::from(match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        }))
+    };
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &b in text {
+        if b == b'=' {
+            break;
+        }
+        let Some(v) = value(b) else { continue };
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
 /// A quoted-printable body a relay could change (fragile lines, raw 8-bit
 /// bytes, long lines), encoded anew: it decodes to what it did.
 pub fn push_requoted(out: &mut Vec<u8>, body: &[u8]) {

@@ -434,18 +434,47 @@ pub fn decode_base64(b64: &str) -> Vec<u8> {
     out.stdout
 }
 
+/// The Subject its recipient reads: the outer one, or, when header
+/// protection hid it (`[...]`, RFC 9788), the protected one, decrypted with
+/// the first of these test keys that opens the message.
+pub fn shown_subject(msg: &[u8], keys: &[&str]) -> String {
+    let find = |m: &[u8]| {
+        String::from_utf8_lossy(m)
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: "))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let outer = find(msg);
+    if outer != "[...]" {
+        return outer;
+    }
+    keys.iter()
+        .find_map(|k| openssl_decrypt(msg, k).ok())
+        .map(|plain| find(&plain))
+        .unwrap_or(outer)
+}
+
 /// The leaves of a MIME message as Python's email package decodes them: one
 /// line per leaf, `type length sha256`. Line ends are normalised to LF: SMTP
 /// turns them into CRLF on the way, and a re-encoded 8-bit part keeps those.
+/// A Legacy Display Element (RFC 9788 §4.5, `hp-legacy-display="1"`) is
+/// left out, as a reader with header protection hides it.
 pub fn mime_leaves(message: &[u8]) -> String {
     let script = r#"
-import sys, email, email.policy, hashlib
+import sys, re, email, email.policy, hashlib
 msg = email.message_from_bytes(sys.stdin.buffer.read(), policy=email.policy.compat32)
 for part in msg.walk():
     if part.is_multipart() or part.get_content_type() == 'application/pkcs7-signature':
         continue
     data = part.get_payload(decode=True) or b''
     data = data.replace(b'\r\n', b'\n')
+    if part.get_param('hp-legacy-display') == '1':
+        if part.get_content_type() == 'text/plain':
+            data = data.split(b'\n\n', 1)[1]
+        else:
+            data = re.sub(rb'<div class="header-protection-legacy-display">.*?</div>\n?', b'', data, count=1, flags=re.S)
     print(part.get_content_type(), len(data), hashlib.sha256(data).hexdigest())
 "#;
     let mut child = Command::new("python3")

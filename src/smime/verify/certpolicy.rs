@@ -39,6 +39,7 @@ pub(super) fn evaluate_signer(
         return Verdict::error(SmimeResult::Permerror, part, "signer certificate missing");
     };
     let mut v = Verdict {
+        protected: None,
         result: SmimeResult::Pass,
         reason: None,
         identifier: None,

@@ -60,6 +60,7 @@ pub fn verify_entity(
         return Some(verdict);
     };
     let inner_cte = mime::field_value(&fields, "Content-Transfer-Encoding");
+    verdict.protected = crate::protected::read(&inner_ct, &fields);
     if verdict.result == SmimeResult::Pass {
         if let Some(why) = inner_from_problem(&inner_ct, inner_cte.as_deref(), &fields, b, &verdict)
         {
@@ -91,8 +92,18 @@ pub fn verify_entity(
                 .reason
                 .as_deref()
                 .map(|r| format!("inner signature: {r}"));
-            Some(Verdict { reason, ..inner })
+            let protected = inner.protected.clone().or(verdict.protected);
+            Some(Verdict {
+                reason,
+                protected,
+                ..inner
+            })
         }
+        // The innermost payload is the one whose header section counts.
+        Some(inner) if inner.protected.is_some() => Some(Verdict {
+            protected: inner.protected,
+            ..verdict
+        }),
         _ => Some(verdict),
     }
 }

@@ -52,12 +52,15 @@ pub struct Verdict {
     pub serial: Option<String>,
     pub issuer: Option<String>,
     pub signer: Option<SignerCert>,
+    /// The protected header section of the signed payload (RFC 9788).
+    pub protected: Option<crate::protected::Protected>,
 }
 
 impl Verdict {
     pub fn error(result: SmimeResult, part: &str, reason: impl Into<String>) -> Verdict {
         Verdict {
             signer: None,
+            protected: None,
             result,
             reason: Some(reason.into()),
             identifier: None,
