@@ -499,7 +499,9 @@ fn header_protection_cost(dir: &Path, cfg_text: &str) {
     };
     let on = load(
         "hp-on.toml",
-        &std::env::var("SMIME_BENCH_HP").unwrap_or_default().replace("\\n", "\n"),
+        &std::env::var("SMIME_BENCH_HP")
+            .unwrap_or_default()
+            .replace("\\n", "\n"),
     );
     let off = load("hp-off.toml", "[header_protection]\nenabled = false\n");
     let mut raw = b"Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <bench-1@example.com>\r\nFrom: Bob <bob@example.com>\r\nTo: Rcpt One <rcpt1@example.net>\r\nCc: Someone <someone@example.org>\r\nSubject: The quarterly figures, as discussed\r\nUser-Agent: Bench Mail 1.0\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n".to_vec();

@@ -156,24 +156,9 @@ fn a_signer_learnt_by_one_node_encrypts_replies_leaving_through_another() {
     assert!(!log.contains("A3: harvested"), "{log}");
 }
 
-/// Settings for a `DirectoryStore` on one server, as root.
+/// A `DirectoryStore` on one server, as root.
 fn store_on(s: &Slapd) -> DirectoryStore {
-    DirectoryStore::new(
-        LdapSettings {
-            uris: vec![s.uri()],
-            starttls: false,
-            ca_pem: None,
-            bind_dn: Some(ROOT_DN.into()),
-            bind_password: Some(ROOT_PW.into()),
-            base_dn: CONTACTS_DN.into(),
-            filter: String::new(),
-            connect_timeout: Duration::from_secs(3),
-            search_timeout: Duration::from_secs(3),
-            max_connections: 1,
-            retry_after: Duration::from_secs(1),
-        },
-        10,
-    )
+    DirectoryStore::new(store_settings(s), 10)
 }
 
 /// A certificate for `address` from the test intermediate, valid `days`.

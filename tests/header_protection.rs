@@ -300,23 +300,7 @@ fn encrypted_only_and_other_policies() {
 /// RFC 9788 Appendix C.3.1.2: the payload of `smime-signed-enc-hp-baseline`
 /// as the RFC prints it with both layers off. Encrypted here to carol, as
 /// the sender's client would have (AES-256-GCM), without its signature.
-const RFC_PAYLOAD: &str = "MIME-Version: 1.0\r\n\
-Content-Transfer-Encoding: 7bit\r\n\
-Subject: smime-signed-enc-hp-baseline\r\n\
-Message-ID: <smime-signed-enc-hp-baseline@example>\r\n\
-From: Alice <alice@smime.example>\r\n\
-To: Bob <bob@smime.example>\r\n\
-Date: Sat, 20 Feb 2021 10:09:02 -0500\r\n\
-User-Agent: Sample MUA Version 1.0\r\n\
-HP-Outer: Subject: [...]\r\n\
-HP-Outer: Message-ID: <smime-signed-enc-hp-baseline@example>\r\n\
-HP-Outer: From: Alice <alice@smime.example>\r\n\
-HP-Outer: To: Bob <bob@smime.example>\r\n\
-HP-Outer: Date: Sat, 20 Feb 2021 10:09:02 -0500\r\n\
-HP-Outer: User-Agent: Sample MUA Version 1.0\r\n\
-Content-Type: text/plain; charset=\"utf-8\"; hp=\"cipher\"\r\n\
-\r\n\
-This is the\r\nsmime-signed-enc-hp-baseline\r\nmessage.\r\n";
+const RFC_PAYLOAD: &str = include_str!("data/rfc9788-c3.1.2-payload.eml");
 
 fn rfc_message(subject: &str) -> Vec<u8> {
     let der = openssl_encrypt("carol", RFC_PAYLOAD.as_bytes(), "-aes-256-gcm");

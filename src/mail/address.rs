@@ -645,7 +645,7 @@ fn encoded_word_at(s: &str, start: usize) -> Found<'_> {
         // RFC 2231 adds `*language`.
         charset: charset.split('*').next().unwrap_or(charset),
         bytes: if encoding == b'B' {
-            base64_lenient(text)
+            super::encoding::decode_base64(text.as_bytes())
         } else {
             q_decode(text)
         },
@@ -729,38 +729,6 @@ pub fn displayed_text(s: &str) -> String {
         i = j;
     }
     out.push_str(&s[at..]);
-    out
-}
-
-fn b64_value(b: u8) -> Option<u32> {
-    Some(u32::from(match b {
-        b'A'..=b'Z' => b - b'A',
-        b'a'..=b'z' => b - b'a' + 26,
-        b'0'..=b'9' => b - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => return None,
-    }))
-}
-
-/// Skips what is not base64; padding restarts, as for concatenated chunks.
-fn base64_lenient(text: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for b in text.bytes() {
-        if b == b'=' {
-            (acc, bits) = (0, 0);
-            continue;
-        }
-        let Some(v) = b64_value(b) else { continue };
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
     out
 }
 
@@ -890,7 +858,7 @@ fn utf7(bytes: &[u8]) -> String {
             continue;
         }
         let (mut acc, mut bits, mut units) = (0u32, 0u32, Vec::new());
-        while let Some(v) = bytes.get(i).and_then(|&b| b64_value(b)) {
+        while let Some(v) = bytes.get(i).and_then(|&b| super::encoding::base64_value(b)) {
             acc = (acc << 6) | v;
             bits += 6;
             if bits >= 16 {

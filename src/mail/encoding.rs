@@ -152,26 +152,29 @@ pub fn decode_quoted_printable(text: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Base64 as decoders read it (RFC 2045 §6.8): what is not in the
-/// alphabet is skipped, and decoding stops at the padding.
+/// The value of a base64 character.
+pub fn base64_value(b: u8) -> Option<u32> {
+    Some(u32::from(match b {
+        b'A'..=b'Z' => b - b'A',
+        b'a'..=b'z' => b - b'a' + 26,
+        b'0'..=b'9' => b - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => return None,
+    }))
+}
+
+/// Base64 as lenient decoders read it (RFC 2045 §6.8): what is not in the
+/// alphabet is skipped, and padding restarts, as for concatenated chunks.
 pub fn decode_base64(text: &[u8]) -> Vec<u8> {
-    let value = |b: u8| -> Option<u32> {
-        Some(u32::from(match b {
-            b'A'..=b'Z' => b - b'A',
-            b'a'..=b'z' => b - b'a' + 26,
-            b'0'..=b'9' => b - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        }))
-    };
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
     let (mut acc, mut bits) = (0u32, 0u32);
     for &b in text {
         if b == b'=' {
-            break;
+            (acc, bits) = (0, 0);
+            continue;
         }
-        let Some(v) = value(b) else { continue };
+        let Some(v) = base64_value(b) else { continue };
         acc = (acc << 6) | v;
         bits += 6;
         if bits >= 8 {
