@@ -12,7 +12,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A request's header must arrive within this and fit `MAX_REQUEST`.
+/// A request's header must arrive within this, all of it, and fit
+/// `MAX_REQUEST`: a client sending a byte at a time cannot hold the one
+/// thread that also answers /health.
 const TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_REQUEST: usize = 8192;
 
@@ -47,11 +49,16 @@ pub fn serve(listener: TcpListener, live: Arc<Live>) -> std::io::Result<()> {
 }
 
 fn answer(mut stream: TcpStream, live: &Live) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(TIMEOUT))?;
+    let deadline = std::time::Instant::now() + TIMEOUT;
     stream.set_write_timeout(Some(TIMEOUT))?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             break;

@@ -115,6 +115,36 @@ fn forged_header_ops(
     ops
 }
 
+/// The visible verdict's tags a sender wrote into a Subject, and its info
+/// header: also behind a bare CR (the carrier flattened); with how many
+/// Subject fields had tags and how many info headers there were.
+fn forged_display(
+    rt: &Runtime,
+    headers: &[(String, String)],
+    hidden: &[HiddenField],
+) -> (Vec<HeaderOp>, (usize, usize)) {
+    let display = &rt.config.display;
+    let templates: Vec<&str> = display.tags().collect();
+    let mut ops = Vec::new();
+    if !templates.is_empty() {
+        let tagged = |v: &str| crate::visible::without_tags(v, &templates).is_some();
+        ops.extend(
+            forged_header_ops(headers, hidden, "Subject", tagged)
+                .into_iter()
+                .filter(|o| matches!(o, HeaderOp::Change { value: Some(_), .. })),
+        );
+    }
+    let (subjects, tags) = crate::visible::subject_ops(display, headers);
+    ops.extend(subjects);
+    let mut infos = 0;
+    if let Some((name, _)) = &display.info {
+        let found = forged_header_ops(headers, hidden, name, |_| true);
+        infos = found.len();
+        ops.extend(found);
+    }
+    (ops, (tags, infos))
+}
+
 /// Decides at end of headers.
 pub fn plan(rt: &Runtime, headers: &[(String, String)]) -> Plan {
     let decrypt_on = decryption_on(rt);
@@ -128,8 +158,7 @@ pub fn plan(rt: &Runtime, headers: &[(String, String)]) -> Plan {
     // Ours whether or not decryption is on: no reader may take a sender's
     // for the gateway's word.
     removals.extend(forged_header_ops(headers, &hidden, DECRYPTED, |_| true));
-    let (forged_display, tags, infos) = crate::visible::forged_ops(&rt.config.display, headers);
-    let forged_counts = (tags, infos);
+    let (forged_display, forged_counts) = forged_display(rt, headers, &hidden);
     if rt.verify.is_none() && !decrypt_on {
         return if removals.is_empty() && forged_display.is_empty() {
             Plan::Done(Outcome::unchanged(
@@ -359,8 +388,8 @@ struct Verified {
     detail: Option<String>,
     notes: Vec<String>,
     result: Option<SmimeResult>,
-    /// For the directory, written after the reply.
-    harvest: Option<crate::pki::SignerCert>,
+    /// For the directory, written after the reply, under this address.
+    harvest: Option<Box<(crate::pki::SignerCert, String)>>,
     /// The signer's address, for the visible verdict.
     signer: Option<String>,
     decrypted: bool,
@@ -405,10 +434,17 @@ fn report(rt: &Runtime, mut v: verify::Verdict, decrypted: bool, harvest: bool) 
         detail.push_str(&format!(" signer={id}"));
     }
     if harvest && rt.config.harvest_writes && v.result == SmimeResult::Pass {
-        if rt.harvest_ldap.is_some() && v.signer.is_some() {
-            // Written into the directory once the MTA has its answer.
-            r.harvest = v.signer.clone();
-            detail.push_str(" harvest=queued");
+        if let (Some(_), Some(signer), Some(from)) = (&rt.harvest_ldap, &v.signer, &v.identifier) {
+            // The directory is every node's, and every client's address
+            // book: only the From the signature was verified for, and never
+            // an address of ours (a certificate someone else holds for it
+            // must not be published as our user's).
+            if rt.keys.find(from).is_some() {
+                detail.push_str(" harvest=skipped(own address)");
+            } else {
+                r.harvest = Some(Box::new((signer.clone(), from.to_ascii_lowercase())));
+                detail.push_str(" harvest=queued");
+            }
         }
         if let (Some(dir), Some(signer)) = (&rt.config.harvest_dir, &v.signer) {
             match crate::harvest::store(dir, signer) {
@@ -899,7 +935,7 @@ fn restore_ops(
     let mut ops = Vec::new();
     let mut subject = None;
     for (name, value) in crate::protected::to_restore(p, headers) {
-        let v = crate::protected::field_value(&value);
+        let v = crate::protected::field_value(&value, crate::protected::Fold::Milter);
         if !mime::header_value_is_safe(&v) {
             continue;
         }

@@ -347,10 +347,25 @@ fn header_protection(
     if !cfg.enabled || (work.sign.is_none() && work.encrypt.is_none()) {
         return None;
     }
+    // Signed by its sender already (we only encrypt it): the payload is the
+    // signed content, whose header we cannot add to; a policy hiding the
+    // Subject would hide it from every reader for good.
+    let signed_already = values_named(headers, "Content-Type")
+        .filter_map(|v| ContentType::parse(&mime::unfold(v)))
+        .any(|ct| ct.mime_type == "multipart/signed" || ct.smime_kind() != SmimeKind::NotSmime);
+    if signed_already {
+        return None;
+    }
     let fields: Vec<(String, String)> = headers
         .iter()
-        .filter(|(n, _)| protected::is_protected(n))
-        .map(|(n, v)| (n.trim_end().to_string(), v.clone()))
+        .enumerate()
+        .filter(|(_, (n, _))| protected::is_protected(n))
+        // Bytes that are not UTF-8 are not copied as lossy text, and an
+        // address that is not ASCII cannot be encoded (RFC 2047 §5): such
+        // fields stay outside only, unprotected, as before.
+        .filter(|(i, _)| !work.raw_values.iter().any(|(at, _)| at == i))
+        .filter(|(_, (n, v))| v.is_ascii() || !protected::is_address_field(n))
+        .map(|(_, (n, v))| (n.trim_end().to_string(), v.clone()))
         .collect();
     if work.encrypt.is_none() {
         return Some(Protection {

@@ -104,8 +104,9 @@ pub struct Outcome {
     pub detail: Option<String>,
     /// The signature's result, when one was checked (for metrics).
     pub smime: Option<SmimeResult>,
-    /// A signer to harvest into the directory once the MTA has its answer.
-    pub harvest: Option<SignerCert>,
+    /// A signer to harvest into the directory once the MTA has its answer,
+    /// under the From address it was verified for.
+    pub harvest: Option<Box<(SignerCert, String)>>,
 }
 
 impl Outcome {

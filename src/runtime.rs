@@ -8,7 +8,7 @@ use crate::certstore::{CertStore, LocalError, RecipientCert};
 use crate::config::{
     AdditionalRecipient, Config, ConfigError, Encryption, LdapConfig, Located, PinSource, Pkcs11,
 };
-use crate::harvest_ldap::DirectoryStore;
+use crate::harvest_ldap::{DirectoryStore, EntryClass};
 use crate::keystore::{read_secret_line, KeyStore};
 use crate::ldap::{Ldap, LdapSettings};
 use crate::online::Online;
@@ -89,7 +89,12 @@ impl Runtime {
             Some(h) => {
                 let mut settings = ldap_settings(&h.ldap, insecure)?;
                 settings.base_dn = h.base_dn.clone();
-                Some(DirectoryStore::new(settings, h.max_pending))
+                let class = if h.contact {
+                    EntryClass::Contact
+                } else {
+                    EntryClass::InetOrgPerson
+                };
+                Some(DirectoryStore::new(settings, class, h.max_pending))
             }
             None => None,
         };

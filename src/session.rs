@@ -383,9 +383,11 @@ pub fn finished(m: &Message, o: &Outcome) {
     if o.verdict != crate::outcome::Verdict::Accept {
         return;
     }
-    if let (Some(signer), Some(store)) = (&o.harvest, &m.rt.harvest_ldap) {
+    if let (Some(job), Some(store)) = (&o.harvest, &m.rt.harvest_ldap) {
+        let (signer, address) = &**job;
         let qid = m.queue_id.as_deref().unwrap_or("NOQUEUE");
-        if store.submit(qid, signer, m.rt.certs.as_ref().map(|c| c.forgetter())) {
+        let forget = m.rt.certs.as_ref().map(|c| c.forgetter());
+        if store.submit(qid, signer, address, forget) {
             crate::metrics::harvest_queued();
         }
     }

@@ -125,10 +125,8 @@ fn find(text: &str, pattern: &[Option<String>], from: usize) -> Option<(usize, u
                         pos = e;
                         wild = false;
                     }
-                    None => {
-                        ok = false;
-                        break;
-                    }
+                    // Not after this start: not after a later one either.
+                    None => return None,
                 },
                 Some(lit) => match literal_at(t, pos, lit.as_bytes()) {
                     Some(e) => pos = e,
@@ -161,11 +159,39 @@ fn find(text: &str, pattern: &[Option<String>], from: usize) -> Option<(usize, u
     None
 }
 
+/// Characters readers do not show (zero-width, soft hyphen, direction
+/// marks and overrides, word joiners, byte order mark): taken out before
+/// matching, or `[S/MIME\u{200b} signed: ...]` would pass for another text.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}'
+        | '\u{ffa0}' | '\u{fff0}'..='\u{fff8}' | '\u{e0000}'..='\u{e0fff}')
+}
+
+/// Subjects are matched up to this many characters: readers show less, and
+/// matching stays bounded whatever a sender writes.
+const MAX_MATCHED: usize = 4096;
+
 /// The Subject as a reader shows it without any tag the templates make,
-/// when it had one: `None` when there was nothing to take out.
+/// when it had one: `None` when there was nothing to take out. Every way a
+/// reader may decode it is looked at; the first that shows a tag is the
+/// text kept.
 pub fn without_tags(subject: &str, templates: &[&str]) -> Option<String> {
-    let mut text = normalize(&address::displayed_text(&mime::unfold(subject)));
     let patterns: Vec<Vec<Option<String>>> = templates.iter().map(|t| pieces(t)).collect();
+    address::displayed_texts(&mime::unfold(subject))
+        .into_iter()
+        .find_map(|reading| strip(&reading, &patterns))
+}
+
+fn strip(reading: &str, patterns: &[Vec<Option<String>>]) -> Option<String> {
+    let visible: String = reading
+        .chars()
+        .filter(|c| !invisible(*c))
+        .take(MAX_MATCHED)
+        .collect();
+    let mut text = normalize(&visible);
     let mut removed = false;
     // Bounded: each round takes out at least one character.
     for _ in 0..64 {
@@ -191,42 +217,30 @@ pub fn subject_value(text: &str) -> String {
     if text.is_ascii() {
         text
     } else {
-        crate::protected::encode_words(&text)
+        crate::protected::encode_words(&text, crate::protected::Fold::Milter)
     }
 }
 
-/// What `plan` takes out of a message before anything else: tags in each
-/// Subject field, and every copy of the info header. The number of each.
-pub fn forged_ops(d: &Display, headers: &[(String, String)]) -> (Vec<HeaderOp>, usize, usize) {
+/// The Subject fields rewritten without the tags a sender wrote, and how
+/// many had some. (Fields hidden behind a bare CR, and the info header,
+/// are `inbound::plan`'s, with the other forged fields.)
+pub fn subject_ops(d: &Display, headers: &[(String, String)]) -> (Vec<HeaderOp>, usize) {
     let templates: Vec<&str> = d.tags().collect();
     let mut ops = Vec::new();
-    let mut tags = 0;
-    if !templates.is_empty() {
-        for (index, value) in mime::values_named(headers, "Subject").enumerate() {
-            if let Some(clean) = without_tags(value, &templates) {
-                tags += 1;
-                ops.push(HeaderOp::Change {
-                    name: "Subject".into(),
-                    index: index + 1,
-                    value: Some(subject_value(&clean)),
-                });
-            }
-        }
+    if templates.is_empty() {
+        return (ops, 0);
     }
-    let mut infos = 0;
-    if let Some((name, _)) = &d.info {
-        let n = mime::values_named(headers, name).count();
-        // Last first: each deletion leaves the earlier indices as they were.
-        for index in (1..=n).rev() {
+    for (index, value) in mime::values_named(headers, "Subject").enumerate() {
+        if let Some(clean) = without_tags(value, &templates) {
             ops.push(HeaderOp::Change {
-                name: name.clone(),
-                index,
-                value: None,
+                name: "Subject".into(),
+                index: index + 1,
+                value: Some(subject_value(&clean)),
             });
         }
-        infos = n;
     }
-    (ops, tags, infos)
+    let n = ops.len();
+    (ops, n)
 }
 
 /// The verdict made visible: the Subject with its tags (`decrypted` and
@@ -251,7 +265,7 @@ pub fn ops(
         );
     }
     tags.extend(tag_for(d, result).map(|t| fill(t, result_word, signer)));
-    if !tags.is_empty() || subject.is_some() {
+    if !tags.is_empty() {
         let templates: Vec<&str> = d.tags().collect();
         let current = subject
             .map(str::to_string)
@@ -261,18 +275,12 @@ pub fn ops(
                     .map(str::to_string)
             })
             .unwrap_or_default();
-        let text = without_tags(&current, &templates).unwrap_or_else(|| {
-            if subject.is_some() {
-                normalize(&address::displayed_text(&mime::unfold(&current)))
-            } else {
-                String::new()
-            }
-        });
-        let text = if text.is_empty() && subject.is_none() {
-            // Untouched: the field as it came, behind the tags.
-            mime::unfold(&current)
-        } else {
-            subject_value(text.trim())
+        let text = match without_tags(&current, &templates) {
+            Some(clean) => subject_value(clean.trim()),
+            // No tag in it: the value as it came (a restored one is made
+            // safe already), behind ours.
+            None if subject.is_some() => mime::unfold(&current),
+            None => subject_value(&mime::unfold(&current)),
         };
         let mut value = tags.join(" ");
         if !text.is_empty() {
@@ -382,17 +390,65 @@ mod tests {
         );
         // No tag for the result: the Subject is left as it came.
         let ops2 = ops(&d, &h, None, Some(SmimeResult::Temperror), None, false);
-        assert_eq!(ops2.len(), 1);
-        let (forged, tags, infos) = forged_ops(
+        assert!(
+            matches!(&ops2[..], [HeaderOp::Insert { value, .. }] if value == "temperror; signer=unknown"),
+            "{ops2:?}"
+        );
+        let (forged, tags) = subject_ops(
             &d,
             &[
                 ("Subject".into(), "[S/MIME signed: a@x] hi".into()),
                 ("X-SMIME-Verdict".into(), "pass".into()),
-                ("x-smime-verdict".into(), "pass".into()),
             ],
         );
-        assert_eq!((tags, infos), (1, 2));
-        assert_eq!(forged.len(), 3);
+        assert_eq!((tags, forged.len()), (1, 1));
+        // A control character decoded from a forged Subject stays out.
+        let (forged, _) = subject_ops(
+            &d,
+            &[(
+                "Subject".into(),
+                "=?utf-8?q?=5BS/MIME_signed:_a@x=5D_hi=07there?=".into(),
+            )],
+        );
+        assert_eq!(
+            forged,
+            vec![HeaderOp::Change {
+                name: "Subject".into(),
+                index: 1,
+                value: Some("hithere".into())
+            }]
+        );
+        // A Subject of tags alone: none of them stays behind ours.
+        let h = vec![(
+            "Subject".to_string(),
+            "[S/MIME signed: ceo@bank]".to_string(),
+        )];
+        let d2 = Display {
+            tag_other: Some("[S/MIME: not verified]".into()),
+            ..d.clone()
+        };
+        assert_eq!(
+            ops(&d2, &h, None, Some(SmimeResult::Policy), None, false)[0],
+            HeaderOp::Change {
+                name: "Subject".into(),
+                index: 1,
+                value: Some("[S/MIME: not verified]".into())
+            }
+        );
+        // Invisible characters and UTF-16LE words do not hide a tag.
+        assert_eq!(
+            without_tags("[S/MIME\u{200b} sig\u{ad}ned: a@x] hi", &[PASS]).as_deref(),
+            Some("hi")
+        );
+        let le: Vec<u8> = "[S/MIME signed: a@x]"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let word = format!("=?utf-16le?b?{}?= hi", openssl::base64::encode_block(&le));
+        assert_eq!(without_tags(&word, &[PASS]).as_deref(), Some("hi"));
+        // Long, many starts, no end: bounded (and nothing to take out).
+        let long = "[S/MIME signed: ".repeat(20_000);
+        assert_eq!(without_tags(&long, &[PASS]), None);
         assert_eq!(
             fill(PASS, "pass", Some("a]b\"c@x")),
             "[S/MIME signed: abc@x]"

@@ -30,10 +30,13 @@ fn certs_dir() -> tempfile::TempDir {
     d
 }
 
-/// alice signs; mail to dave@example.net must be encrypted.
+/// alice signs; mail to dave@example.net must be encrypted. The Subject
+/// stays visible outside (header protection without confidentiality): the
+/// load tests find each delivered message by it without decrypting
+/// thousands (tests/header_protection.rs covers the policies).
 fn policy_tables(certs: &Path) -> String {
     format!(
-        "[encrypt]\ncerts_dir = \"{}\"\n[[encrypt.policy]]\nrecipient = \"dave@example.net\"\nmode = \"required\"\n{}",
+        "[header_protection]\npolicy = \"hcp_no_confidentiality\"\n[encrypt]\ncerts_dir = \"{}\"\n[[encrypt.policy]]\nrecipient = \"dave@example.net\"\nmode = \"required\"\n{}",
         certs.display(),
         pki().key_table()
     )

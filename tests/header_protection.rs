@@ -247,6 +247,80 @@ fn an_encrypted_message_hides_its_subject_and_reads_back_restored() {
 }
 
 #[test]
+fn a_long_subject_in_another_script_survives_the_round_trip() {
+    let d = tempdir();
+    let cfg = config(d.path(), "");
+    let subject =
+        "Quartalszahlen f\u{fc}r das dritte Quartal \u{2013} vertraulich, bitte nicht weiterleiten";
+    let msg = String::from_utf8(message())
+        .unwrap()
+        .replace("Subject: Quarterly figures", &format!("Subject: {subject}"));
+    let r = test_mode(
+        &cfg,
+        &["--outbound", "--rcpt", "carol@example.com"],
+        msg.as_bytes(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The legacy display is UTF-8 now, the text part relabelled to match.
+    let signed = openssl_decrypt(&r.stdout, "carol").unwrap();
+    let (payload, _) = split_clear_signed(&signed);
+    assert!(
+        head(&payload).contains("charset=\"utf-8\"; hp-legacy-display=\"1\""),
+        "{}",
+        head(&payload)
+    );
+    let fields = python_fields(&payload);
+    assert_eq!(value(&fields, "Subject"), vec![subject]);
+    // Read back: the Subject restored as encoded words, one safe field.
+    let back = test_mode(
+        &cfg,
+        &["--inbound", "--rcpt", "carol@example.com"],
+        &r.stdout,
+    );
+    assert_eq!(back.code, 0, "{}", back.stderr);
+    assert!(
+        back.stderr.contains("smime=pass") && back.stderr.contains("restored protected Subject"),
+        "{}",
+        back.stderr
+    );
+    let fields = python_fields(&back.stdout);
+    assert_eq!(value(&fields, "Subject"), vec![subject]);
+}
+
+#[test]
+fn a_message_its_sender_signed_is_encrypted_without_hiding_anything() {
+    let d = tempdir();
+    let cfg = config(d.path(), "");
+    // Signed by alice's client; the gateway only encrypts it.
+    let mut msg = format!("Date: {}\r\nFrom: alice@example.com\r\nTo: carol@example.com\r\nSubject: Signed at the desk\r\n", now()).into_bytes();
+    let signed = openssl_sign(
+        "alice",
+        "sha256",
+        b"Content-Type: text/plain\r\n\r\nHi Carol.\r\n",
+    );
+    msg.extend_from_slice(
+        String::from_utf8_lossy(&signed)
+            .replace("\r\n", "\n")
+            .replace('\n', "\r\n")
+            .as_bytes(),
+    );
+    let r = test_mode(&cfg, &["--outbound", "--rcpt", "carol@example.com"], &msg);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("action=encrypted") && !r.stderr.contains("hp="),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        head(&r.stdout).contains("Subject: Signed at the desk"),
+        "{}",
+        head(&r.stdout)
+    );
+    let inner = openssl_decrypt(&r.stdout, "carol").unwrap();
+    openssl_verify(&inner).expect("the sender's signature holds");
+}
+
+#[test]
 fn encrypted_only_and_other_policies() {
     let d = tempdir();
     // Not signed: the payload is the entity itself.
@@ -436,6 +510,10 @@ fn forged_tags_and_info_headers_are_removed_from_every_message() {
             && !h.contains("ceo@example.com]"),
         "{h}"
     );
+    // Behind a bare CR, where readers that split there would see them.
+    let (h, log) = inbound("From: ceo@example.com\nSubject: Hi\rX-SMIME-Verdict: pass; signer=ceo@example.com\nX-Note: a\rSubject: [S/MIME signed: ceo@example.com] Pay\n\nPay.\n");
+    assert!(!h.contains("\r"), "flattened: {h:?}");
+    assert!(log.contains("removed 1 forged X-SMIME-Verdict"), "{log}");
     // A Subject that only looks close stays as it is.
     let (h, _) = inbound("From: a@example.com\nSubject: [S/MIME] question\n\nQ\n");
     assert!(h.contains("Subject: [S/MIME] question"), "{h}");

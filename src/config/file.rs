@@ -152,6 +152,7 @@ struct RawHarvest {
     ldap_uris: Option<Spanned<Vec<String>>>,
     ldap_bind_dn: Option<String>,
     ldap_bind_password_file: Option<Spanned<PathBuf>>,
+    ldap_object_class: Option<Spanned<String>>,
     max_pending: Option<Spanned<usize>>,
 }
 
@@ -774,16 +775,26 @@ fn harvest(
             }
         },
     };
-    let ldap_keys = h.ldap_base.is_some()
-        || h.ldap_uris.is_some()
-        || h.ldap_bind_dn.is_some()
-        || h.ldap_bind_password_file.is_some();
     if !h.enabled.unwrap_or(true) {
         return Ok((None, None));
     }
     if !to_directory {
-        if let (true, Some(s)) = (ldap_keys, &h.ldap_base) {
-            return Err(loc.error(s.span(), "ldap_base is used with store = \"ldap\" only"));
+        // A directory key without store = "ldap" would be silently unused.
+        let directory_key = [
+            h.ldap_base.as_ref().map(|s| s.span()),
+            h.ldap_uris.as_ref().map(|s| s.span()),
+            h.ldap_bind_password_file.as_ref().map(|s| s.span()),
+            h.ldap_object_class.as_ref().map(|s| s.span()),
+            h.max_pending.as_ref().map(|s| s.span()),
+        ]
+        .into_iter()
+        .flatten()
+        .next();
+        if let Some(span) = directory_key {
+            return Err(loc.error(span, "used with store = \"ldap\" only"));
+        }
+        if h.ldap_bind_dn.is_some() {
+            return Err(loc.key_error("ldap_bind_dn", "used with store = \"ldap\" only"));
         }
         let dir = match h.dir {
             Some(d) => {
@@ -831,14 +842,39 @@ fn harvest(
         }
         target.uris = u.into_inner();
     }
-    if h.ldap_bind_dn.is_some() || h.ldap_bind_password_file.is_some() {
-        target.bind_dn = h.ldap_bind_dn;
-        target.bind_password_file = loc.located_opt(h.ldap_bind_password_file);
+    match (h.ldap_bind_dn, h.ldap_bind_password_file) {
+        (None, None) => {}
+        (Some(dn), Some(pw)) => {
+            target.bind_dn = Some(dn);
+            target.bind_password_file = Some(loc.located(pw));
+        }
+        (Some(_), None) => {
+            return Err(loc.key_error(
+                "ldap_bind_dn",
+                "needs ldap_bind_password_file (else the bind would be anonymous)",
+            ))
+        }
+        (None, Some(pw)) => return Err(loc.error(pw.span(), "needs ldap_bind_dn")),
     }
     let max_pending = match h.max_pending {
-        Some(n) if *n.get_ref() == 0 => return Err(loc.error(n.span(), "must be at least 1")),
+        Some(n) if !(1..=100_000).contains(n.get_ref()) => {
+            return Err(loc.error(n.span(), "must be 1 to 100000"))
+        }
         Some(n) => n.into_inner(),
         None => 1000,
+    };
+    let contact = match &h.ldap_object_class {
+        None => false,
+        Some(c) => match c.get_ref().as_str() {
+            "inetOrgPerson" => false,
+            "contact" => true,
+            other => {
+                return Err(loc.error(
+                    c.span(),
+                    format!("unknown object class '{other}' (expected inetOrgPerson or contact)"),
+                ))
+            }
+        },
     };
     Ok((
         None,
@@ -846,6 +882,7 @@ fn harvest(
             ldap: target,
             base_dn,
             max_pending,
+            contact,
         }),
     ))
 }
@@ -1149,10 +1186,14 @@ mod tests {
             ("[harvest]\nstore = \"ldap\"\nldap_base = \"ou=c,dc=x\"\n", 2, "needs an [ldap] section"),
             (&format!("{ldap}[harvest]\nstore = \"ldap\"\n"), 5, "needs ldap_base"),
             (&format!("{ldap}[harvest]\nstore = \"ldap\"\nldap_base = \"ou=c,dc=example,dc=org\"\n"), 6, "not within [ldap] base_dn"),
-            (&format!("{ldap}[harvest]\nstore = \"ldap\"\nldap_base = \"ou=c,dc=example,dc=com\"\nmax_pending = 0\n"), 7, "at least 1"),
+            (&format!("{ldap}[harvest]\nstore = \"ldap\"\nldap_base = \"ou=c,dc=example,dc=com\"\nmax_pending = 0\n"), 7, "1 to 100000"),
             (&format!("{ldap}[harvest]\nstore = \"ldap\"\nldap_base = \"ou=c,dc=example,dc=com\"\nldap_uris = [\"http://x\"]\n"), 7, "ldap:// or ldaps://"),
             ("[harvest]\nstore = \"nfs\"\n", 2, "expected folder or ldap"),
             ("[harvest]\nldap_base = \"ou=c\"\n", 2, "store = \"ldap\" only"),
+            ("[harvest]\nmax_pending = 5\n", 2, "store = \"ldap\" only"),
+            (&format!("{ldap}[harvest]\nstore = \"ldap\"\nldap_base = \"ou=c,dc=example,dc=com\"\nldap_bind_dn = \"cn=x\"\n"), 7, "needs ldap_bind_password_file"),
+            (&format!("{ldap}[harvest]\nstore = \"ldap\"\nldap_base = \"ou=c,dc=example,dc=com\"\nldap_object_class = \"person\"\n"), 7, "expected inetOrgPerson or contact"),
+            (&format!("{ldap}[harvest]\nstore = \"ldap\"\nldap_base = \"ou=c,dc=example,dc=com\"\nmax_pending = 1000000\n"), 7, "1 to 100000"),
             ("[metrics]\nenabled = true\nlisten = \"localhost:9465\"\n", 3, "expected IP:port"),
         ];
         for (text, line, what) in cases {

@@ -267,6 +267,8 @@ pub struct DirectoryHarvest {
     pub base_dn: String,
     /// Writes queued at most; more are dropped (and counted).
     pub max_pending: usize,
+    /// Entries are Active Directory `contact`s, not `inetOrgPerson`s.
+    pub contact: bool,
 }
 
 /// The Prometheus endpoint.

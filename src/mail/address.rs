@@ -692,6 +692,24 @@ fn encoded_shows_at(s: &str, depth: u8) -> bool {
 /// The text a reader shows for a header value: RFC 2047 encoded words
 /// decoded (adjacent ones joined, as readers join them), the rest as it is.
 pub fn displayed_text(s: &str) -> String {
+    displayed_reading(s, 0)
+}
+
+/// Every text readers may show for a header value: where readers decode a
+/// charset two ways (UTF-16 without a byte order mark), both.
+pub fn displayed_texts(s: &str) -> Vec<String> {
+    let first = displayed_reading(s, 0);
+    let second = displayed_reading(s, 1);
+    if second == first {
+        vec![first]
+    } else {
+        vec![first, second]
+    }
+}
+
+/// One reading: the `which`-th decoding of each charset where there are
+/// several.
+fn displayed_reading(s: &str, which: usize) -> String {
     let words = encoded_words(s);
     if words.is_empty() {
         return s.to_string();
@@ -720,9 +738,11 @@ pub fn displayed_text(s: &str) -> String {
             bytes.extend_from_slice(&words[j].bytes);
             j += 1;
         }
+        let readings = decodings(words[i].charset, &bytes);
         out.push_str(
-            decodings(words[i].charset, &bytes)
-                .first()
+            readings
+                .get(which)
+                .or(readings.first())
                 .map_or("", String::as_str),
         );
         at = words[j - 1].end;

@@ -79,26 +79,61 @@ pub fn is_protected(name: &str) -> bool {
         || n.starts_with("resent-"))
 }
 
-/// A header value as one field may carry it in a MIME entity: CRLF line
-/// ends, and text that is not ASCII as RFC 2047 encoded words (UTF-8).
-pub fn field_value(value: &str) -> String {
-    let value = value.trim_start();
-    if value.is_ascii() {
-        let mut out = String::with_capacity(value.len() + 8);
-        for (i, line) in value.split('\n').enumerate() {
-            if i > 0 {
-                out.push_str("\r\n");
-            }
-            out.push_str(line.strip_suffix('\r').unwrap_or(line));
+/// Fields whose value is addresses (RFC 5322 §3.6.2, §3.6.3).
+pub fn is_address_field(name: &str) -> bool {
+    ["From", "Sender", "Reply-To", "To", "Cc", "Bcc"]
+        .iter()
+        .any(|n| mime::is_named(name, n))
+}
+
+/// How a value's lines are joined: CRLF in an entity we write, LF in a
+/// value handed to the MTA (which writes its own line ends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fold {
+    Entity,
+    Milter,
+}
+
+impl Fold {
+    fn separator(self) -> &'static str {
+        match self {
+            Fold::Entity => "\r\n ",
+            Fold::Milter => "\n ",
         }
-        return out;
     }
-    encode_words(&mime::unfold(value))
+}
+
+/// A header value as one field carries it: the sender's folding kept, but
+/// no bare CR, no line that does not continue the field (a reader would
+/// take it for a field of its own), no control character; text that is
+/// not ASCII as RFC 2047 encoded words (UTF-8). Callers keep address
+/// fields that are not ASCII out: an addr-spec may not be encoded.
+pub fn field_value(value: &str, fold: Fold) -> String {
+    let value = value.trim_start();
+    if !value.is_ascii() {
+        return encode_words(&mime::unfold(value), fold);
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    let lines = value.split(['\n', '\r']).filter(|l| !l.trim().is_empty());
+    for (i, line) in lines.enumerate() {
+        let line: String = line
+            .chars()
+            .filter(|c| !c.is_control() || *c == '\t')
+            .collect();
+        if i > 0 {
+            out.push_str(&fold.separator()[..fold.separator().len() - 1]);
+            if !line.starts_with([' ', '\t']) {
+                out.push(' ');
+            }
+        }
+        out.push_str(&line);
+    }
+    out
 }
 
 /// RFC 2047 `B` encoded words in UTF-8, each at most 75 characters, split
 /// at character boundaries, folded onto lines of their own.
-pub fn encode_words(text: &str) -> String {
+pub fn encode_words(text: &str, fold: Fold) -> String {
     use openssl::base64::encode_block;
     let mut out = String::new();
     let mut chunk = String::new();
@@ -107,7 +142,7 @@ pub fn encode_words(text: &str) -> String {
             return;
         }
         if !out.is_empty() {
-            out.push_str("\r\n ");
+            out.push_str(fold.separator());
         }
         out.push_str("=?utf-8?b?");
         out.push_str(&encode_block(chunk.as_bytes()));
@@ -138,22 +173,35 @@ pub fn payload_block(
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(content_block.len() + 512);
     for (name, value) in protected {
-        push_field(&mut out, name, &field_value(value));
+        push_field(&mut out, name, &field_value(value, Fold::Entity));
     }
     if hp == Hp::Cipher {
         for (name, value) in outer {
             push_field(
                 &mut out,
                 "HP-Outer",
-                &format!("{}: {}", name.trim_end(), field_value(value)),
+                &format!("{}: {}", name.trim_end(), field_value(value, Fold::Entity)),
             );
         }
     }
     let param = format!("; hp=\"{}\"; protected-headers=\"v1\"", hp.as_str());
     let mut marked = false;
     for f in mime::parse_fields(content_block) {
-        if !marked && mime::is_named(f.name, "Content-Type") {
+        // One already marked (its sender's own) keeps its marks.
+        let has_marks = || {
+            ContentType::parse(&f.unfolded()).is_some_and(|ct| {
+                ct.params
+                    .iter()
+                    .any(|(n, _)| n == "hp" || n.starts_with("hp*") || n == "protected-headers")
+            })
+        };
+        if !marked && mime::is_named(f.name, "Content-Type") && has_marks() {
+            out.extend_from_slice(f.raw);
+            marked = true;
+        } else if !marked && mime::is_named(f.name, "Content-Type") {
             let raw = f.raw.trim_ascii_end();
+            // A trailing `;` is allowed, and must not become `;;`.
+            let raw = raw.strip_suffix(b";").unwrap_or(raw).trim_ascii_end();
             out.extend_from_slice(raw);
             out.extend_from_slice(param.as_bytes());
             out.extend_from_slice(b"\r\n");
@@ -190,11 +238,11 @@ pub fn legacy_display_lines(
                 .any(|(o, ov)| mime::is_named(o, n) && mime::unfold(ov) == mime::unfold(v))
         })
         .map(|(n, v)| {
-            format!(
-                "{}: {}",
-                n.trim_end(),
-                address::displayed_text(&mime::unfold(v))
-            )
+            let text: String = address::displayed_text(&mime::unfold(v))
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            format!("{}: {}", n.trim_end(), text)
         })
         .collect()
 }
@@ -217,32 +265,56 @@ pub fn with_legacy_display(
         return None;
     }
     let fields = mime::parse_fields(block);
-    let ct = mime::field_value(&fields, "Content-Type")
-        .and_then(|v| ContentType::parse(&v))
-        .unwrap_or_else(|| ContentType {
+    let ct = match mime::field_value(&fields, "Content-Type") {
+        None => ContentType {
             mime_type: "text/plain".into(),
             params: vec![],
-        });
+        },
+        // One we cannot read is left as it is.
+        Some(v) => ContentType::parse(&v)?,
+    };
     let cte = mime::field_value(&fields, "Content-Transfer-Encoding")
         .map(|v| v.trim().to_ascii_lowercase())
         .unwrap_or_else(|| "7bit".into());
+    let attachment = mime::field_value(&fields, "Content-Disposition").is_some_and(|d| {
+        d.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("attachment")
+    });
     let html = ct.mime_type == "text/html";
     if ct.mime_type == "text/plain" || html {
-        let ascii_lines = lines.iter().all(|l| l.is_ascii());
-        let charset = ct.param("charset").map(str::to_ascii_lowercase);
-        let to_utf8 = match charset.as_deref() {
-            None | Some("us-ascii") | Some("ascii") => !ascii_lines,
-            Some("utf-8") | Some("utf8") => false,
-            // Only ASCII can go in front of text in any other charset
-            // safely (an ASCII-compatible one; UTF-16 and the like are not).
-            Some(c) if ascii_lines && !c.starts_with("utf-16") && !c.starts_with("utf-32") => false,
-            Some(_) => return None,
-        };
+        if attachment {
+            return None;
+        }
         let text = match cte.as_str() {
             "7bit" | "8bit" | "binary" => body.to_vec(),
             "quoted-printable" => super::encoding::decode_quoted_printable(body),
             "base64" => super::encoding::decode_base64(body),
             _ => return None,
+        };
+        let ascii_lines = lines.iter().all(|l| l.is_ascii());
+        let charset = ct.param("charset").map(str::to_ascii_lowercase);
+        // What the part becomes: the same charset, or UTF-8 where its text
+        // is ASCII (a subset). Only where the lines can join the text as
+        // they are: no relabelling of 8-bit text, no charset where ASCII
+        // is not ASCII (UTF-16, UTF-7, EBCDIC...).
+        let relabel = match charset.as_deref() {
+            None | Some("us-ascii") | Some("ascii") if !ascii_lines => {
+                if !text.is_ascii() {
+                    return None;
+                }
+                true
+            }
+            None | Some("us-ascii") | Some("ascii") | Some("utf-8") | Some("utf8") => false,
+            Some(c)
+                if ascii_lines
+                    && (c.starts_with("iso-8859-")
+                        || c.starts_with("windows-125")
+                        || c.starts_with("koi8-")) =>
+            {
+                false
+            }
+            Some(_) => return None,
         };
         let element = if html {
             let escaped: Vec<String> = lines.iter().map(|l| html_escape(l)).collect();
@@ -267,27 +339,33 @@ pub fn with_legacy_display(
             new_body.extend_from_slice(element.as_bytes());
             new_body.extend_from_slice(&text);
         }
-        let mut params: Vec<String> = ct
-            .params
-            .iter()
-            .filter(|(n, _)| n != "hp-legacy-display" && !(to_utf8 && n == "charset"))
-            .map(|(n, v)| format!("{n}=\"{}\"", v.replace(['\\', '"'], "")))
-            .collect();
-        if to_utf8 {
-            params.push("charset=\"utf-8\"".into());
-        }
-        params.push("hp-legacy-display=\"1\"".into());
+        // The part's own Content-Type, as written, marked; its charset
+        // replaced by UTF-8 only where relabelled.
         let mut new_block = Vec::with_capacity(block.len() + 64);
         for f in &fields {
-            if !mime::is_named(f.name, "Content-Type")
-                && !mime::is_named(f.name, "Content-Transfer-Encoding")
-            {
-                new_block.extend_from_slice(f.raw);
+            if mime::is_named(f.name, "Content-Transfer-Encoding") {
+                continue;
             }
+            if !mime::is_named(f.name, "Content-Type") {
+                new_block.extend_from_slice(f.raw);
+                continue;
+            }
+            let raw = String::from_utf8_lossy(f.raw.trim_ascii_end()).into_owned();
+            let raw = raw.strip_suffix(';').unwrap_or(&raw).trim_end().to_string();
+            let mut value = if relabel { without_charset(&raw) } else { raw };
+            if relabel {
+                value.push_str("; charset=\"utf-8\"");
+            }
+            value.push_str("; hp-legacy-display=\"1\"\r\n");
+            new_block.extend_from_slice(value.as_bytes());
         }
-        new_block.extend_from_slice(
-            format!("Content-Type: {}; {}\r\n", ct.mime_type, params.join("; ")).as_bytes(),
-        );
+        if mime::field_value(&fields, "Content-Type").is_none() {
+            let charset = if relabel { "; charset=\"utf-8\"" } else { "" };
+            new_block.extend_from_slice(
+                format!("Content-Type: text/plain{charset}; hp-legacy-display=\"1\"\r\n")
+                    .as_bytes(),
+            );
+        }
         if !new_body.is_ascii() {
             new_block.extend_from_slice(b"Content-Transfer-Encoding: 8bit\r\n");
         }
@@ -332,6 +410,29 @@ pub fn with_legacy_display(
     new_body.extend_from_slice(b"--\r\n");
     new_body.extend_from_slice(mp.epilogue);
     changed.then(|| (block.to_vec(), new_body))
+}
+
+/// A Content-Type field without its charset parameter (the one a
+/// relabelling replaces).
+fn without_charset(field: &str) -> String {
+    let lower = field.to_ascii_lowercase();
+    let Some(at) = lower.find("charset") else {
+        return field.to_string();
+    };
+    // From the `;` before it to the end of its value.
+    let start = lower[..at].rfind(';').unwrap_or(at);
+    let rest = &field[at..];
+    let value_start = rest.find('=').map_or(rest.len(), |i| i + 1);
+    let tail = rest[value_start..].trim_start();
+    let skipped = rest.len() - tail.len();
+    let value_len = if let Some(q) = tail.strip_prefix('"') {
+        q.find('"').map_or(tail.len(), |i| i + 2)
+    } else {
+        tail.find([';', ' ', '\t', '\r', '\n'])
+            .unwrap_or(tail.len())
+    };
+    let end = at + skipped + value_len;
+    format!("{}{}", &field[..start], &field[end..])
 }
 
 fn html_escape(s: &str) -> String {
@@ -454,8 +555,12 @@ pub fn compare(p: &Protected, outer: &[(String, String)], encrypted: bool) -> Co
     let cipher = encrypted && p.hp == Some(Hp::Cipher);
     for name in USER_FACING.iter().filter(|n| **n != "From") {
         let inner: Vec<String> = p.values(name).iter().map(|v| normalize(v)).collect();
-        if inner.is_empty() {
-            // Not protected: nothing to hold the outer field against.
+        // An RFC 9788 payload carries every field its sender wrote: one
+        // outside only (a Reply-To or Cc added on the way) differs too.
+        // Not the Date, which an MTA may add; not the older form, which
+        // protected only some fields.
+        let added_outside = p.hp.is_some() && *name != "Date";
+        if inner.is_empty() && !added_outside {
             continue;
         }
         let expected: Vec<String> = if cipher {
@@ -629,7 +734,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             String::from_utf8(h).unwrap(),
-            "Content-Type: text/plain; charset=\"us-ascii\"; hp-legacy-display=\"1\"\r\n"
+            "Content-Type: text/plain; charset=us-ascii; hp-legacy-display=\"1\"\r\n"
         );
         assert_eq!(
             String::from_utf8(b).unwrap(),
@@ -680,7 +785,18 @@ mod tests {
             legacy_display_lines(&protected, &outer),
             vec!["Subject: Dinner plans"]
         );
-        assert_eq!(encode_words("abc"), "=?utf-8?b?YWJj?=");
-        assert!(encode_words(&"\u{e9}".repeat(40)).contains("?=\r\n =?utf-8?b?"));
+        assert_eq!(encode_words("abc", Fold::Entity), "=?utf-8?b?YWJj?=");
+        assert!(encode_words(&"\u{e9}".repeat(40), Fold::Entity).contains("?=\r\n =?utf-8?b?"));
+        // Handed to the MTA: LF folding, one safe field however long.
+        let long = field_value(&"Quartalszahlen f\u{fc}r ".repeat(8), Fold::Milter);
+        assert!(
+            long.contains("?=\n =?utf-8?b?") && mime::header_value_is_safe(&long),
+            "{long}"
+        );
+        // A bare CR or a line that starts no continuation cannot hide a field.
+        assert_eq!(
+            field_value("a\rFrom: x@y\nTo: z", Fold::Entity),
+            "a\r\n From: x@y\r\n To: z"
+        );
     }
 }

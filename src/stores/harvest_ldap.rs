@@ -1,8 +1,9 @@
 //! Harvested certificates kept in the directory, for a fleet of gateways:
 //! a signer learnt by one node is found by every node's LDAP lookup.
 //!
-//! Each address is one contact entry, `cn=<address>,<base>` (inetOrgPerson,
-//! as Exchange keeps contacts), holding the certificate as
+//! Each address is one contact entry, `cn=<address>,<base>` (inetOrgPerson;
+//! on Active Directory a `contact`, as Exchange keeps them), holding the
+//! certificate as
 //! `userCertificate;binary` and, with its chain, as `userSMIMECertificate`
 //! (certs-only PKCS#7). Only entries at that place are read, written or
 //! removed; the rest of the directory is never touched.
@@ -14,6 +15,7 @@
 use crate::certstore::Forget;
 use crate::ldap::{certs_in_entries, connect, LdapSettings};
 use crate::pki::{cert_addresses, certs_only_pkcs7, SignerCert};
+use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::{LdapConn, LdapError as Ldap3Error, Mod, Scope, SearchEntry};
 use openssl::x509::X509;
 use std::collections::HashSet;
@@ -23,17 +25,18 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Addresses written for one certificate, at most: a certificate naming
-/// hundreds must not turn one message into hundreds of writes.
-const MAX_ADDRESSES: usize = 16;
-
 /// How long an admin command waits for the directory.
 const ADMIN_TIME: Duration = Duration::from_secs(30);
+
+/// Entries read per page by `list` (servers cap unpaged results: OpenLDAP
+/// at 500 for most accounts, Active Directory at 1000).
+const PAGE: i32 = 500;
 
 const CERT_ATTR: &str = "userCertificate;binary";
 const SMIME_ATTR: &str = "userSMIMECertificate";
 
-/// Counters for the stats line and metrics; they survive reloads.
+/// Counters for the stats line and metrics, by message; they survive
+/// reloads.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Entries added or replaced.
@@ -41,7 +44,7 @@ pub struct Stats {
     /// What was there is valid as long or longer.
     pub unchanged: AtomicU64,
     pub failed: AtomicU64,
-    /// The queue was full.
+    /// The queue was full, or no writer could be started.
     pub dropped: AtomicU64,
 }
 
@@ -73,7 +76,7 @@ pub enum WriteError {
     Operation(String),
 }
 
-/// What one write did for an address.
+/// What a write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Written {
     Added,
@@ -82,9 +85,29 @@ pub enum Written {
     Kept,
 }
 
+/// The structural object class of the entries we add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryClass {
+    /// OpenLDAP and most directories: cn, sn and mail.
+    InetOrgPerson,
+    /// Active Directory's mail contact (an inetOrgPerson is a user account
+    /// there): cn and mail.
+    Contact,
+}
+
+impl EntryClass {
+    fn name(self) -> &'static str {
+        match self {
+            EntryClass::InetOrgPerson => "inetOrgPerson",
+            EntryClass::Contact => "contact",
+        }
+    }
+}
+
 struct Job {
     queue_id: String,
     signer: SignerCert,
+    address: String,
     /// The cache of the certificate store of the same configuration.
     then: Option<Forget>,
 }
@@ -94,9 +117,15 @@ struct Worker {
     thread: JoinHandle<()>,
 }
 
+/// How the store reaches the directory and what it writes.
+struct Target {
+    ldap: LdapSettings,
+    class: EntryClass,
+}
+
 /// The directory store of harvested certificates.
 pub struct DirectoryStore {
-    settings: Arc<LdapSettings>,
+    target: Arc<Target>,
     max_pending: usize,
     worker: Mutex<Option<Worker>>,
 }
@@ -106,69 +135,93 @@ impl std::fmt::Debug for DirectoryStore {
         write!(
             f,
             "DirectoryStore({:?} under {})",
-            self.settings.uris, self.settings.base_dn
+            self.target.ldap.uris, self.target.ldap.base_dn
         )
     }
 }
 
+/// An address as a log line may show it.
+fn shown(address: &str) -> String {
+    address.chars().flat_map(char::escape_default).collect()
+}
+
 impl DirectoryStore {
     /// `settings.base_dn` is where the entries go; its filter is unused.
-    pub fn new(settings: LdapSettings, max_pending: usize) -> DirectoryStore {
+    pub fn new(settings: LdapSettings, class: EntryClass, max_pending: usize) -> DirectoryStore {
         DirectoryStore {
-            settings: Arc::new(settings),
+            target: Arc::new(Target {
+                ldap: settings,
+                class,
+            }),
             max_pending: max_pending.max(1),
             worker: Mutex::new(None),
         }
     }
 
     pub fn base_dn(&self) -> &str {
-        &self.settings.base_dn
+        &self.target.ldap.base_dn
     }
 
-    /// Queues the signer's certificate to be written; returns at once.
-    /// False when it was dropped (queue full, no thread).
-    pub fn submit(&self, queue_id: &str, signer: &SignerCert, then: Option<Forget>) -> bool {
+    /// Queues the signer's certificate to be written under `address`;
+    /// returns at once. False when it was dropped (queue full, no writer).
+    pub fn submit(
+        &self,
+        queue_id: &str,
+        signer: &SignerCert,
+        address: &str,
+        then: Option<Forget>,
+    ) -> bool {
+        let mut job = Job {
+            queue_id: queue_id.to_string(),
+            signer: signer.clone(),
+            address: address.to_ascii_lowercase(),
+            then,
+        };
         let mut worker = self.worker.lock().unwrap_or_else(|e| e.into_inner());
-        if worker.is_none() {
-            match self.start() {
-                Ok(w) => *worker = Some(w),
-                Err(e) => {
+        // A writer that ended (it cannot, short of a bug) is started again once.
+        for _ in 0..2 {
+            if worker.is_none() {
+                match self.start() {
+                    Ok(w) => *worker = Some(w),
+                    Err(e) => {
+                        STATS.dropped.fetch_add(1, Ordering::Relaxed);
+                        log::error!("{queue_id}: cannot start the harvest writer: {e}");
+                        return false;
+                    }
+                }
+            }
+            match worker.as_ref().expect("started").queue.try_send(job) {
+                Ok(()) => return true,
+                Err(TrySendError::Full(_)) => {
                     STATS.dropped.fetch_add(1, Ordering::Relaxed);
-                    log::error!("{queue_id}: cannot start the harvest writer: {e}");
+                    log::warn!(
+                        "{queue_id}: harvest into the directory skipped: {} writes already pending",
+                        self.max_pending
+                    );
                     return false;
+                }
+                Err(TrySendError::Disconnected(j)) => {
+                    job = j;
+                    *worker = None;
                 }
             }
         }
-        let job = Job {
-            queue_id: queue_id.to_string(),
-            signer: signer.clone(),
-            then,
-        };
-        match worker.as_ref().expect("started").queue.try_send(job) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                STATS.dropped.fetch_add(1, Ordering::Relaxed);
-                log::warn!(
-                    "{queue_id}: harvest into the directory skipped: {} writes already pending",
-                    self.max_pending
-                );
-                false
-            }
-        }
+        STATS.dropped.fetch_add(1, Ordering::Relaxed);
+        false
     }
 
     // The thread starts with the first write, so after the daemon is set up
     // and only in configurations that harvest.
     fn start(&self) -> std::io::Result<Worker> {
         let (queue, jobs) = sync_channel::<Job>(self.max_pending);
-        let settings = Arc::clone(&self.settings);
+        let target = Arc::clone(&self.target);
         let thread = std::thread::Builder::new()
             .name("harvest".into())
             .spawn(move || {
-                let mut conn: Option<LdapConn> = None;
+                let mut conn: Option<(usize, LdapConn)> = None;
                 // Ends when the configuration is replaced (its sender dropped).
                 for job in jobs {
-                    write_job(&settings, &mut conn, &job);
+                    write_job(&target, &mut conn, &job);
                 }
             })?;
         Ok(Worker { queue, thread })
@@ -184,34 +237,46 @@ impl DirectoryStore {
         }
     }
 
-    /// Writes the signer's certificate at once, by `deadline`: each address
-    /// with what was done.
+    /// Writes the signer's certificate under `address` at once, by
+    /// `deadline`.
     pub fn store(
         &self,
         signer: &SignerCert,
+        address: &str,
         deadline: Instant,
-    ) -> Result<Vec<(String, Written)>, WriteError> {
+    ) -> Result<Written, WriteError> {
         let mut conn = None;
-        store_with(&self.settings, &mut conn, signer, deadline)
+        store_with(
+            &self.target,
+            &mut conn,
+            signer,
+            &address.to_ascii_lowercase(),
+            deadline,
+        )
     }
 
-    /// Every harvested entry: its address and certificate.
+    /// Every harvested entry: its address and certificate, read page by
+    /// page.
     pub fn list(&self) -> Result<Vec<(String, X509)>, WriteError> {
         let deadline = Instant::now() + ADMIN_TIME;
-        let mut conn = open(&self.settings, deadline)?;
-        let attrs = vec!["mail", CERT_ATTR, SMIME_ATTR];
-        let (entries, _) = conn
-            .with_timeout(self.settings.search_timeout)
-            .search(
-                &self.settings.base_dn,
+        let (_, mut conn) = open(&self.target.ldap, 0, deadline)?;
+        let filter = format!("(objectClass={})", self.target.class.name());
+        let adapters: Vec<Box<dyn Adapter<&str, Vec<&str>>>> = vec![
+            Box::new(EntriesOnly::new()),
+            Box::new(PagedResults::new(PAGE)),
+        ];
+        let mut stream = conn
+            .with_timeout(ADMIN_TIME)
+            .streaming_search_with(
+                adapters,
+                &self.target.ldap.base_dn,
                 Scope::OneLevel,
-                "(objectClass=inetOrgPerson)",
-                attrs,
+                &filter,
+                vec!["mail", CERT_ATTR, SMIME_ATTR],
             )
-            .and_then(|r| r.success())
             .map_err(op_error("search"))?;
         let mut out = Vec::new();
-        for e in entries {
+        while let Some(e) = stream.next().map_err(op_error("search"))? {
             let entry = SearchEntry::construct(e.clone());
             let mail = entry
                 .attrs
@@ -223,6 +288,7 @@ impl DirectoryStore {
                 out.push((mail, cert));
             }
         }
+        stream.result().success().map_err(op_error("search"))?;
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
@@ -230,10 +296,10 @@ impl DirectoryStore {
     /// Removes the entry for an address; false when there was none.
     pub fn remove(&self, address: &str) -> Result<bool, WriteError> {
         let deadline = Instant::now() + ADMIN_TIME;
-        let mut conn = open(&self.settings, deadline)?;
+        let (_, mut conn) = open(&self.target.ldap, 0, deadline)?;
         match conn
-            .with_timeout(self.settings.search_timeout)
-            .delete(&dn_for(&self.settings.base_dn, address))
+            .with_timeout(self.target.ldap.search_timeout)
+            .delete(&dn_for(&self.target.ldap.base_dn, address))
             .and_then(|r| r.success())
         {
             Ok(_) => Ok(true),
@@ -245,6 +311,12 @@ impl DirectoryStore {
 
 const NO_SUCH_OBJECT: u32 = 32;
 const ALREADY_EXISTS: u32 = 68;
+
+/// Answers that say "not here, ask another server": a referral (a read-only
+/// replica), busy, unavailable, unwilling to perform.
+fn ask_another(rc: u32) -> bool {
+    matches!(rc, 10 | 51 | 52 | 53)
+}
 
 /// The entry of an address: its value escaped as RFC 4514 asks, so an
 /// address cannot add an RDN or leave the base.
@@ -266,60 +338,59 @@ fn op_error(what: &'static str) -> impl Fn(Ldap3Error) -> WriteError {
     move |e| WriteError::Operation(format!("LDAP {what} failed: {e}"))
 }
 
-/// A connection to the first server that takes one.
-fn open(settings: &LdapSettings, deadline: Instant) -> Result<LdapConn, WriteError> {
+/// A connection to the first server from `from` on that takes one, and
+/// which it is.
+fn open(
+    settings: &LdapSettings,
+    from: usize,
+    deadline: Instant,
+) -> Result<(usize, LdapConn), WriteError> {
     let mut errors = Vec::new();
-    for uri in &settings.uris {
+    for (i, uri) in settings.uris.iter().enumerate().skip(from) {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             break;
         }
         match connect(settings, uri, remaining) {
-            Ok(c) => return Ok(c),
+            Ok(c) => return Ok((i, c)),
             Err((e, _)) => errors.push(format!("{uri}: {e}")),
         }
     }
     Err(WriteError::Unreachable(errors.join("; ")))
 }
 
-fn write_job(settings: &LdapSettings, conn: &mut Option<LdapConn>, job: &Job) {
-    // Bounded like a lookup: connect, then a few operations per address.
-    let deadline = Instant::now() + settings.connect_timeout + settings.search_timeout * 3;
+fn write_job(target: &Target, conn: &mut Option<(usize, LdapConn)>, job: &Job) {
+    // Bounded like a lookup: connect, then a few operations on each server.
+    let tries = target.ldap.uris.len().max(1) as u32;
+    let deadline =
+        Instant::now() + (target.ldap.connect_timeout + target.ldap.search_timeout * 3) * tries;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        store_with(settings, conn, &job.signer, deadline)
+        store_with(target, conn, &job.signer, &job.address, deadline)
     }));
-    let qid = &job.queue_id;
+    let (qid, address) = (&job.queue_id, shown(&job.address));
     match outcome {
-        Ok(Ok(done)) => {
-            for (address, w) in done {
-                match w {
-                    Written::Kept => {
-                        STATS.unchanged.fetch_add(1, Ordering::Relaxed);
-                        log::debug!(
-                            "{qid}: harvest: the directory keeps its certificate for {address}"
-                        );
-                    }
-                    w => {
-                        STATS.written.fetch_add(1, Ordering::Relaxed);
-                        if let Some(f) = &job.then {
-                            f.forget(&address);
-                        }
-                        log::info!(
-                            "{qid}: harvested {address} into the directory ({})",
-                            if w == Written::Added {
-                                "added"
-                            } else {
-                                "replaced"
-                            }
-                        );
-                    }
-                }
+        Ok(Ok(Written::Kept)) => {
+            STATS.unchanged.fetch_add(1, Ordering::Relaxed);
+            log::debug!("{qid}: harvest: the directory keeps its certificate for {address}");
+        }
+        Ok(Ok(w)) => {
+            STATS.written.fetch_add(1, Ordering::Relaxed);
+            if let Some(f) = &job.then {
+                f.forget(&job.address);
             }
+            log::info!(
+                "{qid}: harvested {address} into the directory ({})",
+                if w == Written::Added {
+                    "added"
+                } else {
+                    "replaced"
+                }
+            );
         }
         Ok(Err(e)) => {
             *conn = None;
             STATS.failed.fetch_add(1, Ordering::Relaxed);
-            log::warn!("{qid}: harvest into the directory failed: {e}");
+            log::warn!("{qid}: harvest of {address} into the directory failed: {e}");
         }
         Err(_) => {
             *conn = None;
@@ -329,14 +400,22 @@ fn write_job(settings: &LdapSettings, conn: &mut Option<LdapConn>, job: &Job) {
     }
 }
 
-/// Writes on `conn` (kept between jobs), opened again once if the kept one
-/// has broken.
+/// Writes on `conn` (kept between jobs). A kept connection that broke is
+/// opened again; a server that refers us elsewhere or will not write (a
+/// read-only replica, busy) passes the write to the next URI.
 fn store_with(
-    settings: &LdapSettings,
-    conn: &mut Option<LdapConn>,
+    target: &Target,
+    conn: &mut Option<(usize, LdapConn)>,
     signer: &SignerCert,
+    address: &str,
     deadline: Instant,
-) -> Result<Vec<(String, Written)>, WriteError> {
+) -> Result<Written, WriteError> {
+    if address.is_empty() || !address.contains('@') {
+        return Err(WriteError::Operation(format!(
+            "not an address: '{}'",
+            shown(address)
+        )));
+    }
     let leaf = signer
         .cert
         .to_der()
@@ -351,50 +430,53 @@ fn store_with(
             .cloned(),
     );
     let p7 = certs_only_pkcs7(&bundle).map_err(|e| WriteError::Operation(e.to_string()))?;
-    let mut addresses: Vec<String> = cert_addresses(&signer.cert)
-        .iter()
-        .map(|a| a.to_ascii_lowercase())
-        .collect();
-    addresses.sort();
-    addresses.dedup();
-    addresses.truncate(MAX_ADDRESSES);
-    let mut done = Vec::new();
-    for address in addresses {
-        let mut retried = false;
-        loop {
-            let kept = conn.is_some();
-            let c = match conn {
-                Some(c) => c,
-                None => conn.insert(open(settings, deadline)?),
-            };
-            match write_address(settings, c, &address, &signer.cert, &leaf, &p7, deadline) {
-                Ok(w) => {
-                    done.push((address, w));
-                    break;
-                }
-                Err(Failure::Connection(_)) if kept && !retried => {
-                    *conn = None;
-                    retried = true;
-                }
-                Err(Failure::Connection(e) | Failure::Operation(e)) => {
-                    *conn = None;
-                    return Err(WriteError::Operation(e));
-                }
+    let mut next = 0;
+    let mut reopened = false;
+    loop {
+        let kept = conn.is_some();
+        let (at, c) = match conn {
+            Some((at, c)) => (*at, c),
+            None => {
+                let (at, c) = open(&target.ldap, next, deadline)?;
+                let (at, c) = conn.insert((at, c));
+                (*at, c)
+            }
+        };
+        match write_address(target, c, address, &signer.cert, &leaf, &p7, deadline) {
+            Ok(w) => return Ok(w),
+            Err(Failure::Connection(_)) if kept && !reopened => {
+                *conn = None;
+                next = at;
+                reopened = true;
+            }
+            Err(Failure::Elsewhere(e)) if at + 1 < target.ldap.uris.len() => {
+                log::info!(
+                    "harvest: {} does not take the write ({e}); trying the next server",
+                    target.ldap.uris[at]
+                );
+                *conn = None;
+                next = at + 1;
+            }
+            Err(Failure::Connection(e) | Failure::Operation(e) | Failure::Elsewhere(e)) => {
+                *conn = None;
+                return Err(WriteError::Operation(e));
             }
         }
     }
-    Ok(done)
 }
 
 enum Failure {
     Connection(String),
+    /// A referral, busy, unavailable, unwilling: another server may write.
+    Elsewhere(String),
     Operation(String),
 }
 
 fn failure(what: &str, e: Ldap3Error) -> Failure {
-    match e {
-        Ldap3Error::LdapResult { .. } => Failure::Operation(format!("LDAP {what} failed: {e}")),
-        e => Failure::Connection(format!("LDAP {what} failed: {e}")),
+    match result_code(&e) {
+        Some(rc) if ask_another(rc) => Failure::Elsewhere(format!("LDAP {what} failed: {e}")),
+        Some(_) => Failure::Operation(format!("LDAP {what} failed: {e}")),
+        None => Failure::Connection(format!("LDAP {what} failed: {e}")),
     }
 }
 
@@ -402,7 +484,7 @@ fn failure(what: &str, e: Ldap3Error) -> Failure {
 /// longer (the folder store's rule). Another node adding it first is
 /// taken as "it exists": compared and replaced as such.
 fn write_address(
-    settings: &LdapSettings,
+    target: &Target,
     conn: &mut LdapConn,
     address: &str,
     cert: &X509,
@@ -410,6 +492,7 @@ fn write_address(
     p7: &[u8],
     deadline: Instant,
 ) -> Result<Written, Failure> {
+    let settings = &target.ldap;
     let dn = dn_for(&settings.base_dn, address);
     let timeout = || {
         settings
@@ -455,17 +538,19 @@ fn write_address(
             Err(e) => return Err(failure("search", e)),
         }
         let a = address.as_bytes().to_vec();
-        let attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)> = vec![
+        let mut attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)> = vec![
             (
                 b"objectClass".to_vec(),
-                HashSet::from([b"inetOrgPerson".to_vec()]),
+                HashSet::from([target.class.name().as_bytes().to_vec()]),
             ),
             (b"cn".to_vec(), set(&a)),
-            (b"sn".to_vec(), set(&a)),
             (b"mail".to_vec(), set(&a)),
             (CERT_ATTR.as_bytes().to_vec(), set(leaf)),
             (SMIME_ATTR.as_bytes().to_vec(), set(p7)),
         ];
+        if target.class == EntryClass::InetOrgPerson {
+            attrs.push((b"sn".to_vec(), set(&a)));
+        }
         match conn
             .with_timeout(timeout())
             .add(&dn, attrs)
