@@ -25,6 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// A kept connection unused for this long is opened anew.
+const MAX_IDLE: Duration = Duration::from_secs(60);
+
 /// How long an admin command waits for the directory.
 const ADMIN_TIME: Duration = Duration::from_secs(30);
 
@@ -219,9 +222,16 @@ impl DirectoryStore {
             .name("harvest".into())
             .spawn(move || {
                 let mut conn: Option<(usize, LdapConn)> = None;
+                let mut last_used = Instant::now();
                 // Ends when the configuration is replaced (its sender dropped).
                 for job in jobs {
+                    // Servers and firewalls drop idle connections silently:
+                    // one unused for a minute is not trusted.
+                    if last_used.elapsed() > MAX_IDLE {
+                        conn = None;
+                    }
                     write_job(&target, &mut conn, &job);
+                    last_used = Instant::now();
                 }
             })?;
         Ok(Worker { queue, thread })
