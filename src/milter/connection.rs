@@ -402,8 +402,17 @@ impl<W: Write> Connection<'_, W> {
                 (Ok(()), Verdict::Accept) => log::info!("{line}"),
                 (Ok(()), _) => log::warn!("{line}"),
             }
-            if sent.is_ok() {
-                session::finished(m, &outcome);
+            // The reply is out: nothing here may cost the connection.
+            if sent.is_ok()
+                && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    session::finished(m, &outcome)
+                }))
+                .is_err()
+            {
+                log::error!(
+                    "{}: internal error: panic after the reply (metrics, harvest)",
+                    self.qid()
+                );
             }
         }
         self.session.reset();
