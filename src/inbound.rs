@@ -134,14 +134,16 @@ fn forged_display(
                 .filter(|o| matches!(o, HeaderOp::Change { value: Some(_), .. })),
         );
     }
-    let (subjects, tags) = crate::visible::subject_ops(display, headers);
-    ops.extend(subjects);
     let mut infos = 0;
     if let Some((name, _)) = &display.info {
         let found = forged_header_ops(headers, hidden, name, |_| true);
         infos = found.len();
         ops.extend(found);
     }
+    // Last: a carrier flattened above may be a Subject, whose cleaned
+    // value must be the one that stays.
+    let (subjects, tags) = crate::visible::subject_ops(display, headers);
+    ops.extend(subjects);
     (ops, (tags, infos))
 }
 

@@ -356,16 +356,30 @@ fn header_protection(
     if signed_already {
         return None;
     }
-    let fields: Vec<(String, String)> = headers
+    // Each field with its index among the fields of its name (what a
+    // header change names), counted over all of them.
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    let indexed: Vec<(usize, &str, &str)> = headers
         .iter()
         .enumerate()
         .filter(|(_, (n, _))| protected::is_protected(n))
         // Bytes that are not UTF-8 are not copied as lossy text, and an
         // address that is not ASCII cannot be encoded (RFC 2047 §5): such
         // fields stay outside only, unprotected, as before.
-        .filter(|(i, _)| !work.raw_values.iter().any(|(at, _)| at == i))
-        .filter(|(_, (n, v))| v.is_ascii() || !protected::is_address_field(n))
-        .map(|(_, (n, v))| (n.trim_end().to_string(), v.clone()))
+        .filter_map(|(i, (n, v))| {
+            let index = {
+                let k = seen.entry(n.trim_end().to_ascii_lowercase()).or_default();
+                *k += 1;
+                *k
+            };
+            let copied = !work.raw_values.iter().any(|(at, _)| *at == i)
+                && (v.is_ascii() || !protected::is_address_field(n));
+            copied.then_some((index, n.trim_end(), v.as_str()))
+        })
+        .collect();
+    let fields: Vec<(String, String)> = indexed
+        .iter()
+        .map(|(_, n, v)| (n.to_string(), v.to_string()))
         .collect();
     if work.encrypt.is_none() {
         return Some(Protection {
@@ -377,25 +391,20 @@ fn header_protection(
     }
     let mut outer = Vec::with_capacity(fields.len());
     let (mut changes, mut removals) = (Vec::new(), Vec::new());
-    let mut seen: std::collections::HashMap<String, usize> = Default::default();
-    for (name, value) in &fields {
-        let index = {
-            let n = seen.entry(name.to_ascii_lowercase()).or_default();
-            *n += 1;
-            *n
-        };
-        match cfg.policy.outer_value(name, value) {
-            Some(v) if v == value.as_str() => outer.push((name.clone(), value.clone())),
+    for &(index, name, value) in &indexed {
+        let name = name.to_string();
+        match cfg.policy.outer_value(&name, value) {
+            Some(v) if v == value => outer.push((name, value.to_string())),
             Some(v) => {
                 outer.push((name.clone(), v.to_string()));
                 changes.push(HeaderOp::Change {
-                    name: name.clone(),
+                    name,
                     index,
                     value: Some(v.into_owned()),
                 });
             }
             None => removals.push(HeaderOp::Change {
-                name: name.clone(),
+                name,
                 index,
                 value: None,
             }),

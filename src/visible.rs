@@ -182,16 +182,29 @@ pub fn without_tags(subject: &str, templates: &[&str]) -> Option<String> {
     let patterns: Vec<Vec<Option<String>>> = templates.iter().map(|t| pieces(t)).collect();
     address::displayed_texts(&mime::unfold(subject))
         .into_iter()
-        .find_map(|reading| strip(&reading, &patterns))
+        .find_map(|reading| strip(&decoded_again(reading), &patterns))
+}
+
+/// Some readers decode again what decoding produced: the text they show.
+fn decoded_again(mut text: String) -> String {
+    for _ in 0..2 {
+        if !text.contains("=?") {
+            break;
+        }
+        text = address::displayed_text(&text);
+    }
+    text
 }
 
 fn strip(reading: &str, patterns: &[Vec<Option<String>>]) -> Option<String> {
+    // What a reader does not show is not there for the match either
+    // (control characters go too: removed after matching, they could join
+    // two harmless pieces into a tag).
     let visible: String = reading
         .chars()
-        .filter(|c| !invisible(*c))
-        .take(MAX_MATCHED)
+        .filter(|c| !invisible(*c) && (!c.is_control() || c.is_whitespace()))
         .collect();
-    let mut text = normalize(&visible);
+    let mut text: String = normalize(&visible).chars().take(MAX_MATCHED).collect();
     let mut removed = false;
     // Bounded: each round takes out at least one character.
     for _ in 0..64 {
@@ -214,7 +227,9 @@ fn strip(reading: &str, patterns: &[Vec<Option<String>>]) -> Option<String> {
 pub fn subject_value(text: &str) -> String {
     // Decoded words may hold control characters: never into a header.
     let text: String = text.chars().filter(|c| !c.is_control()).collect();
-    if text.is_ascii() {
+    // Text that still reads as an encoded word is encoded, so that it
+    // shows as the text it is.
+    if text.is_ascii() && !text.contains("=?") {
         text
     } else {
         crate::protected::encode_words(&text, crate::protected::Fold::Milter)
@@ -446,6 +461,29 @@ mod tests {
             .collect();
         let word = format!("=?utf-16le?b?{}?= hi", openssl::base64::encode_block(&le));
         assert_eq!(without_tags(&word, &[PASS]).as_deref(), Some("hi"));
+        // A control character between two harmless pieces makes no tag.
+        assert_eq!(
+            without_tags(
+                "[S/MIME signed: x] [S/MIME\u{7} signed: ceo@bank] Pay",
+                &[PASS]
+            )
+            .as_deref(),
+            Some("Pay")
+        );
+        // Blanks do not push a tag past what is matched.
+        let spaced = format!(
+            "=?utf-8?q?{}=5BS/MIME_signed:_ceo@bank=5D?= Pay",
+            "_".repeat(5000)
+        );
+        assert_eq!(without_tags(&spaced, &[PASS]).as_deref(), Some("Pay"));
+        // Decoded twice, as some readers do.
+        let inner = "=?utf-8?q?=5BS/MIME_signed:_ceo@bank=5D?=";
+        let twice = format!(
+            "=?utf-8?b?{}?= Pay",
+            openssl::base64::encode_block(inner.as_bytes())
+        );
+        assert_eq!(without_tags(&twice, &[PASS]).as_deref(), Some("Pay"));
+        assert_eq!(subject_value("=?x?q?y?= z"), "=?utf-8?b?PT94P3E/eT89IHo=?=");
         // Long, many starts, no end: bounded (and nothing to take out).
         let long = "[S/MIME signed: ".repeat(20_000);
         assert_eq!(without_tags(&long, &[PASS]), None);

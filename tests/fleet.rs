@@ -279,6 +279,29 @@ fn directory_entries_are_replaced_only_by_longer_validity_and_managed_by_certs()
     // An address that is none is refused, nothing written.
     assert!(store.store(&signer(&long), "", deadline()).is_err());
 
+    // A server that will not write (a read-only replica) passes the write
+    // to the next one.
+    let replica = Slapd::start_readonly(&fleet_ldif());
+    let failover = DirectoryStore::new(
+        LdapSettings {
+            uris: vec![replica.uri(), ldap.uri()],
+            ..store_settings(&ldap)
+        },
+        EntryClass::InetOrgPerson,
+        10,
+    );
+    let frank = cert_for("frank@example.org", 100, d.path(), "frank");
+    assert_eq!(
+        failover
+            .store(&signer(&frank), "frank@example.org", deadline())
+            .unwrap(),
+        Written::Added
+    );
+    let frank_dn = "cn=frank@example.org,ou=contacts,dc=example,dc=com";
+    assert!(ldap.search_dn(frank_dn).is_some());
+    assert!(replica.search_dn(frank_dn).is_none());
+    drop(replica);
+
     // What the milter's LDAP lookup reads: the long one, with its chain
     // (the intermediate, not the root) in userSMIMECertificate.
     let found = smime_milter::ldap::Ldap::new(LdapSettings {

@@ -514,6 +514,13 @@ fn forged_tags_and_info_headers_are_removed_from_every_message() {
     let (h, log) = inbound("From: ceo@example.com\nSubject: Hi\rX-SMIME-Verdict: pass; signer=ceo@example.com\nX-Note: a\rSubject: [S/MIME signed: ceo@example.com] Pay\n\nPay.\n");
     assert!(!h.contains("\r"), "flattened: {h:?}");
     assert!(log.contains("removed 1 forged X-SMIME-Verdict"), "{log}");
+    // A tagged Subject that also hides the info header: flattened, and
+    // still without the tag.
+    let (h, _) = inbound("From: ceo@example.com\nSubject: [S/MIME signed: ceo@example.com] Pay\rX-SMIME-Verdict: pass\n\nPay.\n");
+    assert!(
+        h.contains("Subject: Pay") && !h.contains("signed: ceo"),
+        "{h:?}"
+    );
     // A Subject that only looks close stays as it is.
     let (h, _) = inbound("From: a@example.com\nSubject: [S/MIME] question\n\nQ\n");
     assert!(h.contains("Subject: [S/MIME] question"), "{h}");

@@ -114,12 +114,15 @@ pub fn field_value(value: &str, fold: Fold) -> String {
         return encode_words(&mime::unfold(value), fold);
     }
     let mut out = String::with_capacity(value.len() + 8);
-    let lines = value.split(['\n', '\r']).filter(|l| !l.trim().is_empty());
+    let lines = value
+        .split(['\n', '\r'])
+        .map(|l| -> String {
+            l.chars()
+                .filter(|c| !c.is_control() || *c == '\t')
+                .collect()
+        })
+        .filter(|l| !l.trim().is_empty());
     for (i, line) in lines.enumerate() {
-        let line: String = line
-            .chars()
-            .filter(|c| !c.is_control() || *c == '\t')
-            .collect();
         if i > 0 {
             out.push_str(&fold.separator()[..fold.separator().len() - 1]);
             if !line.starts_with([' ', '\t']) {
@@ -187,22 +190,12 @@ pub fn payload_block(
     let param = format!("; hp=\"{}\"; protected-headers=\"v1\"", hp.as_str());
     let mut marked = false;
     for f in mime::parse_fields(content_block) {
-        // One already marked (its sender's own) keeps its marks.
-        let has_marks = || {
-            ContentType::parse(&f.unfolded()).is_some_and(|ct| {
-                ct.params
-                    .iter()
-                    .any(|(n, _)| n == "hp" || n.starts_with("hp*") || n == "protected-headers")
-            })
-        };
-        if !marked && mime::is_named(f.name, "Content-Type") && has_marks() {
-            out.extend_from_slice(f.raw);
-            marked = true;
-        } else if !marked && mime::is_named(f.name, "Content-Type") {
-            let raw = f.raw.trim_ascii_end();
-            // A trailing `;` is allowed, and must not become `;;`.
-            let raw = raw.strip_suffix(b";").unwrap_or(raw).trim_ascii_end();
-            out.extend_from_slice(raw);
+        if !marked && mime::is_named(f.name, "Content-Type") {
+            // Marks it came with (a message decrypted and sent on) are
+            // replaced by ours: they say what this payload is now.
+            let raw = String::from_utf8_lossy(f.raw.trim_ascii_end());
+            let raw = without_params(&raw, &["hp", "protected-headers"]);
+            out.extend_from_slice(raw.as_bytes());
             out.extend_from_slice(param.as_bytes());
             out.extend_from_slice(b"\r\n");
             marked = true;
@@ -350,9 +343,12 @@ pub fn with_legacy_display(
                 new_block.extend_from_slice(f.raw);
                 continue;
             }
-            let raw = String::from_utf8_lossy(f.raw.trim_ascii_end()).into_owned();
-            let raw = raw.strip_suffix(';').unwrap_or(&raw).trim_end().to_string();
-            let mut value = if relabel { without_charset(&raw) } else { raw };
+            let raw = String::from_utf8_lossy(f.raw.trim_ascii_end());
+            let mut value = if relabel {
+                without_params(&raw, &["hp-legacy-display", "charset"])
+            } else {
+                without_params(&raw, &["hp-legacy-display"])
+            };
             if relabel {
                 value.push_str("; charset=\"utf-8\"");
             }
@@ -412,27 +408,44 @@ pub fn with_legacy_display(
     changed.then(|| (block.to_vec(), new_body))
 }
 
-/// A Content-Type field without its charset parameter (the one a
-/// relabelling replaces).
-fn without_charset(field: &str) -> String {
-    let lower = field.to_ascii_lowercase();
-    let Some(at) = lower.find("charset") else {
-        return field.to_string();
-    };
-    // From the `;` before it to the end of its value.
-    let start = lower[..at].rfind(';').unwrap_or(at);
-    let rest = &field[at..];
-    let value_start = rest.find('=').map_or(rest.len(), |i| i + 1);
-    let tail = rest[value_start..].trim_start();
-    let skipped = rest.len() - tail.len();
-    let value_len = if let Some(q) = tail.strip_prefix('"') {
-        q.find('"').map_or(tail.len(), |i| i + 2)
-    } else {
-        tail.find([';', ' ', '\t', '\r', '\n'])
-            .unwrap_or(tail.len())
-    };
-    let end = at + skipped + value_len;
-    format!("{}{}", &field[..start], &field[end..])
+/// A Content-Type field (`Content-Type: type/sub; a=b; ...`) without the
+/// parameters of these names (also their RFC 2231 forms `name*`,
+/// `name*0`...), split at the `;`s outside quoted strings and comments,
+/// and without a trailing `;`.
+fn without_params(field: &str, names: &[&str]) -> String {
+    let mut pieces: Vec<&str> = Vec::new();
+    let (mut start, mut quoted, mut depth, mut escaped) = (0, false, 0usize, false);
+    for (i, c) in field.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted || depth > 0 => escaped = true,
+            '"' if depth == 0 => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth = depth.saturating_sub(1),
+            ';' if !quoted && depth == 0 => {
+                pieces.push(&field[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    pieces.push(&field[start..]);
+    let mut out = pieces[0].trim_end().to_string();
+    for p in &pieces[1..] {
+        let name = p
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let base = name.split('*').next().unwrap_or("");
+        if p.trim().is_empty() || names.iter().any(|n| n.eq_ignore_ascii_case(base)) {
+            continue;
+        }
+        out.push(';');
+        out.push_str(p.trim_end());
+    }
+    out
 }
 
 fn html_escape(s: &str) -> String {
@@ -559,7 +572,9 @@ pub fn compare(p: &Protected, outer: &[(String, String)], encrypted: bool) -> Co
         // outside only (a Reply-To or Cc added on the way) differs too.
         // Not the Date, which an MTA may add; not the older form, which
         // protected only some fields.
-        let added_outside = p.hp.is_some() && *name != "Date";
+        let added_outside = p.hp.is_some()
+            && *name != "Date"
+            && mime::values_named(outer, name).all(|v| v.is_ascii());
         if inner.is_empty() && !added_outside {
             continue;
         }
@@ -771,6 +786,37 @@ mod tests {
         assert!(
             with_legacy_display(b"Content-Type: application/pdf\r\n", b"%PDF", &lines, 0).is_none()
         );
+    }
+
+    #[test]
+    fn parameters_are_taken_out_by_name() {
+        assert_eq!(
+            without_params(
+                "Content-Type: text/plain; name=\"charset.txt\"; x-orig-charset=a; charset=us-ascii;",
+                &["charset"]
+            ),
+            "Content-Type: text/plain; name=\"charset.txt\"; x-orig-charset=a"
+        );
+        assert_eq!(
+            without_params(
+                "Content-Type: text/plain; hp=\"cipher\"; a=\"x;y\"; hp*=x; protected-headers=v1",
+                &["hp", "protected-headers"]
+            ),
+            "Content-Type: text/plain; a=\"x;y\""
+        );
+        // A payload marked before (decrypted, sent on) gets our marks only.
+        let block = payload_block(
+            b"Content-Type: text/plain; hp=\"cipher\"\r\n",
+            &[],
+            Hp::Clear,
+            &[],
+        );
+        assert_eq!(
+            String::from_utf8(block).unwrap(),
+            "Content-Type: text/plain; hp=\"clear\"; protected-headers=\"v1\"\r\n"
+        );
+        // A line of control characters is no line.
+        assert_eq!(field_value("a\r\n\u{7}\r\n b", Fold::Entity), "a\r\n b");
     }
 
     #[test]

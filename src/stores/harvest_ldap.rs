@@ -269,7 +269,7 @@ impl DirectoryStore {
     /// page.
     pub fn list(&self) -> Result<Vec<(String, X509)>, WriteError> {
         let deadline = Instant::now() + ADMIN_TIME;
-        let (_, mut conn) = open(&self.target.ldap, 0, deadline)?;
+        let (_, mut conn) = open(&self.target.ldap, &all(&self.target.ldap), deadline)?;
         let filter = format!("(objectClass={})", self.target.class.name());
         let adapters: Vec<Box<dyn Adapter<&str, Vec<&str>>>> = vec![
             Box::new(EntriesOnly::new()),
@@ -306,7 +306,7 @@ impl DirectoryStore {
     /// Removes the entry for an address; false when there was none.
     pub fn remove(&self, address: &str) -> Result<bool, WriteError> {
         let deadline = Instant::now() + ADMIN_TIME;
-        let (_, mut conn) = open(&self.target.ldap, 0, deadline)?;
+        let (_, mut conn) = open(&self.target.ldap, &all(&self.target.ldap), deadline)?;
         match conn
             .with_timeout(self.target.ldap.search_timeout)
             .delete(&dn_for(&self.target.ldap.base_dn, address))
@@ -348,17 +348,19 @@ fn op_error(what: &'static str) -> impl Fn(Ldap3Error) -> WriteError {
     move |e| WriteError::Operation(format!("LDAP {what} failed: {e}"))
 }
 
-/// A connection to the first server from `from` on that takes one, and
-/// which it is.
+/// A connection to the first of these servers (indices into the URIs, in
+/// order) that takes one, and which it is.
 fn open(
     settings: &LdapSettings,
-    from: usize,
+    order: &[usize],
     deadline: Instant,
 ) -> Result<(usize, LdapConn), WriteError> {
     let mut errors = Vec::new();
-    for (i, uri) in settings.uris.iter().enumerate().skip(from) {
+    for &i in order {
+        let uri = &settings.uris[i];
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
+            errors.push("out of time".to_string());
             break;
         }
         match connect(settings, uri, remaining) {
@@ -366,7 +368,15 @@ fn open(
             Err((e, _)) => errors.push(format!("{uri}: {e}")),
         }
     }
+    if errors.is_empty() {
+        errors.push("no server to ask".into());
+    }
     Err(WriteError::Unreachable(errors.join("; ")))
+}
+
+/// Every server, in the order configured.
+fn all(settings: &LdapSettings) -> Vec<usize> {
+    (0..settings.uris.len()).collect()
 }
 
 fn write_job(target: &Target, conn: &mut Option<(usize, LdapConn)>, job: &Job) {
@@ -440,34 +450,39 @@ fn store_with(
             .cloned(),
     );
     let p7 = certs_only_pkcs7(&bundle).map_err(|e| WriteError::Operation(e.to_string()))?;
-    let mut next = 0;
+    let uris = &target.ldap.uris;
+    let mut tried = vec![false; uris.len()];
     let mut reopened = false;
     loop {
         let kept = conn.is_some();
         let (at, c) = match conn {
             Some((at, c)) => (*at, c),
             None => {
-                let (at, c) = open(&target.ldap, next, deadline)?;
+                let order: Vec<usize> = (0..uris.len()).filter(|&i| !tried[i]).collect();
+                let (at, c) = open(&target.ldap, &order, deadline)?;
                 let (at, c) = conn.insert((at, c));
                 (*at, c)
             }
         };
         match write_address(target, c, address, &signer.cert, &leaf, &p7, deadline) {
             Ok(w) => return Ok(w),
+            // A kept connection the server or a firewall dropped: once more.
             Err(Failure::Connection(_)) if kept && !reopened => {
                 *conn = None;
-                next = at;
                 reopened = true;
             }
-            Err(Failure::Elsewhere(e)) if at + 1 < target.ldap.uris.len() => {
-                log::info!(
-                    "harvest: {} does not take the write ({e}); trying the next server",
-                    target.ldap.uris[at]
-                );
+            Err(Failure::Elsewhere(e) | Failure::Connection(e)) => {
                 *conn = None;
-                next = at + 1;
+                tried[at] = true;
+                if tried.iter().all(|&t| t) {
+                    return Err(WriteError::Operation(e));
+                }
+                log::info!(
+                    "harvest: {} did not take the write ({e}); trying another server",
+                    uris[at]
+                );
             }
-            Err(Failure::Connection(e) | Failure::Operation(e) | Failure::Elsewhere(e)) => {
+            Err(Failure::Operation(e)) => {
                 *conn = None;
                 return Err(WriteError::Operation(e));
             }

@@ -43,6 +43,21 @@ impl Slapd {
         Self::start_with(ldif, true)
     }
 
+    /// A server that takes no writes (`readonly on`: unwillingToPerform),
+    /// as a read-only replica answers.
+    pub fn start_readonly(ldif: &str) -> Slapd {
+        let mut s = Self::prepare(
+            false,
+            free_port(),
+            "",
+            "access to * by * read\n",
+            "readonly on\n",
+        );
+        s.load(ldif, &[]);
+        s.resume();
+        s
+    }
+
     fn start_with(ldif: &str, tls: bool) -> Slapd {
         let mut s = Self::prepare(tls, free_port(), "", "access to * by * read\n", "");
         s.load(ldif, &[]);
