@@ -192,10 +192,21 @@ pub fn payload_block(
     for f in mime::parse_fields(content_block) {
         if !marked && mime::is_named(f.name, "Content-Type") {
             // Marks it came with (a message decrypted and sent on) are
-            // replaced by ours: they say what this payload is now.
-            let raw = String::from_utf8_lossy(f.raw.trim_ascii_end());
-            let raw = without_params(&raw, &["hp", "protected-headers"]);
-            out.extend_from_slice(raw.as_bytes());
+            // replaced by ours: they say what this payload is now. The
+            // field's bytes are kept as they are (a Latin-1 file name...)
+            // when there is nothing to replace.
+            let raw = f.raw.trim_ascii_end();
+            let marked_before = ContentType::parse(&f.unfolded()).is_some_and(|ct| {
+                ct.params
+                    .iter()
+                    .any(|(n, _)| n.split('*').next() == Some("hp") || n == "protected-headers")
+            });
+            match std::str::from_utf8(raw) {
+                Ok(text) if marked_before => out.extend_from_slice(
+                    without_params(text, &["hp", "protected-headers"]).as_bytes(),
+                ),
+                _ => out.extend_from_slice(raw.strip_suffix(b";").unwrap_or(raw).trim_ascii_end()),
+            }
             out.extend_from_slice(param.as_bytes());
             out.extend_from_slice(b"\r\n");
             marked = true;
@@ -343,11 +354,12 @@ pub fn with_legacy_display(
                 new_block.extend_from_slice(f.raw);
                 continue;
             }
-            let raw = String::from_utf8_lossy(f.raw.trim_ascii_end());
+            // A field that is not UTF-8 is not rewritten: no legacy display.
+            let raw = std::str::from_utf8(f.raw.trim_ascii_end()).ok()?;
             let mut value = if relabel {
-                without_params(&raw, &["hp-legacy-display", "charset"])
+                without_params(raw, &["hp-legacy-display", "charset"])
             } else {
-                without_params(&raw, &["hp-legacy-display"])
+                without_params(raw, &["hp-legacy-display"])
             };
             if relabel {
                 value.push_str("; charset=\"utf-8\"");
