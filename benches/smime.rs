@@ -48,6 +48,17 @@ fn message(size: usize) -> Vec<u8> {
     m
 }
 
+/// The median of a few rounds (the mean of the middle two when even).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 fn time_per_op(min_time: Duration, mut f: impl FnMut()) -> (f64, u64) {
     f(); // warm-up
     let start = Instant::now();
@@ -473,10 +484,6 @@ fn metrics_cost(dir: &Path, cfg_text: &str, sock: &Path) {
             t_off.push(round(&off));
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        (v[2] + v[3]) / 2.0
-    };
     let scraped = scrape_count(port);
     println!();
     println!("metrics ([metrics] off and on, 4 KB signed through the protocol, 6 rounds of 1000):");
@@ -535,10 +542,6 @@ fn header_protection_cost(dir: &Path, cfg_text: &str) {
                 t_off.push(time(&off, &work_off));
             }
         }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(|a, b| a.total_cmp(b));
-            (v[2] + v[3]) / 2.0
-        };
         let (m_off, m_on) = (median(&mut t_off), median(&mut t_on));
         println!(
             "  {what:<20} off {:.4} ms, on {:.4} ms, on / off {:.3}",
@@ -633,10 +636,6 @@ fn online_checks(dir: &Path) {
         assert_eq!(s, smime_milter::online::Status::Good);
     });
     assert_eq!(ca.ocsp("good"), 1, "all answered from the cache");
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
     let (a, b) = (median(&mut t_off), median(&mut t_warm));
     println!();
     println!(

@@ -85,17 +85,9 @@ fn forged_header_ops(
         return ops;
     }
     // The name as the MTA matches it (Postfix: without the white space of
-    // `Name :`), and each field's index among those of that name, counted
-    // in one pass: a sender may send thousands of fields.
+    // `Name :`), and each field's index among those of that name.
     let name_of = |i: usize| headers[i].0.trim_end_matches([' ', '\t']).to_string();
-    let mut seen: std::collections::HashMap<String, usize> = Default::default();
-    let index: Vec<usize> = (0..headers.len())
-        .map(|i| {
-            let n = seen.entry(name_of(i).to_ascii_lowercase()).or_default();
-            *n += 1;
-            *n
-        })
-        .collect();
+    let index = crate::outcome::field_indices(headers);
     let index_of = |i: usize| index[i];
     // Rewrites first: a deletion may renumber the fields after it.
     for c in carriers {

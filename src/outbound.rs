@@ -358,7 +358,7 @@ fn header_protection(
     }
     // Each field with its index among the fields of its name (what a
     // header change names), counted over all of them.
-    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    let indices = crate::outcome::field_indices(headers);
     let indexed: Vec<(usize, &str, &str)> = headers
         .iter()
         .enumerate()
@@ -366,16 +366,11 @@ fn header_protection(
         // Bytes that are not UTF-8 are not copied as lossy text, and an
         // address that is not ASCII cannot be encoded (RFC 2047 §5): such
         // fields stay outside only, unprotected, as before.
-        .filter_map(|(i, (n, v))| {
-            let index = {
-                let k = seen.entry(n.trim_end().to_ascii_lowercase()).or_default();
-                *k += 1;
-                *k
-            };
-            let copied = !work.raw_values.iter().any(|(at, _)| *at == i)
-                && (v.is_ascii() || !protected::is_address_field(n));
-            copied.then_some((index, n.trim_end(), v.as_str()))
+        .filter(|(i, (n, v))| {
+            !work.raw_values.iter().any(|(at, _)| at == i)
+                && (v.is_ascii() || !protected::is_address_field(n))
         })
+        .map(|(i, (n, v))| (indices[i], n.trim_end(), v.as_str()))
         .collect();
     let fields: Vec<(String, String)> = indexed
         .iter()

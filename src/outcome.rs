@@ -189,6 +189,24 @@ pub fn content_field_counts(headers: &[(String, String)]) -> Vec<(String, usize)
     counts
 }
 
+/// Each field's index among the fields of its name (from 1), as a header
+/// change names it: the name as the MTA matches it (Postfix: without the
+/// white space of `Name :`), in any case. One pass: a sender may send
+/// thousands of fields.
+pub fn field_indices(headers: &[(String, String)]) -> Vec<usize> {
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    headers
+        .iter()
+        .map(|(n, _)| {
+            let k = seen
+                .entry(n.trim_end_matches([' ', '\t']).to_ascii_lowercase())
+                .or_default();
+            *k += 1;
+            *k
+        })
+        .collect()
+}
+
 /// Applies header operations to a list of (name, value) fields the way an MTA
 /// does; used by the test mode to show what would be delivered.
 pub fn apply_header_ops(fields: &mut Vec<(String, String)>, ops: &[HeaderOp]) {

@@ -315,3 +315,27 @@ impl FromStr for Cipher {
         }
     }
 }
+
+/// A self-signed EC P-256 certificate for `cn`, valid for a day, with its
+/// key: what the unit tests need of a certificate.
+#[cfg(test)]
+pub(crate) fn test_self_signed(cn: &str) -> (X509, openssl::pkey::PKey<openssl::pkey::Private>) {
+    use openssl::ec::{EcGroup, EcKey};
+    let g = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let key = openssl::pkey::PKey::from_ec_key(EcKey::generate(&g).unwrap()).unwrap();
+    let mut name = openssl::x509::X509Name::builder().unwrap();
+    name.append_entry_by_text("CN", cn).unwrap();
+    let name = name.build();
+    let mut b = openssl::x509::X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
+        .unwrap();
+    b.sign(&key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    (b.build(), key)
+}

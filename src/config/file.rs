@@ -833,11 +833,7 @@ fn harvest(
     }
     let mut target = ldap.clone();
     if let Some(u) = h.ldap_uris {
-        if u.get_ref().is_empty()
-            || u.get_ref()
-                .iter()
-                .any(|u| !(u.starts_with("ldap://") || u.starts_with("ldaps://")))
-        {
+        if !ldap_uris_valid(u.get_ref()) {
             return Err(loc.error(u.span(), "must list ldap:// or ldaps:// URIs"));
         }
         target.uris = u.into_inner();
@@ -1007,14 +1003,18 @@ fn metrics(loc: &Locator<'_>, m: RawMetrics) -> Result<Option<Metrics>, ConfigEr
     Ok(Some(Metrics { listen }))
 }
 
+/// At least one URI, each ldap:// or ldaps://.
+fn ldap_uris_valid(uris: &[String]) -> bool {
+    !uris.is_empty()
+        && uris
+            .iter()
+            .all(|u| u.starts_with("ldap://") || u.starts_with("ldaps://"))
+}
+
 fn ldap_config(loc: &Locator<'_>, l: Spanned<RawLdap>) -> Result<LdapConfig, ConfigError> {
     let span = l.span();
     let l = l.into_inner();
-    if l.uris.is_empty()
-        || l.uris
-            .iter()
-            .any(|u| !(u.starts_with("ldap://") || u.starts_with("ldaps://")))
-    {
+    if !ldap_uris_valid(&l.uris) {
         return Err(loc.error(span, "[ldap] uris must list ldap:// or ldaps:// URIs"));
     }
     if let Some(f) = &l.filter {

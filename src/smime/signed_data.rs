@@ -294,32 +294,11 @@ mod tests {
         assert_eq!(v, [5, 0x81, 200, 0x83, 0x01, 0x11, 0x70]);
     }
 
-    fn self_signed(cn: &str) -> (X509, openssl::pkey::PKey<openssl::pkey::Private>) {
-        use openssl::ec::{EcGroup, EcKey};
-        let g = EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
-        let key = openssl::pkey::PKey::from_ec_key(EcKey::generate(&g).unwrap()).unwrap();
-        let mut name = openssl::x509::X509Name::builder().unwrap();
-        name.append_entry_by_text("CN", cn).unwrap();
-        let name = name.build();
-        let mut b = openssl::x509::X509Builder::new().unwrap();
-        b.set_version(2).unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(&name).unwrap();
-        b.set_pubkey(&key).unwrap();
-        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
-            .unwrap();
-        b.sign(&key, openssl::hash::MessageDigest::sha256())
-            .unwrap();
-        (b.build(), key)
-    }
-
     #[test]
     fn certificates_come_out_and_the_rest_still_verifies() {
         use openssl::cms::CMSOptions;
-        let (cert, key) = self_signed("signer");
-        let (other, _) = self_signed("other");
+        let (cert, key) = crate::pki::test_self_signed("signer");
+        let (other, _) = crate::pki::test_self_signed("other");
         let mut extra = openssl::stack::Stack::new().unwrap();
         extra.push(other.clone()).unwrap();
         let content = b"signed content\r\n";
@@ -375,7 +354,7 @@ mod tests {
 
     #[test]
     fn bytes_after_the_der_are_refused() {
-        let (cert, key) = self_signed("signer");
+        let (cert, key) = crate::pki::test_self_signed("signer");
         let der = CmsContentInfo::sign(
             Some(&cert),
             Some(&key),

@@ -613,28 +613,10 @@ mod tests {
 
     #[test]
     fn certs_only_bundles_read_back() {
-        let key = openssl::ec::EcKey::generate(
-            &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap(),
-        )
-        .unwrap();
-        let key = openssl::pkey::PKey::from_ec_key(key).unwrap();
-        let mut certs = Vec::new();
-        for cn in ["one", "two"] {
-            let mut name = openssl::x509::X509NameBuilder::new().unwrap();
-            name.append_entry_by_text("CN", cn).unwrap();
-            let name = name.build();
-            let mut b = X509::builder().unwrap();
-            b.set_subject_name(&name).unwrap();
-            b.set_issuer_name(&name).unwrap();
-            b.set_pubkey(&key).unwrap();
-            b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
-                .unwrap();
-            b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
-                .unwrap();
-            b.sign(&key, openssl::hash::MessageDigest::sha256())
-                .unwrap();
-            certs.push(b.build());
-        }
+        let certs = vec![
+            crate::pki::test_self_signed("one").0,
+            crate::pki::test_self_signed("two").0,
+        ];
         let der = certs_only_pkcs7(&certs).unwrap();
         let back = crate::ldap::certs_from_pkcs7(&der);
         assert_eq!(back.len(), 2);
